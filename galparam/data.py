@@ -1,0 +1,193 @@
+"""Loading and checking datasets; the deterministic train/validation split.
+
+:func:`load_dataset` either returns a dataset whose arrays are what galparam expects (keys, shapes,
+dtypes, finite values, label ranges) or raises one :class:`DatasetError` that names the file and
+the problem.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from galparam.errors import DatasetError, GalparamError
+from galparam.render import LABEL_NAMES, SERSIC_N_LIMITS
+from galparam.specs import DatasetSpec, spec_from_yaml_text
+
+REQUIRED_KEYS = ("img", "img_nonoise", "psf_img", "label", "label_names", "snr", "sigma", "psf_fwhm", "spec")
+_PER_IMAGE = ("snr", "sigma", "psf_fwhm")
+_FLOAT_IMAGES = ("img", "img_nonoise", "psf_img")
+
+
+@dataclass
+class Dataset:
+    """A checked galparam dataset.
+
+    Attributes
+    ----------
+    img, img_nonoise : ndarray of shape (N, S, S), float32
+        Noisy and noiseless images in counts.
+    psf_img : ndarray of shape (N, S, S) or (1, S, S), float32
+        The PSF of each image, or the one PSF of all images.
+    label : ndarray of shape (N, 5), float32
+        Columns :data:`galparam.render.LABEL_NAMES`.
+    snr, sigma, psf_fwhm : ndarray of shape (N,), float32
+    spec : DatasetSpec
+        The spec that made the dataset.
+    path : Path
+    extra : dict
+        Any further arrays in the file (``draws``, provenance).
+    """
+
+    img: np.ndarray
+    img_nonoise: np.ndarray
+    psf_img: np.ndarray
+    label: np.ndarray
+    snr: np.ndarray
+    sigma: np.ndarray
+    psf_fwhm: np.ndarray
+    spec: DatasetSpec
+    path: Path
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def psf_varies(self) -> bool:
+        return len(self.psf_img) > 1
+
+    def split(self, validation_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the training and validation images (see :func:`split_indices`)."""
+        fraction = self.spec.validation_fraction if validation_fraction is None else validation_fraction
+        return split_indices(len(self), fraction)
+
+
+def split_indices(n_images: int, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split: the first images train, the last ``validation_fraction`` validate.
+
+    Samples are independent draws, so a contiguous tail is as random as a shuffled one, and it is
+    the same for every user and tool.
+
+    Returns
+    -------
+    train, validation : ndarray of int64
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise GalparamError(f"validation fraction {validation_fraction}: accepted range [0, 1)")
+    n_val = int(round(n_images * validation_fraction))
+    n_train = n_images - n_val
+    return np.arange(n_train), np.arange(n_train, n_images)
+
+
+def _fail(path, message):
+    raise DatasetError(f"{path}: {message}")
+
+
+def load_dataset(path) -> Dataset:
+    """Load a dataset written by ``galparam-simulate`` and check it.
+
+    Parameters
+    ----------
+    path : path-like
+        An ``.npz`` dataset.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing, not an npz, truncated, lacks a key, has a wrong shape or dtype,
+        holds NaN or infinite values, or labels outside their physical ranges.
+    """
+    path = Path(path)
+    if not path.exists():
+        _fail(path, "no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in REQUIRED_KEYS if k not in z.files]
+            if missing:
+                _fail(
+                    path, f"not a galparam dataset: missing {', '.join(missing)} (required: {', '.join(REQUIRED_KEYS)})"
+                )
+            arrays = {k: z[k] for k in z.files}
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        _fail(path, f"not a readable npz dataset, perhaps truncated ({type(exc).__name__}: {exc})")
+
+    try:
+        spec = spec_from_yaml_text(str(arrays["spec"]), source=f"{path} (recorded spec)")
+    except GalparamError as exc:
+        _fail(path, f"its recorded spec is invalid: {exc}")
+
+    img = arrays["img"]
+    if img.ndim != 3 or img.shape[1] != img.shape[2]:
+        _fail(path, f"img has shape {img.shape}; expected (N, S, S)")
+    n, s = img.shape[0], img.shape[1]
+    expected = {
+        "img_nonoise": (n, s, s),
+        "label": (n, len(LABEL_NAMES)),
+        **{k: (n,) for k in _PER_IMAGE},
+    }
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            _fail(path, f"{key} has shape {arrays[key].shape}; expected {shape}")
+    psf = arrays["psf_img"]
+    if psf.ndim != 3 or psf.shape[0] not in (1, n) or psf.shape[1:] != (s, s):
+        _fail(path, f"psf_img has shape {psf.shape}; expected (1, {s}, {s}) or ({n}, {s}, {s})")
+    for key in (*_FLOAT_IMAGES, "label", *_PER_IMAGE):
+        if arrays[key].dtype != np.float32:
+            _fail(path, f"{key} has dtype {arrays[key].dtype}; expected float32")
+        if not np.isfinite(arrays[key]).all():
+            bad = int(np.count_nonzero(~np.isfinite(arrays[key])))
+            _fail(path, f"{key} holds {bad} NaN or infinite values")
+    if tuple(str(v) for v in arrays["label_names"]) != LABEL_NAMES:
+        _fail(path, f"label_names are {list(arrays['label_names'])}; expected {list(LABEL_NAMES)}")
+
+    label = arrays["label"]
+    checks = (
+        ("flux", label[:, 0] > 0, "> 0"),
+        (
+            "sersic_n",
+            (label[:, 1] >= SERSIC_N_LIMITS[0] - 1e-6) & (label[:, 1] <= SERSIC_N_LIMITS[1] + 1e-6),
+            f"in {list(SERSIC_N_LIMITS)}",
+        ),
+        ("hlr", label[:, 2] > 0, "> 0 arcsec"),
+        ("g1, g2", np.hypot(label[:, 3], label[:, 4]) < 1, "|g| < 1"),
+        ("sigma", arrays["sigma"] > 0, "> 0"),
+        ("psf_fwhm", arrays["psf_fwhm"] > 0, "> 0 arcsec"),
+    )
+    for name, ok, accepted in checks:
+        if not ok.all():
+            first = int(np.flatnonzero(~ok)[0])
+            _fail(path, f"{name} of image {first} is out of range (accepted: {accepted})")
+
+    extra = {k: v for k, v in arrays.items() if k not in (*REQUIRED_KEYS, "label_names")}
+    return Dataset(
+        img=img,
+        img_nonoise=arrays["img_nonoise"],
+        psf_img=psf,
+        label=label,
+        snr=arrays["snr"],
+        sigma=arrays["sigma"],
+        psf_fwhm=arrays["psf_fwhm"],
+        spec=spec,
+        path=path,
+        extra=extra,
+    )
+
+
+def load_metadata(path):
+    """The per-image metadata table written beside a dataset (``OUT.csv`` for ``OUT.npz``)."""
+    import pandas as pd
+
+    csv = Path(path).with_suffix(".csv")
+    if not csv.exists():
+        raise DatasetError(f"{csv}: no metadata table beside the dataset")
+    return pd.read_csv(csv)

@@ -1,0 +1,123 @@
+import pytest
+
+from galparam.errors import SpecError
+from galparam.specs import load_spec, spec_from_dict
+
+SHIPPED = [
+    "v1",
+    "v2",
+    "v3",
+    "test_snr30",
+    "test_snr60",
+    "v1-small",
+    "v2-small",
+    "v3-small",
+    "test_snr30-small",
+    "test_snr60-small",
+]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_specs_load(name):
+    spec = load_spec(f"data/{name}.yaml")
+    assert spec.stamp_size == 64 and spec.pixel_scale == 0.23 and spec.psf_beta == 2.0
+
+
+def test_reference_datasets_as_in_design():
+    v1, v2, v3 = (load_spec(f"data/{v}.yaml") for v in ("v1", "v2", "v3"))
+    assert v1.size == v2.size == v3.size == 200_000
+    assert v1.snr_window == (10.0, 100.0) and v1.validation_fraction == 0.1
+    assert v1.priors["flux"].low == 3.0e4 and v1.priors["flux"].high == 4.0e5
+    assert v1.priors["sersic_n"].kind == "discretized" and v1.priors["sersic_n"].steps == 1000
+    assert (v1.priors["sigma"].kind, v1.priors["sigma"].low) == ("fixed", 200)
+    assert (v2.priors["sigma"].kind, v2.priors["sigma"].low, v2.priors["sigma"].high) == ("integers", 200, 400)
+    assert not v2.psf_varies and v3.psf_varies
+    assert (v3.priors["psf_fwhm"].low, v3.priors["psf_fwhm"].high) == (0.5, 1.0)
+    for snr, sigma in ((30, 400), (60, 200)):
+        t = load_spec(f"data/test_snr{snr}.yaml")
+        assert t.size == 10_000 and t.snr_window is None
+        values = {k: p.low for k, p in t.priors.items() if p.is_fixed}
+        assert values == {
+            "flux": 1e5,
+            "sersic_n": 3.0,
+            "hlr": 0.3,
+            "g1": -0.069,
+            "g2": 0.15,
+            "psf_fwhm": 0.5,
+            "sigma": sigma,
+        }
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"colour": "red"}, ["unknown key 'colour'", "accepted keys"]),
+        ({"size": "many"}, ["size", "'many'", "not an integer"]),
+        ({"size": 0}, ["size", "0", "outside [1,"]),
+        ({"seed": -1}, ["seed", "-1"]),
+        ({"validation_fraction": 1.0}, ["validation_fraction", "[0, 1)"]),
+        ({"snr_window": [100, 10]}, ["snr_window", "[100, 10]"]),
+        ({"poisson_noise": "yes"}, ["poisson_noise", "true or false"]),
+        ({"priors": {"sersic_n": {"uniform": [0.1, 3.0]}}}, ["priors.sersic_n", "0.1", "[0.3, 6.2]"]),
+        ({"priors": {"sersic_n": {"fixed": 6.5}}}, ["priors.sersic_n", "6.5", "[0.3, 6.2]"]),
+        ({"priors": {"hlr": {"uniform": [0.6, 0.1]}}}, ["priors.hlr", "inverted", "low < high"]),
+        ({"priors": {"flux": {"normal": [1, 2]}}}, ["priors.flux", "'normal'", "{uniform: ...}"]),
+        ({"priors": {"flux": {"uniform": [1.0]}}}, ["priors.flux", "[low, high]"]),
+        ({"priors": {"sigma": {"integers": [200.5, 400]}}}, ["priors.sigma", "whole numbers"]),
+        ({"priors": {"hlr": {"discretized": [0.1, 0.6]}}}, ["priors.hlr", "'discretized'"]),
+        ({"priors": {"g1": {"fixed": 0.1}}}, ["shear", "one pair"]),
+        ({"priors": {"psf_fwhm": None}}, ["missing 'psf_fwhm'"]),
+        ({"priors": {"sersic_nn": {"fixed": 1.0}}}, ["unknown parameter 'sersic_nn'"]),
+    ],
+)
+def test_spec_errors_name_key_value_and_range(base_spec_dict, change, words):
+    raw = base_spec_dict
+    priors = change.pop("priors", {}) if "priors" in change else {}
+    raw.update(change)
+    for k, v in priors.items():
+        if v is None:
+            raw["priors"].pop(k)
+        else:
+            raw["priors"][k] = v
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(raw, source="my.yaml")
+    message = str(info.value)
+    assert message.startswith("my.yaml: ") and "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_g1_g2_box_must_stay_inside_unit_circle(base_spec_dict):
+    raw = base_spec_dict
+    del raw["priors"]["shear_amplitude"], raw["priors"]["shear_angle"]
+    raw["priors"]["g1"] = {"uniform": [-0.8, 0.8]}
+    raw["priors"]["g2"] = {"uniform": [-0.8, 0.8]}
+    with pytest.raises(SpecError, match="below 1"):
+        spec_from_dict(raw, source="s.yaml")
+
+
+def test_load_spec_file_errors(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("size: [1, 2\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(bad)
+
+
+def test_yaml_exponent_without_sign_is_a_number(base_spec_dict):
+    base_spec_dict["priors"]["flux"] = {"uniform": ["3.0e4", "4.0e5"]}
+    spec = spec_from_dict(base_spec_dict)
+    assert spec.priors["flux"].low == 3.0e4
+
+
+def test_overrides_and_digest(spec_factory):
+    spec = spec_factory()
+    bigger = spec.with_overrides(size=99)
+    assert bigger.size == 99 and bigger.seed == spec.seed
+    assert bigger.digest() != spec.digest() and spec_factory().digest() == spec.digest()
+    with pytest.raises(SpecError, match="size"):
+        spec.with_overrides(size=0)
