@@ -115,9 +115,11 @@ class Rendered:
 class CandidateRenderer:
     """Renders candidates, applies the SNR window and adds noise to the accepted ones."""
 
-    def __init__(self, config: RenderConfig):
+    def __init__(self, config: RenderConfig, renderer: Renderer | None = None):
         self.config = config
-        self.renderer = Renderer(stamp_size=config.stamp_size, pixel_scale=config.pixel_scale, psf_beta=config.psf_beta)
+        self.renderer = renderer or Renderer(
+            stamp_size=config.stamp_size, pixel_scale=config.pixel_scale, psf_beta=config.psf_beta
+        )
 
     def __call__(self, indices: np.ndarray, params: np.ndarray) -> Rendered:
         cfg = self.config
@@ -153,43 +155,45 @@ class CandidateRenderer:
         return (light + rng.normal(0.0, sigma, size=image.shape)).astype(np.float32)
 
 
-_WORKER: CandidateRenderer | None = None
+# One Renderer per stamp geometry and process: its retained profiles outlive a single dataset, so
+# making several datasets in one session builds each Sérsic index once.
+_RENDERERS: dict[tuple, Renderer] = {}
 
 
-def _init_worker(config: RenderConfig) -> None:
-    global _WORKER
-    _WORKER = CandidateRenderer(config)
+def _render(config: RenderConfig, indices, params) -> Rendered:
+    key = (config.stamp_size, config.pixel_scale, config.psf_beta)
+    if key not in _RENDERERS:
+        _RENDERERS[key] = Renderer(
+            stamp_size=config.stamp_size, pixel_scale=config.pixel_scale, psf_beta=config.psf_beta
+        )
+    return CandidateRenderer(config, _RENDERERS[key])(indices, params)
 
 
-def _render_in_worker(indices, params) -> Rendered:
-    return _WORKER(indices, params)
-
-
-class _Workers:
-    """``jobs`` single-process executors; worker w renders the Sérsic indices assigned to w.
+class Workers:
+    """``jobs`` worker processes; worker w renders the Sérsic indices assigned to w.
 
     Keeping an index on one worker means each worker builds GalSim's tables for its share of the
-    indices only, once for the whole run.
+    indices only, once for as long as the workers live. Pass one ``Workers`` to several
+    :func:`simulate` calls to share that work; ``jobs=1`` renders in this process.
     """
 
-    def __init__(self, config: RenderConfig, jobs: int):
-        self.jobs = jobs
-        self._local = CandidateRenderer(config) if jobs == 1 else None
+    def __init__(self, jobs: int | None = None):
+        self.jobs = (os.cpu_count() or 1) if jobs is None else int(jobs)
+        if self.jobs < 1:
+            raise SimulationError(f"--jobs {self.jobs}: must be at least 1")
         ctx = multiprocessing.get_context("spawn")
-        self._pools = [
-            ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=(config,))
-            for _ in range(jobs if jobs > 1 else 0)
-        ]
+        self._pools = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(self.jobs if self.jobs > 1 else 0)]
 
-    def render(self, indices: np.ndarray, params: np.ndarray) -> Rendered:
-        if self._local is not None:
-            return self._local(indices, params)
+    def render(self, config: RenderConfig, indices: np.ndarray, params: np.ndarray) -> Rendered:
+        """Render candidates ``params`` of samples ``indices``; results in the order given."""
+        if not self._pools:
+            return _render(config, indices, params)
         owner = np.round(params[:, 1] * 1e6).astype(np.int64) % self.jobs
         parts = []
         for w, pool in enumerate(self._pools):
             rows = np.flatnonzero(owner == w)
             if rows.size:
-                parts.append((rows, pool.submit(_render_in_worker, indices[rows], params[rows])))
+                parts.append((rows, pool.submit(_render, config, indices[rows], params[rows])))
         m = len(indices)
         accepted, snr = np.zeros(m, dtype=bool), np.empty(m)
         pieces = []
@@ -209,13 +213,20 @@ class _Workers:
         for pool in self._pools:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 # -- parts: chunks and shards --------------------------------------------------------------------
 _PART_KEYS = ("img", "img_nonoise", "params", "snr", "draws")
 
 
-def simulate_chunk(spec: DatasetSpec, start: int, stop: int, workers: _Workers, progress=None) -> dict:
+def simulate_chunk(spec: DatasetSpec, start: int, stop: int, workers: Workers, progress=None) -> dict:
     """Simulate samples ``start`` to ``stop - 1``; returns the arrays of a part."""
+    config = RenderConfig.from_spec(spec)
     m = stop - start
     indices = np.arange(start, stop)
     attempts = np.zeros(m, dtype=np.int64)
@@ -231,7 +242,7 @@ def simulate_chunk(spec: DatasetSpec, start: int, stop: int, workers: _Workers, 
     pending = np.arange(m)
     while pending.size:
         params = draw_candidates(spec, indices[pending], attempts[pending])
-        res = workers.render(indices[pending], params)
+        res = workers.render(config, indices[pending], params)
         attempts[pending] += 1
         done = pending[res.accepted]
         out["params"][done] = params[res.accepted]
@@ -436,6 +447,7 @@ def simulate(
     overwrite: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
+    workers: Workers | None = None,
 ) -> SimulationSummary:
     """Simulate a dataset (or one shard of it) and write it atomically.
 
@@ -456,6 +468,8 @@ def simulate(
         Samples per saved chunk: the most an interruption can lose.
     progress : bool
         Show a progress bar on standard error.
+    workers : Workers, optional
+        Worker processes to use (and keep) instead of starting ``jobs`` new ones.
 
     Returns
     -------
@@ -468,8 +482,7 @@ def simulate(
         be reached.
     """
     output = Path(output)
-    jobs = (os.cpu_count() or 1) if jobs is None else int(jobs)
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise SimulationError(f"--jobs {jobs}: must be at least 1")
     if chunk_size < 1:
         raise SimulationError(f"chunk size {chunk_size}: must be at least 1")
@@ -515,13 +528,15 @@ def simulate(
         bar.update(accepted)
         bar.set_postfix(rejected=f"{1 - counts['accepted'] / counts['candidates']:.0%}", refresh=False)
 
-    workers = _Workers(RenderConfig.from_spec(spec), jobs) if todo else None
+    own_workers = workers is None and bool(todo)
+    if own_workers:
+        workers = Workers(jobs)
     try:
         for a, b, path in todo:
             arrays = simulate_chunk(spec, a, b, workers, on_round)
             write_npz_atomic(path, {**_part_header(spec, a, b), **arrays})
     finally:
-        if workers is not None:
+        if own_workers:
             workers.close()
         bar.close()
 

@@ -1,0 +1,116 @@
+"""``galparam-evaluate``: Cramér–Rao bounds and the likelihood-fit baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from galparam.cli.common import ArgumentParser, positive_int, run
+from galparam.render import LABEL_NAMES
+
+DESCRIPTION = """\
+Judge estimators against the best possible.
+
+  galparam-evaluate crb --sigma 200                 the Cramér-Rao bound of one galaxy
+  galparam-evaluate crb --dataset DATA.npz -o bounds.csv   each image's own bound
+  galparam-evaluate baseline DATA.npz -o fits.csv   maximum-likelihood fits (resumable)
+"""
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="galparam-evaluate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    c = sub.add_parser("crb", help="Cramér-Rao bound of one galaxy, or of every image of a dataset")
+    c.add_argument("--flux", type=float, default=1.0e5, help="total flux, counts (default: %(default)g)")
+    c.add_argument("--sersic-n", type=float, default=3.0, help="Sérsic index (default: %(default)g)")
+    c.add_argument("--hlr", type=float, default=0.3, help="half-light radius, arcsec (default: %(default)g)")
+    c.add_argument("--g1", type=float, default=-0.069, help="reduced shear g1 (default: %(default)g)")
+    c.add_argument("--g2", type=float, default=0.15, help="reduced shear g2 (default: %(default)g)")
+    c.add_argument("--psf-fwhm", type=float, default=0.5, help="Moffat PSF FWHM, arcsec (default: %(default)g)")
+    c.add_argument("--sigma", type=float, default=200.0, help="Gaussian noise per pixel, counts (default: %(default)g)")
+    c.add_argument("--no-poisson", action="store_true", help="leave out the Poisson variance of the galaxy light")
+    c.add_argument("--json", action="store_true", help="print JSON: the bound per label")
+    c.add_argument("--dataset", metavar="DATA.npz", help="bound of each image of this dataset instead")
+    c.add_argument("--n-images", type=positive_int, help="with --dataset: the first N images")
+    c.add_argument("-o", "--output", metavar="BOUNDS.csv", help="with --dataset: where to write the bounds")
+
+    b = sub.add_parser("baseline", help="maximum-likelihood (L-BFGS-B) fits of a dataset's images")
+    b.add_argument("dataset", metavar="DATA.npz")
+    b.add_argument("-o", "--output", metavar="fits.csv", required=True, help="one row per image; resumes if present")
+    b.add_argument("--n-images", type=positive_int, help="fit the first N images (default: all)")
+    b.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default: %(default)s)")
+    b.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _crb(args) -> int:
+    from galparam.evaluate.crb import cramer_rao, dataset_bounds
+
+    if args.dataset:
+        from galparam.data import load_dataset
+        from galparam.io import write_text_atomic
+
+        if not args.output:
+            raise _usage("crb --dataset needs -o BOUNDS.csv")
+        ds = load_dataset(args.dataset)
+        n = len(ds) if args.n_images is None else min(args.n_images, len(ds))
+        table = dataset_bounds(ds, np.arange(n), poisson=False if args.no_poisson else None)
+        write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
+        print(f"wrote {args.output}: the bound of {n} images")
+        return 0
+    theta = [args.flux, args.sersic_n, args.hlr, args.g1, args.g2]
+    bound = cramer_rao(theta, args.psf_fwhm, args.sigma, poisson=not args.no_poisson)
+    if args.json:
+        print(json.dumps({k: float(v) for k, v in bound.std.items()}, indent=2))
+        return 0
+    print(f"Cramér-Rao bound (standard deviation) at {dict(zip(LABEL_NAMES, theta, strict=True))},")
+    print(f"PSF FWHM {args.psf_fwhm} arcsec, sigma {args.sigma}, Poisson {'off' if args.no_poisson else 'on'}:")
+    print(bound.std.to_frame("crb").to_string(float_format=lambda v: f"{v:.4g}"))
+    print("\nCorrelation matrix:")
+    print(bound.correlation.to_string(float_format=lambda v: f"{v:+.2f}"))
+    return 0
+
+
+def _baseline(args) -> int:
+    from galparam.evaluate.baseline import run_baseline
+
+    fits = run_baseline(
+        args.dataset,
+        args.output,
+        n_images=args.n_images,
+        jobs=args.jobs,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {args.output}: {len(fits)} fits, {int(fits['converged'].sum())} converged, "
+        f"median {fits['seconds'].median():.2f} s per image"
+    )
+    return 0
+
+
+def _usage(message):
+    from galparam.errors import GalparamError
+
+    return GalparamError(message)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return {"crb": _crb, "baseline": _baseline}[args.command](args)
+
+
+def entry_point() -> None:
+    sys.exit(run(main, prog="galparam-evaluate"))
+
+
+if __name__ == "__main__":
+    entry_point()

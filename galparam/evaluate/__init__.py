@@ -1,0 +1,1 @@
+"""Evaluation: Cramér–Rao bounds, the likelihood fit, metrics and reports."""

@@ -1,0 +1,161 @@
+"""The likelihood-fit baseline over a dataset: parallel, written row by row, resumable.
+
+``fits.csv`` gets one row per image, in dataset order, appended as each fit finishes; a run that
+is interrupted continues after the last complete row when started again. A JSON file beside it
+(``fits.csv.json``) records which dataset and settings the rows belong to, so rows of another
+dataset are never mixed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from galparam.data import load_dataset
+from galparam.errors import GalparamError
+from galparam.evaluate.mle import ConvergenceWarning, LikelihoodFit
+from galparam.io import write_json_atomic
+from galparam.render import LABEL_NAMES, Renderer
+
+FIT_COLUMNS = ("index", *LABEL_NAMES, "converged", "nll", "iterations", "evaluations", "seconds")
+
+_RENDERERS: dict[tuple, Renderer] = {}
+
+
+def _fit_task(task):
+    index, image, psf_fwhm, sigma, poisson, geometry, init = task
+    if geometry not in _RENDERERS:
+        _RENDERERS[geometry] = Renderer(stamp_size=geometry[0], pixel_scale=geometry[1], psf_beta=geometry[2])
+    fitter = LikelihoodFit(psf_fwhm=psf_fwhm, sigma=sigma, poisson=poisson, renderer=_RENDERERS[geometry])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the 'converged' column
+        r = fitter.fit(image, init).result_
+    return [index, *r.theta.tolist(), int(r.converged), r.nll, r.iterations, r.evaluations, round(r.seconds, 4)]
+
+
+def _read_done(path: Path) -> int:
+    """Rows already in ``path`` (complete lines only; a torn last line is cut off)."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(data))
+    lines = data.decode().splitlines()
+    if not lines or lines[0].split(",") != list(FIT_COLUMNS):
+        raise GalparamError(f"{path}: not a galparam fits file (header {FIT_COLUMNS}); remove it or pass --overwrite")
+    return len(lines) - 1
+
+
+def run_baseline(
+    dataset_path,
+    output,
+    *,
+    n_images: int | None = None,
+    jobs: int = 1,
+    init=None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Fit the first ``n_images`` images of a dataset by maximum likelihood.
+
+    Parameters
+    ----------
+    dataset_path : path
+        A galparam dataset (``.npz``).
+    output : path
+        The ``fits.csv`` to write (columns :data:`FIT_COLUMNS`).
+    n_images : int, optional
+        How many images, from the first (default all).
+    jobs : int
+        Worker processes.
+    init : ndarray of shape (n_images, 5), optional
+        Starting points (e.g. a network's estimates); default :func:`mle.initial_guess`.
+    overwrite : bool
+        Start again instead of resuming an existing file.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    DataFrame of all rows of ``output``
+    """
+    ds = load_dataset(dataset_path)
+    output = Path(output)
+    total = len(ds) if n_images is None else int(n_images)
+    if not 1 <= total <= len(ds):
+        raise GalparamError(f"--n-images {n_images}: the dataset has {len(ds)} images; accepted 1..{len(ds)}")
+    if init is not None:
+        init = np.asarray(init, dtype=np.float64)
+        if init.shape != (total, 5):
+            raise GalparamError(f"starting points of shape {init.shape}: expected ({total}, 5)")
+    manifest = {
+        "dataset": str(Path(dataset_path).resolve()),
+        "dataset_spec_digest": ds.spec.digest(),
+        "n_images": total,
+        "init": "given" if init is not None else "adaptive moments",
+    }
+    sidecar = output.with_name(output.name + ".json")
+    if overwrite:
+        for p in (output, sidecar):
+            p.unlink(missing_ok=True)
+    if output.exists():
+        try:
+            old = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != manifest:
+            raise GalparamError(f"{output} holds fits of another dataset or setting; remove it or pass --overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(sidecar, manifest)
+    done = _read_done(output)
+    if done > total:
+        raise GalparamError(f"{output} has {done} rows, more than the {total} asked for; pass --overwrite")
+
+    spec = ds.spec
+    geometry = (spec.stamp_size, spec.pixel_scale, spec.psf_beta)
+    tasks = (
+        (
+            i,
+            ds.img[i].astype(np.float64),
+            float(ds.psf_fwhm[i]),
+            float(ds.sigma[i]),
+            spec.poisson_noise,
+            geometry,
+            None if init is None else init[i],
+        )
+        for i in range(done, total)
+    )
+    new_file = done == 0
+    with open(output, "a", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if new_file:
+            writer.writerow(FIT_COLUMNS)
+            f.flush()
+        bar = tqdm(total=total, initial=done, unit="fit", desc="baseline", disable=not progress)
+        if jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(jobs) as pool:
+                for row in pool.imap(_fit_task, tasks):
+                    _append(f, writer, row, bar)
+        else:
+            for task in tasks:
+                _append(f, writer, _fit_task(task), bar)
+        bar.close()
+    return pd.read_csv(output)
+
+
+def _append(f, writer, row, bar) -> None:
+    writer.writerow(row)
+    f.flush()
+    os.fsync(f.fileno())
+    bar.update(1)
