@@ -191,3 +191,86 @@ def load_metadata(path):
     if not csv.exists():
         raise DatasetError(f"{csv}: no metadata table beside the dataset")
     return pd.read_csv(csv)
+
+
+class MinMaxScaler:
+    """Per-column min-max scaling to ``feature_range``, stored as JSON (never pickled).
+
+    Fit it on the training split only. The Xception regressor uses (-1, 1) for the labels, the
+    autoencoder (0, 1) for the labels and the noiseless images.
+
+    Parameters
+    ----------
+    feature_range : (float, float)
+        The target interval.
+    names : sequence of str, optional
+        Column names, recorded in the JSON (e.g. :data:`galparam.render.LABEL_NAMES`).
+    """
+
+    def __init__(self, feature_range=(-1.0, 1.0), names=None):
+        low, high = (float(v) for v in feature_range)
+        if not low < high:
+            raise GalparamError(f"feature_range {feature_range}: expected (low, high) with low < high")
+        self.feature_range = (low, high)
+        self.names = list(names) if names is not None else None
+
+    def fit(self, values) -> MinMaxScaler:
+        """Learn each column's minimum and maximum (a scalar for images: pass ``values.ravel()[:, None]``)."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or not len(values):
+            raise GalparamError(f"scaler: expected a non-empty (N, columns) array, got shape {values.shape}")
+        if not np.isfinite(values).all():
+            raise GalparamError("scaler: the values hold NaN or infinite entries")
+        self.data_min_ = values.min(axis=0)
+        self.data_max_ = values.max(axis=0)
+        return self
+
+    def _scale(self):
+        span = np.where(self.data_max_ > self.data_min_, self.data_max_ - self.data_min_, 1.0)
+        return (self.feature_range[1] - self.feature_range[0]) / span
+
+    def transform(self, values) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        return ((values - self.data_min_) * self._scale() + self.feature_range[0]).astype(np.float32)
+
+    def inverse_transform(self, scaled) -> np.ndarray:
+        scaled = np.asarray(scaled, dtype=np.float64)
+        return (scaled - self.feature_range[0]) / self._scale() + self.data_min_
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "minmax",
+            "feature_range": list(self.feature_range),
+            "names": self.names,
+            "data_min": self.data_min_.tolist(),
+            "data_max": self.data_max_.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MinMaxScaler:
+        try:
+            if d["kind"] != "minmax":
+                raise GalparamError(f"scaler kind {d['kind']!r}: expected 'minmax'")
+            scaler = cls(d["feature_range"], d.get("names"))
+            scaler.data_min_ = np.asarray(d["data_min"], dtype=np.float64)
+            scaler.data_max_ = np.asarray(d["data_max"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GalparamError(f"not a galparam scaler ({type(exc).__name__}: {exc})") from None
+        return scaler
+
+    def save(self, path) -> None:
+        """Write the scaler as JSON, atomically."""
+        from galparam.io import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path) -> MinMaxScaler:
+        import json
+
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise GalparamError(f"{path}: no such scaler file") from None
+        except ValueError as exc:
+            raise GalparamError(f"{path}: not JSON ({exc})") from None

@@ -282,16 +282,19 @@ class Part:
     stop: int
     digest: str
     spec_text: str
+    version: str
 
     @classmethod
     def open(cls, path) -> Part:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = {"sample_start", "sample_stop", "digest", "spec", *_PART_KEYS} - {k for k in z.files}
+                header = ("sample_start", "sample_stop", "digest", "spec", "galparam_version")
+                missing = {*header, *_PART_KEYS} - set(z.files)
                 if missing:
                     raise DatasetError(f"{path}: not a galparam part (missing {', '.join(sorted(missing))})")
-                return cls(path, int(z["sample_start"]), int(z["sample_stop"]), str(z["digest"]), str(z["spec"]))
+                start, stop, digest, spec_text, version = (z[k] for k in header)
+                return cls(path, int(start), int(stop), str(digest), str(spec_text), str(version))
         except FileNotFoundError:
             raise DatasetError(f"{path}: no such file") from None
         except DatasetError:
@@ -300,8 +303,14 @@ class Part:
             raise DatasetError(f"{path}: not a readable npz part ({type(exc).__name__}: {exc})") from None
 
     def read(self, key: str) -> np.ndarray:
-        with np.load(self.path, allow_pickle=False) as z:
-            return z[key]
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                value = z[key]
+        except Exception as exc:  # truncated or altered after it was opened
+            raise DatasetError(f"{self.path}: cannot read {key} ({type(exc).__name__}: {exc})") from None
+        if value.ndim and len(value) != self.stop - self.start:
+            raise DatasetError(f"{self.path}: {key} has {len(value)} rows for {self.stop - self.start} samples")
+        return value
 
 
 def _check_coverage(parts: list[Part], start: int, stop: int) -> list[Part]:
@@ -317,12 +326,14 @@ def _check_coverage(parts: list[Part], start: int, stop: int) -> list[Part]:
     return parts
 
 
-def _stream(writer: NpzWriter, name: str, parts: list[Part], key: str, shape_tail, dtype, transform=None):
+def _stream(writer: NpzWriter, name: str, parts: list[Part], key: str, shape_tail, dtype):
     total = sum(p.stop - p.start for p in parts)
     writer.begin(name, (total, *shape_tail), dtype)
     for part in parts:
         piece = part.read(key)
-        writer.write(transform(piece) if transform else piece)
+        if piece.shape[1:] != tuple(shape_tail):
+            raise DatasetError(f"{part.path}: {key} rows have shape {piece.shape[1:]}, expected {tuple(shape_tail)}")
+        writer.write(piece)
 
 
 def _write_part(path: Path, spec: DatasetSpec, parts: list[Part], start: int, stop: int) -> None:
@@ -575,9 +586,11 @@ def merge(part_paths, output, *, overwrite: bool = False) -> Path:
     if not part_paths:
         raise SimulationError("merge: give the shard files to join")
     parts = [Part.open(p) for p in part_paths]
-    digests = {p.digest for p in parts}
-    if len(digests) > 1:
+    if len({p.digest for p in parts}) > 1:
         raise SimulationError("merge: the parts come from different specs or seeds; merge shards of one run only")
+    versions = sorted({p.version for p in parts})
+    if len(versions) > 1:
+        raise SimulationError(f"merge: the parts were made by different galparam versions ({', '.join(versions)})")
     spec = spec_from_yaml_text(parts[0].spec_text, source=str(parts[0].path))
     parts = _check_coverage(parts, 0, spec.size)
     _write_dataset(output, spec, parts)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,24 @@ def test_split_is_deterministic_and_checked():
     assert (train == np.arange(180)).all() and (val == np.arange(180, 200)).all()
     with pytest.raises(GalparamError, match=r"\[0, 1\)"):
         split_indices(10, 1.5)
+
+
+def test_scaler_json_round_trip(tmp_path):
+    from galparam.data import MinMaxScaler
+    from galparam.render import LABEL_NAMES
+
+    rng = np.random.default_rng(1)
+    labels = rng.uniform([3e4, 0.5, 0.1, -0.6, -0.6], [4e5, 6, 0.6, 0.6, 0.6], size=(100, 5))
+    scaler = MinMaxScaler((-1, 1), names=LABEL_NAMES).fit(labels)
+    scaled = scaler.transform(labels)
+    assert scaled.dtype == np.float32 and scaled.min() == pytest.approx(-1) and scaled.max() == pytest.approx(1)
+    scaler.save(tmp_path / "scaler.json")
+    again = MinMaxScaler.load(tmp_path / "scaler.json")
+    np.testing.assert_array_equal(again.transform(labels), scaled)
+    np.testing.assert_allclose(again.inverse_transform(scaled), labels, rtol=1e-6)
+    assert json.loads((tmp_path / "scaler.json").read_text())["names"] == list(LABEL_NAMES)
+    (tmp_path / "bad.json").write_text('{"kind": "minmax"}')
+    with pytest.raises(GalparamError, match="not a galparam scaler"):
+        MinMaxScaler.load(tmp_path / "bad.json")
+    with pytest.raises(GalparamError, match="NaN"):
+        MinMaxScaler().fit(np.array([[np.nan]]))

@@ -1,0 +1,1 @@
+"""Model families: plain Keras builders and the KerasTuner HyperModels that search them."""
