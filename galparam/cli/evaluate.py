@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from galparam.cli.common import ArgumentParser, positive_int, run
+from galparam.errors import GalparamError
 from galparam.render import LABEL_NAMES
 
 DESCRIPTION = """\
@@ -59,7 +60,7 @@ def _crb(args) -> int:
         from galparam.io import write_text_atomic
 
         if not args.output:
-            raise _usage("crb --dataset needs -o BOUNDS.csv")
+            raise GalparamError("crb --dataset needs -o BOUNDS.csv")
         ds = load_dataset(args.dataset)
         n = len(ds) if args.n_images is None else min(args.n_images, len(ds))
         table = dataset_bounds(ds, np.arange(n), poisson=False if args.no_poisson else None)
@@ -95,12 +96,6 @@ def _baseline(args) -> int:
         f"median {fits['seconds'].median():.2f} s per image"
     )
     return 0
-
-
-def _usage(message):
-    from galparam.errors import GalparamError
-
-    return GalparamError(message)
 
 
 def main(argv=None) -> int:
