@@ -15,6 +15,7 @@ to float32 rounding.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import lru_cache
 
 import galsim
 import numpy as np
@@ -188,6 +189,16 @@ class Renderer:
         ndarray of shape (stamp_size, stamp_size)
         """
         return self._draw(self.psf(psf_fwhm), dtype)
+
+
+@lru_cache(maxsize=8)
+def shared_renderer(stamp_size: int, pixel_scale: float, psf_beta: float) -> Renderer:
+    """This process's renderer for a stamp geometry.
+
+    Its retained profiles outlive one dataset or one fit, so a worker process that makes several
+    datasets or fits many images builds each Sérsic index once.
+    """
+    return Renderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
 
 
 def render_image(flux, sersic_n, hlr, g1, g2, psf_fwhm, **renderer_kwargs) -> np.ndarray:

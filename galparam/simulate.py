@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from galparam import __version__
 from galparam.errors import DatasetError, SimulationError
 from galparam.io import NpzWriter, atomic_path, write_json_atomic, write_npz_atomic, write_text_atomic
-from galparam.render import LABEL_NAMES, Renderer
+from galparam.render import LABEL_NAMES, Renderer, shared_renderer
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
 PARAM_COLUMNS = (*LABEL_NAMES, "psf_fwhm", "sigma")
@@ -155,18 +155,9 @@ class CandidateRenderer:
         return (light + rng.normal(0.0, sigma, size=image.shape)).astype(np.float32)
 
 
-# One Renderer per stamp geometry and process: its retained profiles outlive a single dataset, so
-# making several datasets in one session builds each Sérsic index once.
-_RENDERERS: dict[tuple, Renderer] = {}
-
-
 def _render(config: RenderConfig, indices, params) -> Rendered:
-    key = (config.stamp_size, config.pixel_scale, config.psf_beta)
-    if key not in _RENDERERS:
-        _RENDERERS[key] = Renderer(
-            stamp_size=config.stamp_size, pixel_scale=config.pixel_scale, psf_beta=config.psf_beta
-        )
-    return CandidateRenderer(config, _RENDERERS[key])(indices, params)
+    renderer = shared_renderer(config.stamp_size, config.pixel_scale, config.psf_beta)
+    return CandidateRenderer(config, renderer)(indices, params)
 
 
 class Workers:

@@ -23,18 +23,14 @@ from galparam.data import load_dataset
 from galparam.errors import GalparamError
 from galparam.evaluate.mle import ConvergenceWarning, LikelihoodFit
 from galparam.io import write_json_atomic
-from galparam.render import LABEL_NAMES, Renderer
+from galparam.render import LABEL_NAMES, shared_renderer
 
 FIT_COLUMNS = ("index", *LABEL_NAMES, "converged", "nll", "iterations", "evaluations", "seconds")
-
-_RENDERERS: dict[tuple, Renderer] = {}
 
 
 def _fit_task(task):
     index, image, psf_fwhm, sigma, poisson, geometry, init = task
-    if geometry not in _RENDERERS:
-        _RENDERERS[geometry] = Renderer(stamp_size=geometry[0], pixel_scale=geometry[1], psf_beta=geometry[2])
-    fitter = LikelihoodFit(psf_fwhm=psf_fwhm, sigma=sigma, poisson=poisson, renderer=_RENDERERS[geometry])
+    fitter = LikelihoodFit(psf_fwhm=psf_fwhm, sigma=sigma, poisson=poisson, renderer=shared_renderer(*geometry))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the 'converged' column
         r = fitter.fit(image, init).result_

@@ -36,6 +36,8 @@ def check_parameters(theta, psf_fwhm: float, sigma: float) -> np.ndarray:
     theta = np.asarray(theta, dtype=np.float64)
     if theta.shape != (5,):
         raise GalparamError(f"expected 5 parameters {LABEL_NAMES}, got {theta.shape}")
+    if not np.isfinite(theta).all():
+        raise GalparamError(f"parameters must be finite, got {theta}")
     flux, n, hlr, g1, g2 = theta
     problems = [
         (flux > 0, f"flux {flux:g} must be > 0"),
@@ -46,8 +48,8 @@ def check_parameters(theta, psf_fwhm: float, sigma: float) -> np.ndarray:
         (sigma > 0, f"sigma {sigma:g} must be > 0"),
     ]
     for ok, message in problems:
-        if not (ok and np.isfinite(theta).all()):
-            raise GalparamError(message if not ok else f"parameters must be finite, got {theta}")
+        if not ok:
+            raise GalparamError(message)
     return theta
 
 

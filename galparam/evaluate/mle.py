@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from galparam.errors import GalparamError
-from galparam.render import LABEL_NAMES, Renderer, sersic_grid
+from galparam.render import Renderer, sersic_grid
 
 DEFAULT_BOUNDS = np.array(
     [
@@ -161,23 +161,23 @@ class LikelihoodFit:
     def _render(self, flux, n_value, hlr, g1, g2):
         return self.renderer.image(flux, n_value, hlr, g1, g2, self.psf_fwhm, dtype=np.float64)
 
-    def _bracket(self, n):
+    def _bracket_images(self, theta):
+        """Images at the two grid indices around n, and the interpolation weight t of the upper one."""
+        flux, n, hlr, g1, g2 = theta
         j = int(np.clip(np.searchsorted(self.grid, n) - 1, 0, len(self.grid) - 2))
-        return j, (n - self.grid[j]) / (self.grid[j + 1] - self.grid[j])
+        n0, n1 = self.grid[j], self.grid[j + 1]
+        a = self._render(flux, n0, hlr, g1, g2)
+        b = self._render(flux, n1, hlr, g1, g2)
+        return a, b, (n - n0) / (n1 - n0), n0, n1
 
     def model(self, theta) -> np.ndarray:
         """The model image at ``theta``: linear in n between the two neighbouring grid values."""
-        flux, n, hlr, g1, g2 = theta
-        j, t = self._bracket(n)
-        a = self._render(flux, self.grid[j], hlr, g1, g2)
-        b = self._render(flux, self.grid[j + 1], hlr, g1, g2)
+        a, b, t, _, _ = self._bracket_images(theta)
         return (1 - t) * a + t * b
 
     def _nll_and_gradient(self, theta, image):
         flux, n, hlr, g1, g2 = theta
-        j, t = self._bracket(n)
-        a = self._render(flux, self.grid[j], hlr, g1, g2)
-        b = self._render(flux, self.grid[j + 1], hlr, g1, g2)
+        a, b, t, n0, n1 = self._bracket_images(theta)
         mu = (1 - t) * a + t * b
         variance = self.sigma**2 + (np.clip(mu, 0.0, None) if self.poisson else 0.0)
         resid = image - mu
@@ -187,11 +187,11 @@ class LikelihoodFit:
             dnll_dmu += np.where(mu > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
         grad = np.empty(5)
         grad[0] = np.sum(dnll_dmu * mu) / flux
-        grad[1] = np.sum(dnll_dmu * (b - a)) / (self.grid[j + 1] - self.grid[j])
+        grad[1] = np.sum(dnll_dmu * (b - a)) / (n1 - n0)
         # Radius and shear: forward differences at the nearer grid value only (one render each).
         # The Jacobian differs from the interpolated model's by O(grid step); it enters the
         # gradient multiplied by the residuals, so the optimum moves by a negligible amount.
-        near_n, near = (self.grid[j], a) if t < 0.5 else (self.grid[j + 1], b)
+        near_n, near = (n0, a) if t < 0.5 else (n1, b)
         for i in (2, 3, 4):
             step = np.array([flux, near_n, hlr, g1, g2])
             h = _FD_STEPS[i] if theta[i] + _FD_STEPS[i] <= self.bounds[i, 1] else -_FD_STEPS[i]
@@ -258,7 +258,6 @@ def fit_image(image, *, psf_fwhm: float, sigma: float, init=None, **kwargs) -> F
 
 __all__ = [
     "DEFAULT_BOUNDS",
-    "LABEL_NAMES",
     "ConvergenceWarning",
     "FitResult",
     "LikelihoodFit",
