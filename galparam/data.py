@@ -87,13 +87,46 @@ def _fail(path, message):
     raise DatasetError(f"{path}: {message}")
 
 
-def load_dataset(path) -> Dataset:
+def _memmap_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray | None:
+    """A read-only memory map of an uncompressed ``.npy`` member, or None if it cannot be mapped."""
+    info = zf.getinfo(name + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            return None
+        start = (
+            info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        )
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            return None
+        shape, fortran, dtype = read_header[version](f)
+        offset = f.tell()
+    if fortran or dtype.hasobject or not shape or 0 in shape:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _all_finite(array: np.ndarray, rows: int = 4096) -> int:
+    """Count the non-finite entries, a block of rows at a time (memory-mapped arrays stay on disk)."""
+    return sum(int(np.count_nonzero(~np.isfinite(array[i : i + rows]))) for i in range(0, max(len(array), 1), rows))
+
+
+def load_dataset(path, *, mmap: bool = False) -> Dataset:
     """Load a dataset written by ``galparam-simulate`` and check it.
 
     Parameters
     ----------
     path : path-like
         An ``.npz`` dataset.
+    mmap : bool
+        Memory-map the image arrays instead of reading them (a 200,000-image dataset holds
+        6.6 GB of images; mapped, they are read from disk as batches need them).
 
     Returns
     -------
@@ -115,7 +148,11 @@ def load_dataset(path) -> Dataset:
                 _fail(
                     path, f"not a galparam dataset: missing {', '.join(missing)} (required: {', '.join(REQUIRED_KEYS)})"
                 )
-            arrays = {k: z[k] for k in z.files}
+            images = set(_FLOAT_IMAGES) if mmap else set()
+            arrays = {}
+            for k in z.files:
+                mapped = _memmap_member(path, z.zip, k) if k in images else None
+                arrays[k] = z[k] if mapped is None else mapped
     except DatasetError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
@@ -144,8 +181,8 @@ def load_dataset(path) -> Dataset:
     for key in (*_FLOAT_IMAGES, "label", *_PER_IMAGE):
         if arrays[key].dtype != np.float32:
             _fail(path, f"{key} has dtype {arrays[key].dtype}; expected float32")
-        if not np.isfinite(arrays[key]).all():
-            bad = int(np.count_nonzero(~np.isfinite(arrays[key])))
+        bad = _all_finite(arrays[key])
+        if bad:
             _fail(path, f"{key} holds {bad} NaN or infinite values")
     if tuple(str(v) for v in arrays["label_names"]) != LABEL_NAMES:
         _fail(path, f"label_names are {list(arrays['label_names'])}; expected {list(LABEL_NAMES)}")
@@ -274,3 +311,112 @@ class MinMaxScaler:
             raise GalparamError(f"{path}: no such scaler file") from None
         except ValueError as exc:
             raise GalparamError(f"{path}: not JSON ({exc})") from None
+
+
+def column_range(array, indices, rows: int = 4096) -> tuple[float, float]:
+    """Smallest and largest value of ``array[indices]``, read a block of rows at a time."""
+    indices = np.asarray(indices)
+    low, high = np.inf, -np.inf
+    for start in range(0, len(indices), rows):
+        block = array[np.sort(indices[start : start + rows])]
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+    return low, high
+
+
+def spread_sample(indices, size: int) -> np.ndarray:
+    """At most ``size`` of ``indices``, evenly spaced (a deterministic sample for adapting layers)."""
+    indices = np.asarray(indices)
+    if len(indices) <= size:
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, size).round().astype(np.int64)]
+
+
+def index_batches(indices, batch_size: int, *, shuffle_seed: int | None = None, first_epoch: int = 0):
+    """Yield the index batches of one epoch (no shuffling), or of every epoch from ``first_epoch`` on.
+
+    With ``shuffle_seed`` each epoch's order is a permutation drawn from ``(shuffle_seed, epoch)``:
+    a run resumed at epoch k sees the same batches as one that never stopped.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    epoch = first_epoch
+    while True:
+        order = indices if shuffle_seed is None else np.random.default_rng([shuffle_seed, epoch]).permutation(indices)
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+        if shuffle_seed is None:
+            return
+        epoch += 1
+
+
+def tf_dataset(
+    columns: dict,
+    inputs,
+    targets,
+    indices,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    first_epoch: int = 0,
+):
+    """A ``tf.data`` pipeline of ``(inputs, targets)`` batches gathered from (memory-mapped) arrays.
+
+    Parameters
+    ----------
+    columns : dict of str to (array, callable)
+        For each model input or output name, the array holding it (indexed by image) and the
+        transform that turns a gathered block into the float32 batch (scaling, channel axis).
+    inputs, targets : str or tuple of str
+        Column names; one name gives a tensor, a tuple a dict keyed by name (Keras matches the
+        model's input and output names).
+    indices : array of int
+        The images to serve.
+    batch_size : int
+        Images per batch (the last batch of an epoch may be smaller).
+    shuffle_seed : int, optional
+        Shuffle with a fresh permutation each epoch and repeat forever (give ``steps_per_epoch``
+        to ``fit``); without it, one pass in order.
+    first_epoch : int
+        The epoch the pipeline starts at (for resumed runs).
+
+    Returns
+    -------
+    tf.data.Dataset
+        float32 throughout, prefetched; at most a few batches are in memory at any time.
+    """
+    import tensorflow as tf
+
+    names = tuple(dict.fromkeys((inputs,) if isinstance(inputs, str) else inputs)) + tuple(
+        (targets,) if isinstance(targets, str) else targets
+    )
+    indices = np.asarray(indices, dtype=np.int64)
+    if not len(indices):
+        raise GalparamError("no images to serve")
+
+    def gather(idx):
+        idx = np.sort(idx)  # faster reads from a memory map; the order inside a batch does not matter
+        return [np.ascontiguousarray(columns[n][1](columns[n][0][idx]), dtype=np.float32) for n in names]
+
+    shapes = [a.shape[1:] for a in gather(indices[:1])]
+    batches = tf.data.Dataset.from_generator(
+        lambda: index_batches(indices, batch_size, shuffle_seed=shuffle_seed, first_epoch=first_epoch),
+        output_signature=tf.TensorSpec([None], tf.int64),
+    )
+
+    def load(idx):
+        tensors = tf.numpy_function(gather, [idx], [tf.float32] * len(names), stateful=False)
+        for tensor, shape in zip(tensors, shapes, strict=True):
+            tensor.set_shape((None, *shape))
+        by_name = dict(zip(names, tensors, strict=True))
+
+        def pick(spec):
+            return by_name[spec] if isinstance(spec, str) else {n: by_name[n] for n in spec}
+
+        return pick(inputs), pick(targets)
+
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def with_channel(images) -> np.ndarray:
+    """(N, S, S) images → (N, S, S, 1) float32, the layout the models take."""
+    images = np.asarray(images, dtype=np.float32)
+    return images[..., None] if images.ndim == 3 else images

@@ -2,8 +2,9 @@
 
 Simulate the small variants of v1, v2, v3 and both fixed-parameter test sets and print what each
 took (one set of worker processes serves all five, so every Sérsic index's GalSim tables are built
-once); then fit the first images of each test set by maximum likelihood and print their bias and
-spread against the Cramér–Rao bound.
+once); train the small Xception on v2-small for a few epochs and print its validation table; then
+fit the first images of each test set by maximum likelihood and print the bias and spread of the
+fit and of the network against the Cramér–Rao bound.
 """
 
 from __future__ import annotations
@@ -42,8 +43,26 @@ def simulate_demo_datasets(data_dir, out_dir, *, jobs=None, progress=True) -> pd
     return pd.DataFrame(rows)
 
 
-def baseline_table(out_dir, *, n_images: int = 100, jobs=None, progress=True) -> pd.DataFrame:
-    """Bias and spread of the likelihood fit on the small test sets, beside the bound."""
+DEMO_EXPERIMENT = "xception-v2-small"
+
+
+def train_demo_model(experiments_dir, out_dir, *, epochs: int = 3, verbose="auto") -> Path:
+    """Train the small Xception experiment on the demo's v2-small for ``epochs`` epochs."""
+    import dataclasses
+    import shutil
+
+    from galparam.specs import load_experiment
+    from galparam.train import train
+
+    spec = load_experiment(Path(experiments_dir) / f"{DEMO_EXPERIMENT}.yaml")
+    spec = dataclasses.replace(spec, dataset=(Path(out_dir) / "data" / "v2-small.npz").resolve(), epochs=epochs)
+    run_dir = Path(out_dir) / "runs" / spec.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return train(spec, run_dir, verbose=verbose)
+
+
+def baseline_table(out_dir, *, n_images: int = 100, jobs=None, progress=True, run_dir=None) -> pd.DataFrame:
+    """Bias and spread of the likelihood fit (and of a trained network) on the small test sets, beside the bound."""
     import numpy as np
 
     from galparam.data import load_dataset
@@ -66,28 +85,51 @@ def baseline_table(out_dir, *, n_images: int = 100, jobs=None, progress=True) ->
         ds = load_dataset(data)
         truth = ds.label[0].astype(np.float64)
         bound = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0])).std.to_numpy()
-        table = estimator_metrics(ds.label[:n_images], fits[list(LABEL_NAMES)].to_numpy(), bound)
-        table.insert(0, "SNR", snr)
-        tables.append(table[["SNR", "crb", "bias", "std", "bias/crb", "std/crb"]])
+        estimates = {"baseline": fits[list(LABEL_NAMES)].to_numpy()}
+        if run_dir is not None:
+            from galparam.estimator import load_estimator
+
+            estimates["xception"] = load_estimator(run_dir).predict(ds.img[:n_images]).to_numpy()
+        for name, values in estimates.items():
+            table = estimator_metrics(ds.label[:n_images], values, bound)
+            table.insert(0, "estimator", name)
+            table.insert(0, "SNR", snr)
+            tables.append(table[["SNR", "estimator", "crb", "bias", "std", "bias/crb", "std/crb"]])
     return pd.concat(tables).reset_index()
 
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="galparam-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data", help="folder of the dataset specs (default: %(default)s)")
+    p.add_argument("--experiments", default="experiments", help="folder of the experiment specs (default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="epochs of the demo model (default: %(default)s)")
     p.add_argument("--output", default="runs/demo", help="where the demo writes (default: %(default)s)")
     p.add_argument("--jobs", type=positive_int, help="worker processes (default: all cores)")
     args = p.parse_args(argv)
     out = Path(args.output)
     print(f"Simulating the demo datasets into {out / 'data'} ...", file=sys.stderr)
     table = simulate_demo_datasets(args.data, out / "data", jobs=args.jobs)
+    print(f"Training {DEMO_EXPERIMENT} on v2-small for {args.epochs} epochs ...", file=sys.stderr)
+    run_dir = train_demo_model(args.experiments, out, epochs=args.epochs)
     print(f"Fitting the test sets by maximum likelihood into {out} ...", file=sys.stderr)
-    baseline = baseline_table(out, jobs=args.jobs)
+    baseline = baseline_table(out, jobs=args.jobs, run_dir=run_dir)
     print()
     print("Simulated datasets")
     print(table.to_string(index=False))
     print()
-    print("Maximum-likelihood baseline on 100 images of each test set, against the Cramér-Rao bound")
+    import json
+
+    from galparam.render import LABEL_NAMES
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(f"{DEMO_EXPERIMENT}: validation on {metrics['n_images']} v2-small images ({run_dir})")
+    print(
+        pd.DataFrame(metrics["labels"])
+        .T.loc[list(LABEL_NAMES), ["rmse", "bias", "explained_variance"]]
+        .to_string(float_format=lambda v: f"{v:.4g}")
+    )
+    print()
+    print("Baseline and network on 100 images of each test set, against the Cramér-Rao bound")
     print(baseline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 

@@ -31,6 +31,7 @@ Instead of ``shear_amplitude`` and ``shear_angle`` a spec may give ``g1`` and ``
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +72,42 @@ _PRIORS = {
     "psf_fwhm": (("fixed", "uniform"), 0.0, 20.0, False, True, "arcsec"),
     "sigma": (("fixed", "integers"), 0.0, INF, False, False, "counts"),
 }
+FAMILIES = ("xception", "autoencoder")
+AUTOENCODER_STAGES = ("encoder", "decoder", "joint")
+
+# Experiment settings, declared like _SETTINGS (type None: one of _CHOICES, whatever its type).
+_EXPERIMENT = {
+    "name": (str, None, None, True, True, REQUIRED, "experiment name (the default run folder is runs/NAME)"),
+    "family": (str, None, None, True, True, REQUIRED, "model family"),
+    "dataset": (str, None, None, True, True, REQUIRED, "npz dataset, relative to the spec's folder"),
+    "images": (str, None, None, True, True, "noisy", "train on the noisy or the noiseless images"),
+    "psf_input": (None, None, None, True, True, "auto", "PSF image as a second input (auto: where the PSF varies)"),
+    "hyperparameters": (None, None, None, True, True, None, "builder arguments, or a JSON file a search wrote"),
+    "optimizer": (str, None, None, True, True, "adam", "Keras optimizer"),
+    "learning_rate": (float, 0.0, 1.0, False, True, None, "initial learning rate (default 0.001)"),
+    "batch_size": (int, 1, 65536, True, True, 32, "images per batch"),
+    "epochs": (int, 1, 100_000, True, True, 100, "most epochs (per stage for the autoencoder)"),
+    "patience": (int, 0, 100_000, True, True, 20, "early-stopping patience in epochs, 0 for none"),
+    "validation_fraction": (float, 0.0, 1.0, False, False, None, "fraction held out (default: the dataset's)"),
+    "max_images": (int, 2, 100_000_000, True, True, None, "use only the first N images of the dataset"),
+    "seed": (int, 0, 2**31 - 1, True, True, 0, "seed of weights, shuffling and dropout"),
+    "strategy": (None, None, None, True, True, None, "tf.distribute strategy"),
+    "keep_checkpoints": (int, 1, 100_000, True, True, 3, "epoch checkpoints kept (besides the best)"),
+    "stages": (list, None, None, True, True, list(AUTOENCODER_STAGES), "autoencoder stages, in order"),
+    "loss": (str, None, None, True, True, "binary_crossentropy", "autoencoder loss on [0, 1] targets"),
+    "loss_weights": (list, None, None, True, True, [5.0, 1.0], "joint-stage weights of labels and image"),
+    "lr_factor": (float, 0.0, 1.0, False, False, 0.5, "joint-stage learning-rate factor on a plateau"),
+    "lr_patience": (int, 1, 100_000, True, True, 2, "joint-stage epochs without improvement before it"),
+}
+_CHOICES = {
+    "family": FAMILIES,
+    "images": ("noisy", "noiseless"),
+    "psf_input": ("auto", True, False),
+    "optimizer": ("adam", "adamw", "rmsprop", "sgd"),
+    "strategy": (None, "mirrored", "multi_worker"),
+    "loss": ("binary_crossentropy", "mse"),
+}
+
 _COMMON_PRIORS = ("flux", "sersic_n", "hlr", "psf_fwhm", "sigma")
 _SHEAR_FORMS = (("shear_amplitude", "shear_angle"), ("g1", "g2"))
 
@@ -219,9 +256,14 @@ def _yaml_number(value):
     return value
 
 
-def _check_setting(source: str, key: str, value):
-    typ, low, high, low_incl, high_incl, _default, _help = _SETTINGS[key]
+def _check_setting(source: str, key: str, value, settings=None):
+    typ, low, high, low_incl, high_incl, _default, _help = (settings or _SETTINGS)[key]
     where = f"{source}: {key}"
+    if typ is None:  # a choice among values of mixed types (see _CHOICES)
+        choices = _CHOICES[key]
+        if not any(value == c and type(value) is type(c) for c in choices):
+            raise SpecError(f"{where}: {value!r} is not accepted; accepted: {', '.join(map(_yaml_text, choices))}")
+        return value
     if typ in (int, float):
         value = _yaml_number(value)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -234,7 +276,13 @@ def _check_setting(source: str, key: str, value):
         raise SpecError(f"{where}: {value!r} is outside {_range_text(low, high, low_incl, high_incl)}")
     if key == "name" and not value.strip():
         raise SpecError(f"{where}: the name must not be empty")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise SpecError(f"{where}: {value!r} is not accepted; accepted: {', '.join(map(_yaml_text, _CHOICES[key]))}")
     return value
+
+
+def _yaml_text(value) -> str:
+    return {None: "null", True: "true", False: "false"}.get(value, str(value)) if not isinstance(value, str) else value
 
 
 def _parse_prior(source: str, name: str, raw, grid_size: int) -> Prior:
@@ -359,3 +407,134 @@ def load_spec(path) -> DatasetSpec:
 def spec_from_yaml_text(text: str, source: str = "<dataset>") -> DatasetSpec:
     """Validate a spec from YAML text (as recorded inside a dataset)."""
     return spec_from_dict(yaml.safe_load(text), source=source)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A validated training experiment; see ``experiments/*.yaml`` and :func:`load_experiment`.
+
+    ``dataset`` is resolved against the spec's folder; ``hyperparameters`` is a mapping of builder
+    arguments (a JSON file named in the YAML is read at load).
+    """
+
+    name: str
+    family: str
+    dataset: Path
+    images: str = "noisy"
+    psf_input: object = "auto"
+    hyperparameters: dict = field(default_factory=dict)
+    optimizer: str = "adam"
+    learning_rate: float | None = None
+    batch_size: int = 32
+    epochs: int = 100
+    patience: int = 20
+    validation_fraction: float | None = None
+    max_images: int | None = None
+    seed: int = 0
+    strategy: str | None = None
+    keep_checkpoints: int = 3
+    stages: tuple = AUTOENCODER_STAGES
+    loss: str = "binary_crossentropy"
+    loss_weights: tuple = (5.0, 1.0)
+    lr_factor: float = 0.5
+    lr_patience: int = 2
+    source: str = field(default="<experiment>", compare=False)
+
+    def to_dict(self) -> dict:
+        """The resolved spec (dataset as an absolute path, hyperparameters inline)."""
+        out = {k: getattr(self, k) for k in _EXPERIMENT}
+        out["dataset"] = str(self.dataset)
+        out["stages"] = list(self.stages)
+        out["loss_weights"] = list(self.loss_weights)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> ExperimentSpec:
+    """Validate a mapping (as read from YAML) into an :class:`ExperimentSpec`.
+
+    Raises
+    ------
+    SpecError
+        On an unknown or missing key, a wrong type or choice, a value out of range, or a
+        hyperparameters file that is missing or not a JSON mapping.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: an experiment spec is a mapping of settings, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_EXPERIMENT))
+    if unknown:
+        raise SpecError(f"{source}: unknown key {unknown[0]!r}; accepted keys: {', '.join(_EXPERIMENT)}")
+    values = {}
+    for key, (_typ, *_r, default, help_text) in _EXPERIMENT.items():
+        if key not in raw:
+            if default is REQUIRED:
+                raise SpecError(f"{source}: missing key {key!r} ({help_text})")
+            values[key] = default
+        elif raw[key] is None and (default is None or key == "hyperparameters"):
+            values[key] = default
+        elif key == "hyperparameters":
+            values[key] = raw[key]
+        else:
+            values[key] = _check_setting(source, key, raw[key], _EXPERIMENT)
+
+    base_dir = Path(base_dir)
+    values["dataset"] = (base_dir / values["dataset"]).resolve()
+    values["hyperparameters"] = _read_hyperparameters(source, values["hyperparameters"], base_dir)
+    stages = values["stages"]
+    if (
+        not stages
+        or any(s not in AUTOENCODER_STAGES for s in stages)
+        or list(stages) != sorted(set(stages), key=AUTOENCODER_STAGES.index)
+    ):
+        raise SpecError(
+            f"{source}: stages: {stages!r} is not accepted; give some of {list(AUTOENCODER_STAGES)}, in that order"
+        )
+    values["stages"] = tuple(stages)
+    weights = values["loss_weights"]
+    if len(weights) != 2 or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+    ):
+        raise SpecError(f"{source}: loss_weights: {weights!r} is not [labels, image] with two numbers >= 0")
+    values["loss_weights"] = tuple(float(w) for w in weights)
+    return ExperimentSpec(source=source, **values)
+
+
+def _read_hyperparameters(source: str, value, base_dir: Path) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        path = base_dir / value
+        try:
+            value = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SpecError(f"{source}: hyperparameters: {path}: no such file") from None
+        except ValueError as exc:
+            raise SpecError(f"{source}: hyperparameters: {path}: not JSON ({exc})") from None
+        # A search's file: {"hyperparameters": {...}, ...}, or the mapping itself.
+        if isinstance(value, dict) and isinstance(value.get("hyperparameters"), dict):
+            value = value["hyperparameters"]
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise SpecError(f"{source}: hyperparameters: expected a mapping of builder arguments or a JSON file name")
+    return dict(value)
+
+
+def load_experiment(path) -> ExperimentSpec:
+    """Read and validate an experiment spec (YAML); relative paths in it are taken from its folder.
+
+    Raises
+    ------
+    SpecError
+        If the file is missing, not YAML, or not a valid experiment (see :func:`experiment_from_dict`).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such experiment spec") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the experiment spec ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return experiment_from_dict(raw, source=str(path), base_dir=path.parent)

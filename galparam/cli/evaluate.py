@@ -19,6 +19,7 @@ Judge estimators against the best possible.
   galparam-evaluate crb --sigma 200                 the Cramér-Rao bound of one galaxy
   galparam-evaluate crb --dataset DATA.npz -o bounds.csv   each image's own bound
   galparam-evaluate baseline DATA.npz -o fits.csv   maximum-likelihood fits (resumable)
+  galparam-evaluate predict RUN DATA.npz -o pred.csv a trained model's estimates for any npz of images
 """
 
 
@@ -49,6 +50,16 @@ def _parser() -> ArgumentParser:
     b.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default: %(default)s)")
     b.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("predict", help="a trained model's estimates of the five parameters, as a CSV")
+    r.add_argument("run", metavar="RUN_DIR", help="a finished galparam-train run folder")
+    r.add_argument("images", metavar="IMAGES.npz", help="galparam's datasets or your own npz of (N, 64, 64) images")
+    r.add_argument("-o", "--output", metavar="predictions.csv", required=True)
+    r.add_argument("--key", help="the array holding the images (default: img, or the only image array)")
+    r.add_argument("--psf-key", help="the array holding the PSF images, for models with a PSF input (default: psf_img)")
+    r.add_argument(
+        "--batch-size", type=positive_int, default=256, help="images per forward pass (default: %(default)s)"
+    )
     return p
 
 
@@ -98,9 +109,22 @@ def _baseline(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from galparam.estimator import load_estimator, read_image_file
+    from galparam.io import write_text_atomic
+
+    estimator = load_estimator(args.run)
+    images, psf = read_image_file(args.images, args.key, args.psf_key, need_psf=estimator.psf_input)
+    table = estimator.predict(images, psf, batch_size=args.batch_size)
+    table.index.name = "index"
+    write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
+    print(f"wrote {args.output}: estimates of {len(table)} images")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return {"crb": _crb, "baseline": _baseline}[args.command](args)
+    return {"crb": _crb, "baseline": _baseline, "predict": _predict}[args.command](args)
 
 
 def entry_point() -> None:

@@ -1,0 +1,212 @@
+"""A trained model as a measuring instrument: images in, the five parameters out, in physical units.
+
+A run folder written by :func:`galparam.train.train` is usable alone::
+
+    from galparam import load_estimator
+    estimator = load_estimator("runs/xception-v1-small")
+    table = estimator.predict(images)            # DataFrame: flux, sersic_n, hlr, g1, g2
+    table = estimator.predict(images, psf_images) # models trained with the PSF input (v3)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from galparam.data import MinMaxScaler, with_channel
+from galparam.errors import GalparamError
+from galparam.render import LABEL_NAMES
+
+RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
+SCALER_FILE = "scaler.json"
+IMAGE_SCALER_FILE = "image_scaler.json"
+_CHUNK = 8192  # images converted to a tensor at a time
+
+
+class Estimator:
+    """A trained network with its scalers.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The Xception regressor (inputs ``image`` and maybe ``psf``), or the autoencoder (input
+        ``noisy_image``; its ``encoder`` and ``decoder`` layers are used).
+    family : {"xception", "autoencoder"}
+    label_scaler : MinMaxScaler
+        Maps the network's label outputs back to physical units.
+    image_scaler : MinMaxScaler, optional
+        The autoencoder's noiseless-image scaling (for :meth:`reconstruct`).
+    psf_input : bool
+        Whether the model takes the PSF image.
+    """
+
+    def __init__(self, model, family: str, label_scaler: MinMaxScaler, image_scaler=None, *, psf_input=False):
+        self.model = model
+        self.family = family
+        self.label_scaler = label_scaler
+        self.image_scaler = image_scaler
+        self.psf_input = bool(psf_input)
+        self._net = model.get_layer("encoder") if family == "autoencoder" else model
+        self.image_shape = tuple(self._net.inputs[0].shape[1:3])
+
+    def _check_images(self, images, what: str) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        if images.ndim != 3 or images.shape[1:] != self.image_shape:
+            raise GalparamError(
+                f"{what} have shape {images.shape}; this model takes (N, {self.image_shape[0]}, {self.image_shape[1]})"
+            )
+        if not np.isfinite(images).all():
+            raise GalparamError(f"{what} hold NaN or infinite values")
+        return images
+
+    def predict_scaled(self, images, psf_images=None, *, batch_size: int = 256) -> np.ndarray:
+        """The network's raw outputs (labels in the scaler's range); see :meth:`predict`."""
+        images = self._check_images(images, "images")
+        if self.psf_input:
+            if psf_images is None:
+                raise GalparamError("this model was trained with the PSF image as a second input: pass psf_images")
+            psf_images = self._check_images(psf_images, "psf_images")
+            if len(psf_images) == 1:
+                psf_images = np.broadcast_to(psf_images, images.shape)
+            if len(psf_images) != len(images):
+                raise GalparamError(f"{len(psf_images)} PSF images for {len(images)} images; give one, or one each")
+        elif psf_images is not None:
+            raise GalparamError("this model takes no PSF input; call predict without psf_images")
+        out = []
+        for start in range(0, len(images), _CHUNK):
+            x = with_channel(images[start : start + _CHUNK])
+            if self.psf_input:
+                x = {"image": x, "psf": with_channel(psf_images[start : start + _CHUNK])}
+            out.append(np.asarray(self._net.predict(x, batch_size=batch_size, verbose=0)))
+        return np.concatenate(out) if out else np.empty((0, len(LABEL_NAMES)), np.float32)
+
+    def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
+        """Estimate the five parameters of each image.
+
+        Parameters
+        ----------
+        images : array_like of shape (N, S, S) or (N, S, S, 1)
+            Galaxy images in counts, as the training images (same size and pixel scale).
+        psf_images : array_like of shape (N, S, S) or (1, S, S), optional
+            The PSF image of each galaxy (or one for all); required by models trained with the PSF input.
+        batch_size : int
+            Images per forward pass.
+
+        Returns
+        -------
+        DataFrame
+            Columns :data:`galparam.render.LABEL_NAMES` (flux in counts, hlr in arcsec).
+
+        Raises
+        ------
+        GalparamError
+            On a wrong image size, NaN values, or a missing or unexpected PSF input.
+        """
+        scaled = self.predict_scaled(images, psf_images, batch_size=batch_size)
+        return pd.DataFrame(self.label_scaler.inverse_transform(scaled), columns=list(LABEL_NAMES))
+
+    def reconstruct(self, labels, *, batch_size: int = 256) -> np.ndarray:
+        """The autoencoder decoder's noiseless image of each row of physical ``labels`` (N, 5), in counts."""
+        if self.family != "autoencoder" or self.image_scaler is None:
+            raise GalparamError("only an autoencoder run reconstructs images")
+        scaled = self.label_scaler.transform(np.asarray(labels, dtype=np.float64))
+        images = np.asarray(self.model.get_layer("decoder").predict(scaled, batch_size=batch_size, verbose=0))[..., 0]
+        return self.image_scaler.inverse_transform(images.reshape(-1, 1)).reshape(images.shape).astype(np.float32)
+
+
+def load_estimator(run_dir) -> Estimator:
+    """Load a finished training run folder as an :class:`Estimator`.
+
+    Raises
+    ------
+    GalparamError
+        If the folder is missing, unfinished, or not a galparam run.
+    """
+    import keras
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise GalparamError(f"{run_dir}: no such run folder")
+    try:
+        info = json.loads((run_dir / RUN_FILE).read_text())
+    except FileNotFoundError:
+        hint = (
+            " (an unfinished run: continue it with galparam-train --resume)"
+            if (run_dir / "experiment.yaml").exists()
+            else ""
+        )
+        raise GalparamError(f"{run_dir}: not a finished galparam run, no {RUN_FILE}{hint}") from None
+    except ValueError as exc:
+        raise GalparamError(f"{run_dir}/{RUN_FILE}: not JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("family") not in ("xception", "autoencoder"):
+        raise GalparamError(f"{run_dir}/{RUN_FILE}: not a galparam run description")
+    model_path = run_dir / MODEL_FILE
+    if not model_path.exists():
+        raise GalparamError(f"{run_dir}: {MODEL_FILE} is missing")
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except (ValueError, OSError) as exc:
+        raise GalparamError(f"{model_path}: cannot be loaded ({str(exc).splitlines()[0]})") from None
+    image_scaler = None
+    if info["family"] == "autoencoder":
+        image_scaler = MinMaxScaler.load(run_dir / IMAGE_SCALER_FILE)
+    return Estimator(
+        model,
+        info["family"],
+        MinMaxScaler.load(run_dir / SCALER_FILE),
+        image_scaler,
+        psf_input=info.get("psf_input", False),
+    )
+
+
+def read_image_file(path, key: str | None = None, psf_key: str | None = None, *, need_psf: bool = False):
+    """Images (and PSF images) from any npz: ``img``/``psf_img`` as galparam writes them, or named keys.
+
+    Without ``key``, ``img`` is taken if present, else the file's only three-dimensional array.
+
+    Returns
+    -------
+    images : ndarray of shape (N, S, S)
+    psf_images : ndarray or None
+        Read only when ``need_psf`` (``psf_img`` unless ``psf_key`` names another array).
+
+    Raises
+    ------
+    GalparamError
+        If the file is missing or not an npz, or the arrays cannot be told apart.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            if key is None:
+                cubes = [n for n in names if n == "img"] or [n for n in names if z[n].ndim in (3, 4)]
+                if len(cubes) != 1:
+                    raise GalparamError(
+                        f"{path}: cannot tell which array holds the images ({', '.join(names) or 'none'}); name it"
+                    )
+                key = cubes[0]
+            if key not in names:
+                raise GalparamError(f"{path}: no array {key!r}; it holds {', '.join(names)}")
+            images = z[key]
+            psf = None
+            if need_psf:
+                psf_key = psf_key or "psf_img"
+                if psf_key not in names:
+                    raise GalparamError(f"{path}: this model needs PSF images, and there is no array {psf_key!r}")
+                psf = z[psf_key]
+    except FileNotFoundError:
+        raise GalparamError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise GalparamError(f"{path}: not a readable npz file ({type(exc).__name__}: {exc})") from None
+    return images, psf
