@@ -115,9 +115,7 @@ def accuracy(spec_path: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         t = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "galparam.cli.train", str(spec_path), "-o", str(run), "-q"], check=True
-        )
+        subprocess.run([sys.executable, "-m", "galparam.cli.train", str(spec_path), "-o", str(run), "-q"], check=True)
         seconds = time.perf_counter() - t
         metrics = json.loads((run / "metrics.json").read_text())
         info = json.loads((run / "run.json").read_text())
@@ -141,7 +139,9 @@ def main(argv=None) -> int:
     pipe = np.median([r["pipeline"] for r in rows])
     ratio = np.median([r["ratio"] for r in rows])
     print(f"| in-memory arrays | {mem:.1f} | 1.00 |")
-    print(f"| galparam tf.data pipeline | {pipe:.1f} | {ratio:.2f} (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'}) |")
+    print(
+        f"| galparam tf.data pipeline | {pipe:.1f} | {ratio:.2f} (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'}) |"
+    )
 
     print("\n2. inference throughput (Estimator.predict, batch 256):")
     rows = inference_throughput(path, args.inference_images)

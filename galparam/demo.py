@@ -106,6 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="runs/demo", help="where the demo writes (default: %(default)s)")
     p.add_argument("--jobs", type=positive_int, help="worker processes (default: all cores)")
     args = p.parse_args(argv)
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     out = Path(args.output)
     print(f"Simulating the demo datasets into {out / 'data'} ...", file=sys.stderr)
     table = simulate_demo_datasets(args.data, out / "data", jobs=args.jobs)

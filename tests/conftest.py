@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from galparam.simulate import simulate
 from galparam.specs import spec_from_dict
 
 BASE_SPEC = {
@@ -50,3 +51,13 @@ def spec_factory():
 @pytest.fixture
 def base_spec_dict():
     return copy.deepcopy(BASE_SPEC)
+
+
+@pytest.fixture(scope="session")
+def datasets(tmp_path_factory):
+    """Training data: a fixed-PSF dataset (600 images) and a varying-PSF one (200 images), noise as v2."""
+    folder = tmp_path_factory.mktemp("train-data")
+    simulate(make_spec(name="fixed", size=600, validation_fraction=0.2), folder / "fixed.npz", progress=False)
+    varying = make_spec(name="varying", size=200, validation_fraction=0.2, priors={"psf_fwhm": {"uniform": [0.5, 1.0]}})
+    simulate(varying, folder / "varying.npz", progress=False)
+    return {"fixed": folder / "fixed.npz", "varying": folder / "varying.npz", "folder": folder}

@@ -15,23 +15,11 @@ from galparam.cli.evaluate import main as evaluate_main
 from galparam.cli.train import main as train_main
 from galparam.data import MinMaxScaler, load_dataset
 from galparam.errors import GalparamError, SpecError
-from galparam.simulate import simulate
 from galparam.specs import experiment_from_dict, load_experiment
 from galparam.train import train
-from tests.conftest import make_spec
 
 TINY_XCEPTION = {"conv2d_num_filters": 8, "sep_num_filters": 16, "num_residual_blocks": 1}
 TINY_AUTOENCODER = {"base_filters": 4, "dense_units": 32, "dropout_rate": 0.0}
-
-
-@pytest.fixture(scope="session")
-def datasets(tmp_path_factory):
-    """A fixed-PSF dataset (600 images) and a varying-PSF one (200 images), noise as v2."""
-    folder = tmp_path_factory.mktemp("train-data")
-    simulate(make_spec(name="fixed", size=600, validation_fraction=0.2), folder / "fixed.npz", progress=False)
-    varying = make_spec(name="varying", size=200, validation_fraction=0.2, priors={"psf_fwhm": {"uniform": [0.5, 1.0]}})
-    simulate(varying, folder / "varying.npz", progress=False)
-    return {"fixed": folder / "fixed.npz", "varying": folder / "varying.npz", "folder": folder}
 
 
 def experiment(dataset, **changes):

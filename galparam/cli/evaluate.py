@@ -19,7 +19,9 @@ Judge estimators against the best possible.
   galparam-evaluate crb --sigma 200                 the Cramér-Rao bound of one galaxy
   galparam-evaluate crb --dataset DATA.npz -o bounds.csv   each image's own bound
   galparam-evaluate baseline DATA.npz -o fits.csv   maximum-likelihood fits (resumable)
+  galparam-evaluate baseline DATA.npz --init RUN -o refined.csv   the fit started from a network's estimate
   galparam-evaluate predict RUN DATA.npz -o pred.csv a trained model's estimates for any npz of images
+  galparam-evaluate report --runs RUN... --test-sets T60.npz T30.npz --fits F.csv... -o reports/
 """
 
 
@@ -48,6 +50,11 @@ def _parser() -> ArgumentParser:
     b.add_argument("-o", "--output", metavar="fits.csv", required=True, help="one row per image; resumes if present")
     b.add_argument("--n-images", type=positive_int, help="fit the first N images (default: all)")
     b.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default: %(default)s)")
+    b.add_argument(
+        "--init",
+        metavar="MODEL_DIR",
+        help="start each fit from this trained model's estimate (the network refined by the likelihood)",
+    )
     b.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -60,6 +67,13 @@ def _parser() -> ArgumentParser:
     r.add_argument(
         "--batch-size", type=positive_int, default=256, help="images per forward pass (default: %(default)s)"
     )
+
+    t = sub.add_parser("report", help="tables (CSV, Markdown, LaTeX) and plots from runs, test sets and fits")
+    t.add_argument("-o", "--output", metavar="DIR", default="reports", help="report folder (default: %(default)s)")
+    t.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="finished galparam-train run folders")
+    t.add_argument("--test-sets", nargs="*", default=[], metavar="TEST.npz", help="fixed-parameter test sets")
+    t.add_argument("--fits", nargs="*", default=[], metavar="FITS.csv", help="baseline fits of those test sets")
+    t.add_argument("--n-images", type=positive_int, help="evaluate networks on the first N test images (default: all)")
     return p
 
 
@@ -92,13 +106,18 @@ def _crb(args) -> int:
 
 
 def _baseline(args) -> int:
-    from galparam.evaluate.baseline import run_baseline
+    from galparam.evaluate.baseline import network_starting_points, run_baseline
 
+    init = source = None
+    if args.init:
+        init, source = network_starting_points(args.init, args.dataset, args.n_images)
     fits = run_baseline(
         args.dataset,
         args.output,
-        n_images=args.n_images,
+        n_images=len(init) if init is not None else args.n_images,
         jobs=args.jobs,
+        init=init,
+        init_source=source,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -122,9 +141,22 @@ def _predict(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from galparam.evaluate.report import write_report
+
+    report = write_report(args.output, runs=args.runs, test_sets=args.test_sets, fits=args.fits, n_images=args.n_images)
+    if len(report.test_table):
+        print(report.test_table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"wrote {len(report.files)} files into {report.folder}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return {"crb": _crb, "baseline": _baseline, "predict": _predict}[args.command](args)
+    commands = {"crb": _crb, "baseline": _baseline, "predict": _predict, "report": _report}
+    return commands[args.command](args)
 
 
 def entry_point() -> None:

@@ -59,6 +59,7 @@ def run_baseline(
     n_images: int | None = None,
     jobs: int = 1,
     init=None,
+    init_source: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -76,6 +77,8 @@ def run_baseline(
         Worker processes.
     init : ndarray of shape (n_images, 5), optional
         Starting points (e.g. a network's estimates); default :func:`mle.initial_guess`.
+    init_source : dict, optional
+        Where ``init`` came from (recorded beside the fits, e.g. ``{"init_model": name}``).
     overwrite : bool
         Start again instead of resuming an existing file.
     progress : bool
@@ -99,6 +102,7 @@ def run_baseline(
         "dataset_spec_digest": ds.spec.digest(),
         "n_images": total,
         "init": "given" if init is not None else "adaptive moments",
+        **(init_source or {}),
     }
     sidecar = output.with_name(output.name + ".json")
     if overwrite:
@@ -155,3 +159,33 @@ def _append(f, writer, row, bar) -> None:
     f.flush()
     os.fsync(f.fileno())
     bar.update(1)
+
+
+def network_starting_points(run_dir, dataset_path, n_images: int | None = None) -> tuple[np.ndarray, dict]:
+    """A trained network's estimates of a dataset's first images, as fit starting points.
+
+    Returns
+    -------
+    init : ndarray of shape (n_images, 5)
+    source : dict
+        ``init_model`` (the run's name) and ``init_model_sha256``, for the fits' manifest.
+
+    Raises
+    ------
+    GalparamError
+        If the run folder is not a finished run, or its model does not take the dataset's images.
+    """
+    from galparam.estimator import load_estimator
+
+    estimator = load_estimator(run_dir)
+    ds = load_dataset(dataset_path)
+    n = len(ds) if n_images is None else min(int(n_images), len(ds))
+    psf = None
+    if estimator.psf_input:
+        psf = ds.psf_img if len(ds.psf_img) == 1 else ds.psf_img[:n]
+    try:
+        init = estimator.predict(ds.img[:n], psf).to_numpy()
+    except GalparamError as exc:
+        raise GalparamError(f"model {run_dir} does not fit {dataset_path}: {exc}") from None
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    return init, {"init_model": info["name"], "init_model_sha256": info.get("model_sha256", "")}

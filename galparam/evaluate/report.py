@@ -1,0 +1,428 @@
+"""Result tables and plots a report can include as they are.
+
+:func:`write_report` takes trained run folders, fixed-parameter test sets and baseline fits files,
+and writes into one folder:
+
+- ``test_sets.{csv,md,tex}``: for each test set (SNR 60, 30) and parameter, the Cramér–Rao bound,
+  then the bias and standard deviation of each estimator (each network, the likelihood baseline,
+  the likelihood fit started from a network's estimate).
+- ``validation.{csv,md,tex}``: each model's validation RMSE and explained variance per parameter,
+  on its own training dataset (from its ``metrics.json``).
+- ``plots/``: true vs predicted coloured by SNR and error vs true value (each model, its validation
+  split), error histograms and bias and spread against the bound (each test set), reconstructions
+  (noisy, noiseless, re-rendered from the estimate with :mod:`galparam.render`, residual).
+
+Every table starts with a provenance header (galparam version, git commit, SHA-256 of each dataset
+and model); numbers are printed with fixed formats, so the same inputs give byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from galparam import __version__
+from galparam.data import load_dataset
+from galparam.errors import GalparamError
+from galparam.evaluate.crb import cramer_rao
+from galparam.evaluate.metrics import estimator_metrics
+from galparam.evaluate.mle import DEFAULT_BOUNDS
+from galparam.io import atomic_path, write_text_atomic
+from galparam.render import LABEL_NAMES, shared_renderer
+
+PLOT_SAMPLE = 2000  # validation images drawn in the scatter plots
+TABLE_FORMAT = "{:.4g}"
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote."""
+
+    folder: Path
+    test_table: pd.DataFrame
+    validation_table: pd.DataFrame
+    files: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def sha256(path) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    """The galparam source tree's commit (``+dirty`` with uncommitted changes), or ``unknown``."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _TestSet:
+    path: Path
+    dataset: object
+    snr: int
+    truth: np.ndarray
+    bound: np.ndarray
+
+
+def _test_set(path) -> _TestSet:
+    ds = load_dataset(path)
+    if not (np.ptp(ds.label, axis=0) == 0).all() or np.ptp(ds.psf_fwhm) or np.ptp(ds.sigma):
+        raise GalparamError(f"{path}: not a fixed-parameter test set (its labels, PSF or noise vary)")
+    truth = ds.label[0].astype(np.float64)
+    bound = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0]), poisson=ds.spec.poisson_noise)
+    return _TestSet(Path(path), ds, int(round(float(np.median(ds.snr)))), truth, bound.std.to_numpy())
+
+
+def _fits(path) -> tuple[pd.DataFrame, dict]:
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        fits = pd.read_csv(path)
+        manifest = json.loads(sidecar.read_text())
+    except FileNotFoundError as exc:
+        raise GalparamError(f"{exc.filename}: no such file (fits come from galparam-evaluate baseline)") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise GalparamError(f"{path}: not a galparam fits file ({exc})") from None
+    missing = [c for c in ("index", *LABEL_NAMES, "converged") if c not in fits.columns]
+    if missing:
+        raise GalparamError(f"{path}: not a galparam fits file (missing columns {', '.join(missing)})")
+    return fits, manifest
+
+
+def _estimator_name(manifest: dict) -> str:
+    init = manifest.get("init", "")
+    return "baseline" if init in ("adaptive moments", "") else f"refined {manifest.get('init_model', 'network')}"
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if np.isnan(value) else TABLE_FORMAT.format(float(value))
+    return str(value)
+
+
+def _markdown(table: pd.DataFrame, header: list[str]) -> str:
+    lines = [f"<!-- {h} -->" for h in header]
+    cols = list(table.columns)
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(table: pd.DataFrame, header: list[str], caption: str) -> str:
+    def esc(text: str) -> str:
+        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+            text = text.replace(a, b)
+        return text
+
+    cols = list(table.columns)
+    lines = [f"% {h}" for h in header]
+    lines += [r"\begin{table}", r"\centering", rf"\caption{{{esc(caption)}}}"]
+    lines.append(r"\begin{tabular}{" + "l" * 2 + "r" * (len(cols) - 2) + "}")
+    lines += [r"\hline", " & ".join(esc(c) for c in cols) + r" \\", r"\hline"]
+    lines += [" & ".join(esc(_fmt(v)) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_tables(folder: Path, stem: str, table: pd.DataFrame, header: list[str], caption: str) -> list[Path]:
+    csv_text = "".join(f"# {h}\n" for h in header) + table.to_csv(index=False, lineterminator="\n", float_format="%.6g")
+    outputs = {
+        folder / f"{stem}.csv": csv_text,
+        folder / f"{stem}.md": _markdown(table, header),
+        folder / f"{stem}.tex": _latex(table, header, caption),
+    }
+    for path, text in outputs.items():
+        write_text_atomic(path, text)
+    return list(outputs)
+
+
+def bound_table(test_sets, estimates: dict) -> pd.DataFrame:
+    """Rows (SNR, parameter): the bound, then the bias and std of each estimator.
+
+    Parameters
+    ----------
+    test_sets : list of _TestSet
+        The loaded test sets, with their truth and bound.
+    estimates : dict
+        ``{snr: {estimator name: (N, 5) estimates of the first N images}}``.
+    """
+    rows = []
+    for ts in sorted(test_sets, key=lambda t: -t.snr):
+        metrics = {
+            name: estimator_metrics(np.tile(ts.truth, (len(values), 1)), values, ts.bound)
+            for name, values in estimates.get(ts.snr, {}).items()
+        }
+        for i, label in enumerate(LABEL_NAMES):
+            row = {"SNR": ts.snr, "parameter": label, "CRB": ts.bound[i]}
+            for name, m in metrics.items():
+                row[f"{name} bias"] = m.loc[label, "bias"]
+                row[f"{name} std"] = m.loc[label, "std"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def validation_table(runs) -> pd.DataFrame:
+    """Rows (model, dataset): validation RMSE and explained variance per parameter."""
+    rows = []
+    for run_dir, info in runs:
+        metrics = json.loads((run_dir / "metrics.json").read_text())["labels"]
+        row = {"model": info["name"], "dataset": info["dataset"]["name"]}
+        for label in LABEL_NAMES:
+            row[f"{label} RMSE"] = metrics[label]["rmse"]
+            row[f"{label} EV"] = metrics[label]["explained_variance"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _units(label: str) -> str:
+    return {"flux": " [counts]", "hlr": ' ["]'}.get(label, "")
+
+
+def plot_true_vs_predicted(truth, predicted, snr, title: str, path: Path) -> Path:
+    """Five panels: estimate against truth, points coloured by SNR."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6), constrained_layout=True)
+    for i, (ax, label) in enumerate(zip(axes, LABEL_NAMES, strict=True)):
+        points = ax.scatter(truth[:, i], predicted[:, i], c=snr, s=4, cmap="viridis", vmin=10, vmax=100)
+        low, high = truth[:, i].min(), truth[:, i].max()
+        ax.plot([low, high], [low, high], color="k", lw=0.8)
+        ax.set(xlabel=f"true {label}{_units(label)}", ylabel=f"estimated {label}")
+    fig.colorbar(points, ax=axes, label="SNR")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_error_vs_true(truth, predicted, title: str, path: Path) -> Path:
+    """Five panels: error (estimate − truth) against the true value."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4), constrained_layout=True)
+    for i, (ax, label) in enumerate(zip(axes, LABEL_NAMES, strict=True)):
+        ax.scatter(truth[:, i], predicted[:, i] - truth[:, i], s=3, alpha=0.5)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xlabel=f"true {label}{_units(label)}", ylabel=f"error in {label}")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_error_histograms(ts: _TestSet, estimates: dict, path: Path) -> Path:
+    """Per parameter, each estimator's error histogram with the bound's Gaussian N(0, CRB²)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4), constrained_layout=True)
+    for i, (ax, label) in enumerate(zip(axes, LABEL_NAMES, strict=True)):
+        crb = ts.bound[i]
+        edges = np.linspace(-5 * crb, 5 * crb, 41)
+        for name, values in estimates.items():
+            ax.hist(
+                np.clip(values[:, i] - ts.truth[i], edges[0], edges[-1]),
+                edges,
+                density=True,
+                histtype="step",
+                label=name,
+            )
+        x = np.linspace(edges[0], edges[-1], 200)
+        ax.plot(x, np.exp(-0.5 * (x / crb) ** 2) / (crb * np.sqrt(2 * np.pi)), "k--", lw=1, label="N(0, CRB²)")
+        ax.set(xlabel=f"error in {label}{_units(label)}")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Errors on the SNR {ts.snr} test set (clipped to ±5 CRB)")
+    return _save(fig, path)
+
+
+def plot_bias_spread(ts: _TestSet, estimates: dict, path: Path) -> Path:
+    """Bias / CRB and std / CRB per parameter and estimator (1 is the bound)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), constrained_layout=True)
+    x = np.arange(len(LABEL_NAMES))
+    width = 0.8 / max(len(estimates), 1)
+    for k, (name, values) in enumerate(estimates.items()):
+        m = estimator_metrics(np.tile(ts.truth, (len(values), 1)), values, ts.bound)
+        axes[0].bar(x + k * width, m["bias/crb"], width, label=name)
+        axes[1].bar(x + k * width, m["std/crb"], width, label=name)
+    for ax, what in zip(axes, ("bias / CRB", "std / CRB"), strict=True):
+        ax.axhline(1 if what.startswith("std") else 0, color="k", lw=0.8)
+        ax.set_xticks(x + 0.4 - width / 2, LABEL_NAMES)
+        ax.set_ylabel(what)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"Bias and spread against the Cramér–Rao bound, SNR {ts.snr}")
+    return _save(fig, path)
+
+
+def plot_reconstructions(dataset, indices, estimated, title: str, path: Path) -> Path:
+    """Rows of images: noisy, noiseless, re-rendered from the estimate, residual (noisy − re-rendered)."""
+    import matplotlib.pyplot as plt
+
+    spec = dataset.spec
+    renderer = shared_renderer(spec.stamp_size, spec.pixel_scale, spec.psf_beta)
+    fig, axes = plt.subplots(len(indices), 4, figsize=(9, 2.3 * len(indices)), constrained_layout=True, squeeze=False)
+    for row, (i, theta) in enumerate(zip(indices, estimated, strict=True)):
+        theta = np.clip(theta, DEFAULT_BOUNDS[:, 0], DEFAULT_BOUNDS[:, 1])
+        rendered = renderer.image(*theta, float(dataset.psf_fwhm[i]), dtype=np.float64)
+        panels = (dataset.img[i], dataset.img_nonoise[i], rendered, dataset.img[i] - rendered)
+        for ax, image, name in zip(axes[row], panels, ("noisy", "noiseless", "re-rendered", "residual"), strict=True):
+            ax.imshow(image, origin="lower", cmap="gray" if name != "residual" else "RdBu_r")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None = None) -> Report:
+    """Write the tables and plots (see the module docstring).
+
+    Parameters
+    ----------
+    output : path-like
+        The report folder.
+    runs : sequence of path-like
+        Finished ``galparam-train`` run folders.
+    test_sets : sequence of path-like
+        Fixed-parameter test sets (``test_snr60.npz``, ``test_snr30.npz``).
+    fits : sequence of path-like
+        ``galparam-evaluate baseline`` outputs on those test sets (with or without ``--init``).
+    n_images : int, optional
+        Networks are evaluated on the first ``n_images`` images of each test set (default all).
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    GalparamError
+        On a missing or invalid input, a test set whose parameters vary, fits of a dataset not
+        given, or a model that does not take the test set's images.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from galparam.estimator import load_estimator
+
+    if not (runs or fits):
+        raise GalparamError("nothing to report: give run folders (--runs) and/or baseline fits (--fits)")
+    folder = Path(output)
+    sets = [_test_set(p) for p in test_sets]
+    by_path = {ts.path.resolve(): ts for ts in sets}
+    if len({ts.snr for ts in sets}) != len(sets):
+        raise GalparamError("two test sets share an SNR; give one per SNR")
+    header = [f"galparam {__version__}, git commit {git_commit()}"]
+    header += [f"test set {ts.path.name}: sha256 {sha256(ts.path)}" for ts in sets]
+
+    estimates: dict = {ts.snr: {} for ts in sets}
+    loaded = []
+    for run_dir in map(Path, runs):
+        estimator = load_estimator(run_dir)
+        info = json.loads((run_dir / "run.json").read_text())
+        loaded.append((run_dir, info, estimator))
+        header.append(f"model {info['name']} ({run_dir.name}/model.keras): sha256 {sha256(run_dir / 'model.keras')}")
+        for ts in sets:
+            n = len(ts.dataset) if n_images is None else min(n_images, len(ts.dataset))
+            psf = ts.dataset.psf_img[:n] if estimator.psf_input else None
+            if psf is not None and len(ts.dataset.psf_img) == 1:
+                psf = ts.dataset.psf_img
+            try:
+                estimates[ts.snr][info["name"]] = estimator.predict(ts.dataset.img[:n], psf).to_numpy()
+            except GalparamError as exc:
+                raise GalparamError(f"model {run_dir} does not fit test set {ts.path}: {exc}") from None
+    for path in map(Path, fits):
+        table, manifest = _fits(path)
+        ts = by_path.get(Path(manifest.get("dataset", "")).resolve())
+        if ts is None:
+            raise GalparamError(f"{path}: fits of {manifest.get('dataset')}, which is not among the test sets given")
+        name = _estimator_name(manifest)
+        unconverged = int((table["converged"] == 0).sum())
+        estimates[ts.snr][name] = table[list(LABEL_NAMES)].to_numpy()
+        header.append(f"fits {path.name} ({name}, SNR {ts.snr}): {len(table)} images, {unconverged} not converged")
+    for snr, by_name in estimates.items():
+        for name, values in by_name.items():
+            header.append(f"SNR {snr} {name}: first {len(values)} images")
+
+    report = Report(folder, bound_table(sets, estimates), validation_table([(r, i) for r, i, _ in loaded]))
+    folder.mkdir(parents=True, exist_ok=True)
+    if sets:
+        report.files += _write_tables(
+            folder, "test_sets", report.test_table, header, "Bias and standard deviation against the Cramér–Rao bound"
+        )
+    if loaded:
+        report.files += _write_tables(
+            folder, "validation", report.validation_table, header, "Validation RMSE and explained variance (EV)"
+        )
+
+    plots = folder / "plots"
+    for ts in sets:
+        if estimates[ts.snr]:
+            report.files.append(plot_error_histograms(ts, estimates[ts.snr], plots / f"errors_snr{ts.snr}.png"))
+            report.files.append(plot_bias_spread(ts, estimates[ts.snr], plots / f"bias_spread_snr{ts.snr}.png"))
+    for _run_dir, info, estimator in loaded:
+        name = info["name"]
+        data_path = Path(info["dataset"]["path"])
+        if not data_path.exists():
+            report.notes.append(f"{name}: validation plots skipped, its dataset {data_path} is gone")
+            continue
+        ds = load_dataset(data_path, mmap=True)
+        val = np.arange(info["dataset"]["images_used"] - info["dataset"]["validation"], info["dataset"]["images_used"])
+        val = val[:PLOT_SAMPLE]
+        psf = ds.psf_img[val] if estimator.psf_input else None
+        images = ds.img if info.get("images", "noisy") == "noisy" else ds.img_nonoise
+        predicted = estimator.predict(images[val], psf).to_numpy()
+        truth = ds.label[val]
+        title = f"{name} on the {ds.spec.name} validation split"
+        report.files.append(
+            plot_true_vs_predicted(truth, predicted, ds.snr[val], title, plots / f"true_vs_predicted_{name}.png")
+        )
+        report.files.append(plot_error_vs_true(truth, predicted, title, plots / f"error_vs_true_{name}.png"))
+        report.files.append(
+            plot_reconstructions(
+                ds, val[:4], predicted[:4], f"{name}: reconstructions", plots / f"reconstructions_{name}.png"
+            )
+        )
+    return report

@@ -1,0 +1,140 @@
+"""Reports: tables in three formats with provenance, byte-identical across runs; the refined fit (--init)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from galparam.cli.common import run
+from galparam.cli.evaluate import main as evaluate_main
+from galparam.data import load_dataset
+from galparam.evaluate.crb import cramer_rao
+from galparam.evaluate.metrics import estimator_metrics
+from galparam.evaluate.report import write_report
+from galparam.simulate import simulate
+from galparam.specs import experiment_from_dict
+from galparam.train import train
+from tests.conftest import make_spec
+
+TEST_GALAXY = {
+    "flux": {"fixed": 1.0e5},
+    "sersic_n": {"fixed": 1.5},
+    "hlr": {"fixed": 0.3},
+    "shear_amplitude": None,
+    "shear_angle": None,
+    "g1": {"fixed": -0.069},
+    "g2": {"fixed": 0.15},
+    "psf_fwhm": {"fixed": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def setting(datasets, tmp_path_factory):
+    """A one-epoch model, two 12-image test sets, and baseline, refined and model-free fits."""
+    folder = tmp_path_factory.mktemp("report")
+    spec = experiment_from_dict(
+        {
+            "name": "tiny",
+            "family": "xception",
+            "dataset": str(datasets["fixed"]),
+            "hyperparameters": {"conv2d_num_filters": 4, "sep_num_filters": 8, "num_residual_blocks": 1},
+            "epochs": 1,
+        }
+    )
+    run_dir = train(spec, folder / "run", verbose=0)
+    tests = {}
+    for snr, sigma in ((60, 200), (30, 400)):
+        priors = {**TEST_GALAXY, "sigma": {"fixed": sigma}}
+        test_spec = make_spec(
+            name=f"t{snr}", size=12, seed=snr, validation_fraction=0.0, snr_window=None, priors=priors
+        )
+        simulate(test_spec, folder / f"t{snr}.npz", progress=False)
+        tests[snr] = folder / f"t{snr}.npz"
+    fits = {}
+    for name, snr, extra in (("base60", 60, []), ("base30", 30, []), ("refined60", 60, ["--init", str(run_dir)])):
+        fits[name] = folder / f"{name}.csv"
+        assert evaluate_main(["baseline", str(tests[snr]), "-o", str(fits[name]), "-q", *extra]) == 0
+    return {"run": run_dir, "tests": tests, "fits": fits, "folder": folder}
+
+
+def test_refined_fit_records_its_starting_model(setting):
+    manifest = json.loads((setting["fits"]["refined60"].with_name("refined60.csv.json")).read_text())
+    assert manifest["init"] == "given" and manifest["init_model"] == "tiny"
+    refined = pd.read_csv(setting["fits"]["refined60"])
+    base = pd.read_csv(setting["fits"]["base60"])
+    assert len(refined) == 12 and refined.converged.all()
+    # Both fits reach the same likelihood maximum from different starts.
+    np.testing.assert_allclose(refined.flux, base.flux, rtol=2e-3)
+
+
+def test_report_tables_are_right_complete_and_reproducible(setting, tmp_path):
+    inputs = dict(
+        runs=[setting["run"]],
+        test_sets=[setting["tests"][60], setting["tests"][30]],
+        fits=list(setting["fits"].values()),
+    )
+    report = write_report(tmp_path / "a", **inputs)
+    table = report.test_table
+    snrs = list(table.SNR.unique())  # each set's own SNR, highest first
+    assert len(snrs) == 2 and snrs[0] > snrs[1] and len(table) == 10
+    assert {"CRB", "tiny bias", "tiny std", "baseline bias", "baseline std", "refined tiny bias"} <= set(table.columns)
+    # The numbers are the metrics of the fits against the bound.
+    ds = load_dataset(setting["tests"][60])
+    fits = pd.read_csv(setting["fits"]["base60"])
+    truth = ds.label[0].astype(float)
+    bound = cramer_rao(truth, 0.5, 200.0).std.to_numpy()
+    expected = estimator_metrics(
+        np.tile(truth, (12, 1)), fits[["flux", "sersic_n", "hlr", "g1", "g2"]].to_numpy(), bound
+    )
+    rows = table[table.SNR == snrs[0]].set_index("parameter")
+    np.testing.assert_allclose(rows["baseline std"], expected["std"], rtol=1e-12)
+    np.testing.assert_allclose(rows["CRB"], bound, rtol=1e-12)
+
+    for stem in ("test_sets", "validation"):
+        for ext in ("csv", "md", "tex"):
+            text = (tmp_path / "a" / f"{stem}.{ext}").read_text()
+            assert "sha256" in text and "galparam" in text, (stem, ext)
+    csv = pd.read_csv(tmp_path / "a" / "test_sets.csv", comment="#")
+    assert csv.shape == table.shape
+    validation = pd.read_csv(tmp_path / "a" / "validation.csv", comment="#")
+    metrics = json.loads((setting["run"] / "metrics.json").read_text())["labels"]
+    assert validation.loc[0, "flux RMSE"] == pytest.approx(metrics["flux"]["rmse"], rel=1e-5)
+    assert "\\begin{tabular}" in (tmp_path / "a" / "test_sets.tex").read_text()
+    for name in (
+        f"errors_snr{snrs[0]}",
+        f"bias_spread_snr{snrs[1]}",
+        "true_vs_predicted_tiny",
+        "error_vs_true_tiny",
+        "reconstructions_tiny",
+    ):
+        assert (tmp_path / "a" / "plots" / f"{name}.png").stat().st_size > 10_000, name
+
+    write_report(tmp_path / "b", **inputs)
+    for stem in ("test_sets", "validation"):
+        for ext in ("csv", "md", "tex"):
+            assert (tmp_path / "a" / f"{stem}.{ext}").read_bytes() == (tmp_path / "b" / f"{stem}.{ext}").read_bytes()
+
+
+def test_report_console_and_its_errors(setting, tmp_path, capsys, datasets):
+    args = ["report", "-o", str(tmp_path / "r"), "--test-sets", str(setting["tests"][60])]
+    assert evaluate_main([*args, "--fits", str(setting["fits"]["base60"])]) == 0
+    assert "baseline bias" in capsys.readouterr().out
+    cases = [
+        ([*args, "--fits", str(setting["fits"]["base30"])], "not among the test sets given"),
+        (["report", "-o", str(tmp_path / "x"), "--test-sets", str(datasets["fixed"]), "--fits"], "nothing to report"),
+        (
+            ["report", "-o", str(tmp_path / "x"), "--test-sets", str(datasets["fixed"]), "--runs", str(setting["run"])],
+            "not a fixed-parameter test set",
+        ),
+        (["report", "-o", str(tmp_path / "x"), "--runs", str(tmp_path)], "not a finished galparam run"),
+        (
+            ["baseline", str(setting["tests"][60]), "-o", str(tmp_path / "f.csv"), "--init", str(tmp_path)],
+            "not a finished",
+        ),
+    ]
+    for argv, words in cases:
+        assert run(evaluate_main, argv, prog="galparam-evaluate") == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "f.csv").exists()
