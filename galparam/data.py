@@ -113,8 +113,28 @@ def _memmap_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray | N
 
 
 def _all_finite(array: np.ndarray, rows: int = 4096) -> int:
-    """Count the non-finite entries, a block of rows at a time (memory-mapped arrays stay on disk)."""
-    return sum(int(np.count_nonzero(~np.isfinite(array[i : i + rows]))) for i in range(0, max(len(array), 1), rows))
+    """Count the non-finite entries, a block of rows at a time.
+
+    A memory-mapped array is scanned through short-lived maps of each block, so the scan does not
+    leave the whole file mapped into the process (its resident size stays that of one block).
+    """
+    count = 0
+    for start in range(0, max(len(array), 1), rows):
+        if isinstance(array, np.memmap) and array.ndim and len(array):
+            row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+            n = min(rows, len(array) - start)
+            block = np.memmap(
+                array.filename,
+                dtype=array.dtype,
+                mode="r",
+                offset=array.offset + start * row_bytes,
+                shape=(n, *array.shape[1:]),
+            )
+            count += int(np.count_nonzero(~np.isfinite(block)))
+            del block
+        else:
+            count += int(np.count_nonzero(~np.isfinite(array[start : start + rows])))
+    return count
 
 
 def load_dataset(path, *, mmap: bool = False) -> Dataset:

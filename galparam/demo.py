@@ -61,41 +61,18 @@ def train_demo_model(experiments_dir, out_dir, *, epochs: int = 3, verbose="auto
     return train(spec, run_dir, verbose=verbose)
 
 
-def baseline_table(out_dir, *, n_images: int = 100, jobs=None, progress=True, run_dir=None) -> pd.DataFrame:
-    """Bias and spread of the likelihood fit (and of a trained network) on the small test sets, beside the bound."""
-    import numpy as np
-
-    from galparam.data import load_dataset
+def evaluation_report(out_dir, run_dir, *, n_images: int = 100, jobs=None, progress=True):
+    """Fit the first ``n_images`` of each small test set, then write the report of the fits and the network."""
     from galparam.evaluate.baseline import run_baseline
-    from galparam.evaluate.crb import cramer_rao
-    from galparam.evaluate.metrics import estimator_metrics
-    from galparam.render import LABEL_NAMES
+    from galparam.evaluate.report import write_report
 
-    tables = []
+    test_sets, fits = [], []
     for snr in (60, 30):
         data = Path(out_dir) / "data" / f"test_snr{snr}-small.npz"
-        fits = run_baseline(
-            data,
-            Path(out_dir) / f"baseline-snr{snr}.csv",
-            n_images=n_images,
-            jobs=jobs or 2,
-            overwrite=True,
-            progress=progress,
-        )
-        ds = load_dataset(data)
-        truth = ds.label[0].astype(np.float64)
-        bound = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0])).std.to_numpy()
-        estimates = {"baseline": fits[list(LABEL_NAMES)].to_numpy()}
-        if run_dir is not None:
-            from galparam.estimator import load_estimator
-
-            estimates["xception"] = load_estimator(run_dir).predict(ds.img[:n_images]).to_numpy()
-        for name, values in estimates.items():
-            table = estimator_metrics(ds.label[:n_images], values, bound)
-            table.insert(0, "estimator", name)
-            table.insert(0, "SNR", snr)
-            tables.append(table[["SNR", "estimator", "crb", "bias", "std", "bias/crb", "std/crb"]])
-    return pd.concat(tables).reset_index()
+        fits.append(Path(out_dir) / f"baseline-snr{snr}.csv")
+        run_baseline(data, fits[-1], n_images=n_images, jobs=jobs or 2, overwrite=True, progress=progress)
+        test_sets.append(data)
+    return write_report(Path(out_dir) / "report", runs=[run_dir], test_sets=test_sets, fits=fits, n_images=n_images)
 
 
 def main(argv=None) -> int:
@@ -115,7 +92,7 @@ def main(argv=None) -> int:
     print(f"Training {DEMO_EXPERIMENT} on v2-small for {args.epochs} epochs ...", file=sys.stderr)
     run_dir = train_demo_model(args.experiments, out, epochs=args.epochs)
     print(f"Fitting the test sets by maximum likelihood into {out} ...", file=sys.stderr)
-    baseline = baseline_table(out, jobs=args.jobs, run_dir=run_dir)
+    report = evaluation_report(out, run_dir, jobs=args.jobs)
     print()
     print("Simulated datasets")
     print(table.to_string(index=False))
@@ -132,8 +109,9 @@ def main(argv=None) -> int:
         .to_string(float_format=lambda v: f"{v:.4g}")
     )
     print()
-    print("Baseline and network on 100 images of each test set, against the Cramér-Rao bound")
-    print(baseline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("Bias and spread on 100 images of each test set, against the Cramér-Rao bound (CRB)")
+    print(report.test_table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nTables (CSV, Markdown, LaTeX) and plots: {report.folder}")
     return 0
 
 
