@@ -191,6 +191,24 @@ def accuracy(spec_path: Path) -> dict:
     return {"seconds": seconds, "metrics": metrics, "info": info}
 
 
+def throughput(path: Path, args) -> None:
+    print("1. training throughput, default Xception, batch 32:")
+    rows = training_throughput(path, args.train_images, args.repeats)
+    print("\n| feed | images/s (median) | vs in-memory |\n|---|---|---|")
+    mem = np.median([r["in_memory"] for r in rows])
+    pipe = np.median([r["pipeline"] for r in rows])
+    ratio = np.median([r["ratio"] for r in rows])
+    verdict = "met" if ratio >= 0.9 else "NOT met"
+    print(f"| in-memory arrays | {mem:.1f} | 1.00 |")
+    print(f"| galparam tf.data pipeline | {pipe:.1f} | {ratio:.2f} (target >= 0.90: {verdict}) |")
+
+    print("\n2. inference throughput (Estimator.predict, batch 256):")
+    rows = inference_throughput(path, args.inference_images)
+    print("\n| model | parameters | images/s | vs target 500 |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['parameters']:,} | {r['images_per_s']:.0f} | {r['images_per_s'] / 500:.2f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-images", type=int, default=3200, help="images per timed training epoch")
@@ -198,6 +216,7 @@ def main(argv=None) -> int:
     parser.add_argument("--inference-images", type=int, default=4096)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument(
         "--experiments",
         nargs="+",
@@ -207,22 +226,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     path = _ensure_dataset("v1-20k")
 
-    print("1. training throughput, default Xception, batch 32:")
-    rows = training_throughput(path, args.train_images, args.repeats)
-    print("\n| feed | images/s (median) | vs in-memory |\n|---|---|---|")
-    mem = np.median([r["in_memory"] for r in rows])
-    pipe = np.median([r["pipeline"] for r in rows])
-    ratio = np.median([r["ratio"] for r in rows])
-    print(f"| in-memory arrays | {mem:.1f} | 1.00 |")
-    print(
-        f"| galparam tf.data pipeline | {pipe:.1f} | {ratio:.2f} (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'}) |"
-    )
-
-    print("\n2. inference throughput (Estimator.predict, batch 256):")
-    rows = inference_throughput(path, args.inference_images)
-    print("\n| model | parameters | images/s | vs target 500 |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['parameters']:,} | {r['images_per_s']:.0f} | {r['images_per_s'] / 500:.2f} |")
+    if not args.skip_throughput:
+        throughput(path, args)
 
     if not args.skip_memory:
         print("\n3. memory at full scale (200,000 images):")

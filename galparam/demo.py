@@ -2,7 +2,7 @@
 
 Simulate the small variants of v1, v2, v3 and both fixed-parameter test sets and print what each
 took (one set of worker processes serves all five, so every Sérsic index's GalSim tables are built
-once); train the small Xception on v2-small for a few epochs and print its validation table; then
+once); run a tiny grid search and write its HiPlot dashboard; train the small Xception on v2-small for a few epochs and print its validation table; then
 fit the first images of each test set by maximum likelihood and print the bias and spread of the
 fit and of the network against the Cramér–Rao bound.
 """
@@ -44,6 +44,25 @@ def simulate_demo_datasets(data_dir, out_dir, *, jobs=None, progress=True) -> pd
 
 
 DEMO_EXPERIMENT = "xception-v2-small"
+DEMO_SEARCH = "grid-v1-small"
+
+
+def search_demo(experiments_dir, out_dir, *, progress=True):
+    """The small grid search on the demo's v1-small, and its dashboard; returns the trials."""
+    import dataclasses
+    import shutil
+
+    from galparam.search.dashboard import write_dashboard
+    from galparam.search.grid import run_grid
+    from galparam.specs import load_search
+
+    spec = load_search(Path(experiments_dir) / "search" / f"{DEMO_SEARCH}.yaml")
+    data = (Path(out_dir) / "data" / "v1-small.npz").resolve()
+    spec = dataclasses.replace(spec, experiment=dataclasses.replace(spec.experiment, dataset=data))
+    results = Path(out_dir) / "search" / spec.name
+    shutil.rmtree(results, ignore_errors=True)
+    run_grid(spec, results, progress=progress)
+    return write_dashboard(results)
 
 
 def train_demo_model(experiments_dir, out_dir, *, epochs: int = 3, verbose="auto") -> Path:
@@ -89,6 +108,8 @@ def main(argv=None) -> int:
     out = Path(args.output)
     print(f"Simulating the demo datasets into {out / 'data'} ...", file=sys.stderr)
     table = simulate_demo_datasets(args.data, out / "data", jobs=args.jobs)
+    print(f"Grid search {DEMO_SEARCH} on v1-small ...", file=sys.stderr)
+    html, _, trials = search_demo(args.experiments, out)
     print(f"Training {DEMO_EXPERIMENT} on v2-small for {args.epochs} epochs ...", file=sys.stderr)
     run_dir = train_demo_model(args.experiments, out, epochs=args.epochs)
     print(f"Fitting the test sets by maximum likelihood into {out} ...", file=sys.stderr)
@@ -100,6 +121,11 @@ def main(argv=None) -> int:
     import json
 
     from galparam.render import LABEL_NAMES
+
+    columns = ["conv2d_num_filters", "sep_num_filters", "parameters", "val_loss", "train_seconds"]
+    print(f"{DEMO_SEARCH}: {len(trials)} trials, best first (dashboard: {html})")
+    print(trials[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print()
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(f"{DEMO_EXPERIMENT}: validation on {metrics['n_images']} v2-small images ({run_dir})")

@@ -146,8 +146,10 @@ def load_estimator(run_dir) -> Estimator:
         raise GalparamError(f"{run_dir}: not a finished galparam run, no {RUN_FILE}{hint}") from None
     except ValueError as exc:
         raise GalparamError(f"{run_dir}/{RUN_FILE}: not JSON ({exc})") from None
-    if not isinstance(info, dict) or info.get("family") not in ("xception", "autoencoder"):
+    if not isinstance(info, dict) or info.get("family") not in ("xception", "autoencoder", "autokeras"):
         raise GalparamError(f"{run_dir}/{RUN_FILE}: not a galparam run description")
+    if info["family"] == "autokeras":
+        import autokeras  # noqa: F401  (registers the layers of AutoKeras' exported models)
     model_path = run_dir / MODEL_FILE
     if not model_path.exists():
         raise GalparamError(f"{run_dir}: {MODEL_FILE} is missing")

@@ -538,3 +538,95 @@ def load_experiment(path) -> ExperimentSpec:
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return experiment_from_dict(raw, source=str(path), base_dir=path.parent)
+
+
+SEARCHES = ("grid", "tune", "autokeras")
+TUNERS = {"tune": ("bayesian", "hyperband", "random"), "autokeras": ("bayesian", "greedy", "hyperband", "random")}
+AUTOKERAS_BLOCKS = ("vanilla", "resnet", "xception")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A validated architecture search: what to search and the experiment each trial trains.
+
+    ``experiment`` carries the dataset, family, training settings and, as ``hyperparameters``,
+    the builder arguments held fixed; ``grid`` maps builder arguments to their values (grid
+    search); ``tuner`` and ``max_trials`` drive KerasTuner and AutoKeras; ``block_types`` the
+    AutoKeras image blocks searched.
+    """
+
+    search: str
+    experiment: ExperimentSpec
+    grid: dict = field(default_factory=dict)
+    tuner: str = "bayesian"
+    max_trials: int = 10
+    block_types: tuple = AUTOKERAS_BLOCKS
+    source: str = field(default="<search>", compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    def to_dict(self) -> dict:
+        out = {"search": self.search, **self.experiment.to_dict()}
+        out.update(grid=self.grid, tuner=self.tuner, max_trials=self.max_trials, block_types=list(self.block_types))
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the resolved spec: a results folder belongs to one search."""
+        return hashlib.sha256(yaml.safe_dump(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def search_from_dict(raw, source: str = "<search>", base_dir=".") -> SearchSpec:
+    """Validate a mapping (as read from YAML) into a :class:`SearchSpec`.
+
+    The keys ``search``, ``grid``, ``tuner``, ``max_trials`` and ``block_types`` are the search's;
+    every other key is an experiment key (see :func:`experiment_from_dict`), with ``hyperparameters``
+    the builder arguments held fixed.
+
+    Raises
+    ------
+    SpecError
+        On an unknown search, tuner or block type, an empty grid or a grid value that is not a list.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a search spec is a mapping of settings, got {type(raw).__name__}")
+    raw = dict(raw)
+    search = raw.pop("search", None)
+    if search not in SEARCHES:
+        raise SpecError(f"{source}: search: {search!r} is not accepted; accepted: {', '.join(SEARCHES)}")
+    grid = raw.pop("grid", None)
+    tuner = raw.pop("tuner", "bayesian" if search == "tune" else "greedy")
+    max_trials = raw.pop("max_trials", 10)
+    blocks = raw.pop("block_types", list(AUTOKERAS_BLOCKS))
+    experiment = experiment_from_dict(raw, source=source, base_dir=base_dir)
+    if search == "grid":
+        if not isinstance(grid, dict) or not grid:
+            raise SpecError(f"{source}: grid: give a mapping of builder argument to a non-empty list of values")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise SpecError(f"{source}: grid.{key}: {values!r} is not a non-empty list of values")
+    elif grid is not None:
+        raise SpecError(f"{source}: grid: only a grid search takes a grid")
+    if search != "grid":
+        if tuner not in TUNERS[search]:
+            raise SpecError(f"{source}: tuner: {tuner!r} is not accepted; accepted: {', '.join(TUNERS[search])}")
+        if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
+            raise SpecError(f"{source}: max_trials: {max_trials!r} is not a whole number >= 1")
+    if not isinstance(blocks, list) or not blocks or any(b not in AUTOKERAS_BLOCKS for b in blocks):
+        raise SpecError(f"{source}: block_types: {blocks!r}; accepted: some of {', '.join(AUTOKERAS_BLOCKS)}")
+    return SearchSpec(search, experiment, dict(grid or {}), tuner, max_trials, tuple(blocks), source)
+
+
+def load_search(path) -> SearchSpec:
+    """Read and validate a search spec (YAML); relative paths in it are taken from its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such search spec") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the search spec ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return search_from_dict(raw, source=str(path), base_dir=path.parent)

@@ -331,10 +331,10 @@ def _adapt(layer, array, indices) -> None:
     layer.adapt(with_channel(array[np.sort(sample)]))
 
 
-def _train_xception(spec, run_dir, data, strategy, hp, lr, history, verbose):
+def _xception_parts(spec, data, hp, lr, scaler):
+    """The Xception's builder (compiled, normalization adapted) and its pipeline columns."""
     from galparam.models.xception import build_xception
 
-    scaler = _label_scaler(run_dir, data, (-1.0, 1.0))
     image_shape = (*data.images.shape[1:], 1)
 
     def build():
@@ -345,16 +345,78 @@ def _train_xception(spec, run_dir, data, strategy, hp, lr, history, verbose):
         model.compile(optimizer=_optimizer(spec, lr), loss="mse")
         return model
 
-    columns = {
-        "image": (data.images, with_channel),
-        "labels": (data.dataset.label, scaler.transform),
-    }
-    inputs = ("image", "psf") if data.psf_input else "image"
+    columns = {"image": (data.images, with_channel), "labels": (data.dataset.label, scaler.transform)}
     if data.psf_input:
         columns["psf"] = (data.dataset.psf_img, with_channel)
+    return build, columns, ("image", "psf") if data.psf_input else "image", "labels"
+
+
+def _fit_image_scaler(data) -> MinMaxScaler:
+    low, high = column_range(data.dataset.img_nonoise, data.train)
+    return MinMaxScaler((0.0, 1.0), names=["pixel"]).fit([[low], [high]])
+
+
+def _autoencoder_columns(data, scaler, image_scaler) -> dict:
+    def scale_image(block):
+        flat = image_scaler.transform(block.reshape(-1, 1)).reshape(block.shape)
+        return with_channel(np.clip(flat, 0.0, 1.0))
+
+    return {
+        "image": (data.images, with_channel),
+        "noisy_image": (data.images, with_channel),
+        "labels": (data.dataset.label, scaler.transform),
+        "clean": (data.dataset.img_nonoise, scale_image),
+    }
+
+
+def search_parts(spec: ExperimentSpec, data: _Data, hp: dict, lr: float):
+    """What a search trial trains: a builder of the compiled model and its pipelines.
+
+    The Xception as in training; the autoencoder as its joint model (stages are a training
+    refinement, not a different architecture).
+
+    Returns
+    -------
+    build : callable
+        Returns a new compiled model.
+    pipelines : callable
+        ``pipelines(first_epoch)`` → (train, validation, steps, validation steps).
+    """
+    if spec.family == "xception":
+        scaler = MinMaxScaler((-1.0, 1.0), names=LABEL_NAMES).fit(data.dataset.label[data.train])
+        build, columns, inputs, targets = _xception_parts(spec, data, hp, lr, scaler)
+    else:
+        from galparam.models.autoencoder import build_autoencoder, build_decoder, build_encoder
+
+        scaler = MinMaxScaler((0.0, 1.0), names=LABEL_NAMES).fit(data.dataset.label[data.train])
+        columns = _autoencoder_columns(data, scaler, _fit_image_scaler(data))
+        columns["image"] = columns["clean"]
+        inputs, targets = "noisy_image", ("labels", "image")
+        image_shape = (*data.images.shape[1:], 1)
+
+        def build():
+            encoder = build_encoder(image_shape, **hp)
+            _adapt(encoder.get_layer("normalize_image"), data.images, data.train)
+            decoder = build_decoder(
+                output_shape=image_shape, base_filters=hp["base_filters"], dense_units=hp["dense_units"]
+            )
+            model = build_autoencoder(encoder, decoder)
+            model.compile(
+                optimizer=_optimizer(spec, lr),
+                loss={"labels": spec.loss, "image": spec.loss},
+                loss_weights=dict(zip(("labels", "image"), spec.loss_weights, strict=True)),
+            )
+            return model
+
+    return build, lambda first_epoch=0: _pipelines(spec, columns, inputs, targets, data, first_epoch)
+
+
+def _train_xception(spec, run_dir, data, strategy, hp, lr, history, verbose):
+    scaler = _label_scaler(run_dir, data, (-1.0, 1.0))
+    build, columns, inputs, targets = _xception_parts(spec, data, hp, lr, scaler)
 
     def datasets(first_epoch):
-        return _pipelines(spec, columns, inputs, "labels", data, first_epoch)
+        return _pipelines(spec, columns, inputs, targets, data, first_epoch)
 
     model = _run_stage("xception", run_dir, spec, strategy, build, datasets, history, verbose=verbose)
     estimator = Estimator(model, "xception", scaler, psf_input=data.psf_input)
@@ -369,22 +431,11 @@ def _train_autoencoder(spec, run_dir, data, strategy, hp, lr, history, verbose):
     if image_scaler_path.exists():
         image_scaler = MinMaxScaler.load(image_scaler_path)
     else:
-        low, high = column_range(data.dataset.img_nonoise, data.train)
-        image_scaler = MinMaxScaler((0.0, 1.0), names=["pixel"]).fit([[low], [high]])
+        image_scaler = _fit_image_scaler(data)
         image_scaler.save(image_scaler_path)
     image_shape = (*data.images.shape[1:], 1)
     loss = spec.loss
-
-    def scale_image(block):
-        flat = image_scaler.transform(block.reshape(-1, 1)).reshape(block.shape)
-        return with_channel(np.clip(flat, 0.0, 1.0))
-
-    columns = {
-        "image": (data.images, with_channel),
-        "noisy_image": (data.images, with_channel),
-        "labels": (data.dataset.label, scaler.transform),
-        "clean": (data.dataset.img_nonoise, scale_image),
-    }
+    columns = _autoencoder_columns(data, scaler, image_scaler)
     args = {k: hp[k] for k in ("base_filters", "dense_units")}
 
     def build_enc():

@@ -135,12 +135,17 @@ def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model
 
 
 class AutoencoderHyperModel(keras_tuner.HyperModel):
-    """Search space of the autoencoder (joint stage): filters, dense units, dropout, learning rate."""
+    """Search space of the autoencoder (joint stage): filters, dense units, dropout, learning rate.
+
+    ``adapt``, if given, is the sample of training images the encoder's ``normalize_image`` layer
+    is adapted on in every model built.
+    """
 
     SPACE = {"base_filters": [8, 16, 32, 64], "dense_units": [64, 128, 256, 512], "dropout_rate": [0.0, 0.25, 0.5]}
 
-    def __init__(self, input_shape=(64, 64, 1), *, fixed: dict | None = None, **kwargs):
+    def __init__(self, input_shape=(64, 64, 1), *, fixed: dict | None = None, adapt=None, **kwargs):
         super().__init__(**kwargs)
+        self.adapt = adapt
         self.input_shape = tuple(input_shape)
         self.fixed = dict(fixed or {})
         unknown = set(self.fixed) - set(self.SPACE) - {"learning_rate"}
@@ -155,6 +160,8 @@ class AutoencoderHyperModel(keras_tuner.HyperModel):
             else hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
         )
         encoder = build_encoder(self.input_shape, **args)
+        if self.adapt is not None:
+            encoder.get_layer("normalize_image").adapt(self.adapt)
         decoder = build_decoder(
             output_shape=self.input_shape, base_filters=args["base_filters"], dense_units=args["dense_units"]
         )

@@ -168,6 +168,9 @@ class XceptionHyperModel(keras_tuner.HyperModel):
         Whether models take the PSF image too.
     fixed : dict, optional
         Builder arguments to hold fixed instead of searching.
+    adapt : dict, optional
+        Normalization layer name (``normalize_image``, ``normalize_psf``) → the sample of training
+        images it is adapted on in every model built.
     """
 
     SPACE = {
@@ -181,8 +184,11 @@ class XceptionHyperModel(keras_tuner.HyperModel):
         "dropout_rate": [0.0, 0.25, 0.5],
     }
 
-    def __init__(self, input_shape=(64, 64, 1), *, psf_input: bool = False, fixed: dict | None = None, **kwargs):
+    def __init__(
+        self, input_shape=(64, 64, 1), *, psf_input: bool = False, fixed: dict | None = None, adapt=None, **kwargs
+    ):
         super().__init__(**kwargs)
+        self.adapt = dict(adapt or {})
         self.input_shape = tuple(input_shape)
         self.psf_input = psf_input
         self.fixed = dict(fixed or {})
@@ -199,5 +205,7 @@ class XceptionHyperModel(keras_tuner.HyperModel):
         else:
             lr = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
         model = build_xception(self.input_shape, psf_input=self.psf_input, **args)
+        for layer, sample in self.adapt.items():
+            model.get_layer(layer).adapt(sample)
         model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
         return model

@@ -1,0 +1,146 @@
+"""KerasTuner over the project's HyperModels: Bayesian optimization, Hyperband or random search.
+
+The results folder is KerasTuner's project directory, so running the command again resumes the
+search. The same command runs distributed: with ``KERASTUNER_TUNER_ID`` (``chief``, or ``tuner0``,
+``tuner1``, ... for workers), ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` set, the chief
+serves the oracle and the workers train the trials it hands out (KerasTuner's own gRPC engine).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from galparam.io import write_json_atomic
+from galparam.search.common import BEST_FILE, adapt_samples, check_names, open_results
+from galparam.specs import SearchSpec
+
+PROJECT = "tuner"
+TRIAL_RECORD = "galparam.json"
+
+
+def is_distributed() -> bool:
+    return "KERASTUNER_TUNER_ID" in os.environ
+
+
+def is_chief() -> bool:
+    return os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief"
+
+
+def _tuner_class(name: str):
+    import keras_tuner
+
+    base = {
+        "bayesian": keras_tuner.BayesianOptimization,
+        "hyperband": keras_tuner.Hyperband,
+        "random": keras_tuner.RandomSearch,
+    }[name]
+
+    class Tuner(base):
+        """Records each trial's parameter count and training seconds beside KerasTuner's trial.json."""
+
+        def run_trial(self, trial, *args, **kwargs):
+            start = time.perf_counter()
+            result = super().run_trial(trial, *args, **kwargs)
+            seconds = time.perf_counter() - start
+            parameters = int(self.hypermodel.build(trial.hyperparameters).count_params())
+            write_json_atomic(
+                Path(self.get_trial_dir(trial.trial_id)) / TRIAL_RECORD,
+                {"parameters": parameters, "train_seconds": round(seconds, 2), "tuner_id": self.tuner_id},
+            )
+            return result
+
+    return Tuner
+
+
+def run_tuner(spec: SearchSpec, output, *, force: bool = False, verbose=0) -> dict:
+    """Run (or resume, or join as a worker) the KerasTuner search of ``spec``.
+
+    Returns
+    -------
+    dict
+        The best trial: ``hyperparameters`` (all builder arguments and the learning rate, as
+        ``galparam-train`` takes them) and ``val_loss``; also written to ``best_hyperparameters.json``
+        by the chief (or the only process). Workers return an empty dict.
+    """
+    import keras
+
+    from galparam.models.autoencoder import AutoencoderHyperModel
+    from galparam.models.xception import XceptionHyperModel
+    from galparam.train import _Data, resolve_hyperparameters, search_parts
+
+    experiment = spec.experiment
+    check_names(spec, experiment.hyperparameters)
+    data = _Data(experiment)
+    folder = open_results(output, spec, force=force) if is_chief() else Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_shape = (*data.images.shape[1:], 1)
+    samples = adapt_samples(data, data.psf_input)
+    if experiment.family == "xception":
+        hypermodel = XceptionHyperModel(
+            image_shape, psf_input=data.psf_input, fixed=experiment.hyperparameters, adapt=samples
+        )
+    else:
+        hypermodel = AutoencoderHyperModel(
+            image_shape, fixed=experiment.hyperparameters, adapt=samples["normalize_image"]
+        )
+    hp, lr = resolve_hyperparameters(experiment)
+    _, pipelines = search_parts(experiment, data, hp, lr)
+    train_ds, val_ds, steps, val_steps = pipelines(0)
+    budget = {"max_epochs": experiment.epochs} if spec.tuner == "hyperband" else {"max_trials": spec.max_trials}
+    keras.utils.set_random_seed(experiment.seed)
+    tuner = _tuner_class(spec.tuner)(
+        hypermodel,
+        objective="val_loss",
+        directory=str(folder),
+        project_name=PROJECT,
+        overwrite=False,
+        seed=experiment.seed,
+        **budget,
+    )
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if experiment.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=experiment.patience))
+    tuner.search(
+        train_ds,
+        validation_data=val_ds,
+        epochs=experiment.epochs,
+        steps_per_epoch=steps,
+        validation_steps=val_steps,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    if not is_chief():
+        return {}
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    best = {
+        "search": "tune",
+        "tuner": spec.tuner,
+        "family": experiment.family,
+        "hyperparameters": dict(best_trial.hyperparameters.values),
+        "val_loss": best_trial.score,
+        "trial": best_trial.trial_id,
+    }
+    write_json_atomic(folder / BEST_FILE, best)
+    return best
+
+
+def read_tuner_trials(folder) -> pd.DataFrame:
+    """KerasTuner's trials (KerasTuner or AutoKeras) as a table: hyperparameters, score, status."""
+    import json
+
+    rows = []
+    for path in sorted(Path(folder).glob("*/trial_*/trial.json")):
+        trial = json.loads(path.read_text())
+        values = trial.get("hyperparameters", {}).get("values", {})
+        row = {"trial": f"{path.parent.parent.name}/{path.parent.name}", **values}
+        row["val_loss"] = trial.get("score")
+        row["status"] = trial.get("status")
+        extra = path.parent / TRIAL_RECORD
+        if extra.exists():
+            row.update(json.loads(extra.read_text()))
+        rows.append(row)
+    return pd.DataFrame(rows)
