@@ -316,6 +316,31 @@ def _parse_prior(source: str, name: str, raw, grid_size: int) -> Prior:
     return Prior(kind, float(values[0]), float(values[1]), grid_size if kind == "discretized" else 0)
 
 
+def _read_settings(raw, table: dict, source: str, what: str, *, raw_keys=()) -> dict:
+    """Each declared setting of ``raw``, checked (or its default); ``raw_keys`` are passed as they are.
+
+    A setting whose default is None also takes an explicit null.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: {what} is a mapping of settings, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(table))
+    if unknown:
+        raise SpecError(f"{source}: unknown key {unknown[0]!r}; accepted keys: {', '.join(table)}")
+    values = {}
+    for key, (*_declared, default, help_text) in table.items():
+        if key not in raw:
+            if default is REQUIRED:
+                raise SpecError(f"{source}: missing key {key!r} ({help_text})")
+            values[key] = default
+        elif raw[key] is None and default is None:
+            values[key] = None
+        elif key in raw_keys:
+            values[key] = raw[key]
+        else:
+            values[key] = _check_setting(source, key, raw[key], table)
+    return values
+
+
 def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
     """Validate a mapping (as read from YAML) into a :class:`DatasetSpec`.
 
@@ -324,22 +349,7 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
     SpecError
         On an unknown or missing key, a wrong type, a value out of range or an inverted range.
     """
-    if not isinstance(raw, dict):
-        raise SpecError(f"{source}: a dataset spec is a mapping of settings, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_SETTINGS))
-    if unknown:
-        raise SpecError(f"{source}: unknown key {unknown[0]!r}; accepted keys: {', '.join(_SETTINGS)}")
-    values = {}
-    for key, (_t, *_r, default, _h) in _SETTINGS.items():
-        if key not in raw:
-            if default is REQUIRED:
-                raise SpecError(f"{source}: missing key {key!r} ({_SETTINGS[key][-1]})")
-            values[key] = default
-            continue
-        if key in ("snr_window", "priors"):
-            values[key] = raw[key]
-        else:
-            values[key] = _check_setting(source, key, raw[key])
+    values = _read_settings(raw, _SETTINGS, source, "a dataset spec", raw_keys=("snr_window", "priors"))
 
     window = values["snr_window"]
     if window is not None:
@@ -382,6 +392,18 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
     return DatasetSpec(source=source, **values)
 
 
+def _read_yaml(path: Path, what: str):
+    """The YAML document of a spec file, or one SpecError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the {what} ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
 def load_spec(path) -> DatasetSpec:
     """Read and validate a dataset spec from a YAML file.
 
@@ -391,17 +413,7 @@ def load_spec(path) -> DatasetSpec:
         If the file is missing, not YAML, or not a valid spec (see :func:`spec_from_dict`).
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the spec ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return spec_from_dict(raw, source=str(path))
+    return spec_from_dict(_read_yaml(path, "spec file"), source=str(path))
 
 
 def spec_from_yaml_text(text: str, source: str = "<dataset>") -> DatasetSpec:
@@ -461,23 +473,7 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
         On an unknown or missing key, a wrong type or choice, a value out of range, or a
         hyperparameters file that is missing or not a JSON mapping.
     """
-    if not isinstance(raw, dict):
-        raise SpecError(f"{source}: an experiment spec is a mapping of settings, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_EXPERIMENT))
-    if unknown:
-        raise SpecError(f"{source}: unknown key {unknown[0]!r}; accepted keys: {', '.join(_EXPERIMENT)}")
-    values = {}
-    for key, (_typ, *_r, default, help_text) in _EXPERIMENT.items():
-        if key not in raw:
-            if default is REQUIRED:
-                raise SpecError(f"{source}: missing key {key!r} ({help_text})")
-            values[key] = default
-        elif raw[key] is None and (default is None or key == "hyperparameters"):
-            values[key] = default
-        elif key == "hyperparameters":
-            values[key] = raw[key]
-        else:
-            values[key] = _check_setting(source, key, raw[key], _EXPERIMENT)
+    values = _read_settings(raw, _EXPERIMENT, source, "an experiment spec", raw_keys=("hyperparameters",))
 
     base_dir = Path(base_dir)
     values["dataset"] = (base_dir / values["dataset"]).resolve()
@@ -529,14 +525,7 @@ def load_experiment(path) -> ExperimentSpec:
         If the file is missing, not YAML, or not a valid experiment (see :func:`experiment_from_dict`).
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such experiment spec") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the experiment spec ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = _read_yaml(path, "experiment spec")
     return experiment_from_dict(raw, source=str(path), base_dir=path.parent)
 
 
@@ -621,12 +610,5 @@ def search_from_dict(raw, source: str = "<search>", base_dir=".") -> SearchSpec:
 def load_search(path) -> SearchSpec:
     """Read and validate a search spec (YAML); relative paths in it are taken from its folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such search spec") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the search spec ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = _read_yaml(path, "search spec")
     return search_from_dict(raw, source=str(path), base_dir=path.parent)

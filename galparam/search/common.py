@@ -80,3 +80,21 @@ def check_names(spec: SearchSpec, names) -> None:
         raise GalparamError(
             f"{spec.source}: unknown {spec.experiment.family} hyperparameter {unknown[0]!r}; valid: {', '.join(valid)}"
         )
+
+
+def fit_arguments(experiment, pipelines, *, restore_best: bool = False) -> dict:
+    """``model.fit`` / ``tuner.search`` arguments of a trial: the pipelines, epochs, early stopping."""
+    import keras
+
+    train_ds, val_ds, steps, val_steps = pipelines(0)
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if experiment.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=experiment.patience, restore_best_weights=restore_best))
+    return {
+        "x": train_ds,
+        "validation_data": val_ds,
+        "epochs": experiment.epochs,
+        "steps_per_epoch": steps,
+        "validation_steps": val_steps,
+        "callbacks": callbacks,
+    }

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from galparam.errors import GalparamError
 from galparam.io import write_json_atomic
-from galparam.search.common import check_names, open_results
+from galparam.search.common import check_names, fit_arguments, open_results
 from galparam.specs import SearchSpec
 
 
@@ -68,20 +68,8 @@ def run_trial(spec: SearchSpec, data, point: dict) -> dict:
     keras.utils.set_random_seed(experiment.seed)
     build, pipelines = search_parts(experiment, data, hp, lr)
     model = build()
-    train_ds, val_ds, steps, val_steps = pipelines(0)
-    callbacks = [keras.callbacks.TerminateOnNaN()]
-    if experiment.patience:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=experiment.patience, restore_best_weights=True))
     t = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=experiment.epochs,
-        steps_per_epoch=steps,
-        validation_steps=val_steps,
-        callbacks=callbacks,
-        verbose=0,
-    )
+    history = model.fit(**fit_arguments(experiment, pipelines, restore_best=True), verbose=0)
     seconds = time.perf_counter() - t
     val_loss = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]
     return {

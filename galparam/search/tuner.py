@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from galparam.io import write_json_atomic
-from galparam.search.common import BEST_FILE, adapt_samples, check_names, open_results
+from galparam.search.common import BEST_FILE, adapt_samples, check_names, fit_arguments, open_results
 from galparam.specs import SearchSpec
 
 PROJECT = "tuner"
@@ -89,7 +89,6 @@ def run_tuner(spec: SearchSpec, output, *, force: bool = False, verbose=0) -> di
         )
     hp, lr = resolve_hyperparameters(experiment)
     _, pipelines = search_parts(experiment, data, hp, lr)
-    train_ds, val_ds, steps, val_steps = pipelines(0)
     budget = {"max_epochs": experiment.epochs} if spec.tuner == "hyperband" else {"max_trials": spec.max_trials}
     keras.utils.set_random_seed(experiment.seed)
     tuner = _tuner_class(spec.tuner)(
@@ -101,18 +100,7 @@ def run_tuner(spec: SearchSpec, output, *, force: bool = False, verbose=0) -> di
         seed=experiment.seed,
         **budget,
     )
-    callbacks = [keras.callbacks.TerminateOnNaN()]
-    if experiment.patience:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=experiment.patience))
-    tuner.search(
-        train_ds,
-        validation_data=val_ds,
-        epochs=experiment.epochs,
-        steps_per_epoch=steps,
-        validation_steps=val_steps,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    tuner.search(**fit_arguments(experiment, pipelines), verbose=verbose)
     if not is_chief():
         return {}
     best_trial = tuner.oracle.get_best_trials(1)[0]
