@@ -32,4 +32,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix galparam tests benchmarks
 
 clean:
-	rm -rf runs reports bench-results data/*.npz data/*.csv data/*.parts
+	rm -rf runs reports bench-results data/*.npz data/*.csv data/*.parts experiments/search/*-results
