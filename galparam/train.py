@@ -182,6 +182,16 @@ def _optimizer(spec: ExperimentSpec, lr: float):
     }[spec.optimizer](learning_rate=lr)
 
 
+def _compile_joint(model, spec: ExperimentSpec, lr: float):
+    """The joint autoencoder: the spec's loss on both outputs, weighted labels : image."""
+    model.compile(
+        optimizer=_optimizer(spec, lr),
+        loss={"labels": spec.loss, "image": spec.loss},
+        loss_weights=dict(zip(("labels", "image"), spec.loss_weights, strict=True)),
+    )
+    return model
+
+
 def _save_model(model, path: Path) -> None:
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
@@ -400,13 +410,7 @@ def search_parts(spec: ExperimentSpec, data: _Data, hp: dict, lr: float):
             decoder = build_decoder(
                 output_shape=image_shape, base_filters=hp["base_filters"], dense_units=hp["dense_units"]
             )
-            model = build_autoencoder(encoder, decoder)
-            model.compile(
-                optimizer=_optimizer(spec, lr),
-                loss={"labels": spec.loss, "image": spec.loss},
-                loss_weights=dict(zip(("labels", "image"), spec.loss_weights, strict=True)),
-            )
-            return model
+            return _compile_joint(build_autoencoder(encoder, decoder), spec, lr)
 
     return build, lambda first_epoch=0: _pipelines(spec, columns, inputs, targets, data, first_epoch)
 
@@ -462,13 +466,7 @@ def _train_autoencoder(spec, run_dir, data, strategy, hp, lr, history, verbose):
         return model
 
     def joint_stage():
-        model = build_autoencoder(encoder(), decoder())
-        model.compile(
-            optimizer=_optimizer(spec, lr),
-            loss={"labels": loss, "image": loss},
-            loss_weights=dict(zip(("labels", "image"), spec.loss_weights, strict=True)),
-        )
-        return model
+        return _compile_joint(build_autoencoder(encoder(), decoder()), spec, lr)
 
     plan = {
         "encoder": (encoder_stage, "image", "labels"),
