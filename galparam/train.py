@@ -138,11 +138,12 @@ class _Data:
         }
 
 
-def _prepare_run_dir(run_dir: Path, spec: ExperimentSpec, resume: bool) -> bool:
-    """Check what the folder holds; return True when a started run is to be continued."""
-    if (run_dir / RUN_FILE).exists():
-        raise TrainingError(f"{run_dir}: a finished run is there; choose another --output or remove it")
+def _prepare_run_dir(run_dir: Path, spec: ExperimentSpec, resume: bool) -> str:
+    """Check what the folder holds: "new", "resume" (a started run to continue) or "finished"."""
     spec_file = run_dir / SPEC_FILE
+    finished = (run_dir / RUN_FILE).exists()
+    if finished and not resume:
+        raise TrainingError(f"{run_dir}: a finished run is there; choose another --output or remove it")
     if spec_file.exists():
         if not resume:
             raise TrainingError(f"{run_dir}: holds an unfinished run; pass --resume to continue it, or remove it")
@@ -151,10 +152,10 @@ def _prepare_run_dir(run_dir: Path, spec: ExperimentSpec, resume: bool) -> bool:
                 f"{run_dir}: was started from a different experiment (compare {spec_file} with {spec.source}); "
                 "choose another --output"
             )
-        return True
+        return "finished" if finished else "resume"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise TrainingError(f"{run_dir}: exists and is not a galparam run; choose another --output")
-    return False
+    return "new"
 
 
 def _strategy(name: str | None):
@@ -540,7 +541,8 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, verbose="a
     output : path-like, optional
         The run folder; default ``runs/NAME``.
     resume : bool
-        Continue an interrupted run in ``output`` from its last checkpoint.
+        Continue an interrupted run in ``output`` from its last checkpoint; a run of the same
+        experiment that has finished there is returned as it is (nothing is trained).
     verbose : {"auto", 0, 1, 2}
         Keras' progress output.
 
@@ -561,7 +563,16 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, verbose="a
     run_dir = Path(output) if output is not None else default_run_dir(spec)
     hp, lr = resolve_hyperparameters(spec)
     data = _Data(spec)
-    resuming = _prepare_run_dir(run_dir, spec, resume)
+    state = _prepare_run_dir(run_dir, spec, resume)
+    if state == "finished":
+        trained_on = json.loads((run_dir / RUN_FILE).read_text())["dataset"]["spec_sha256"]
+        if trained_on != data.dataset.spec.digest():
+            raise TrainingError(
+                f"{run_dir}: finished on another version of {data.dataset.path.name} (its spec differs); "
+                "choose another --output"
+            )
+        return run_dir
+    resuming = state == "resume"
     strategy = _strategy(spec.strategy)
     tf.config.experimental.enable_op_determinism()
     started = time.perf_counter()

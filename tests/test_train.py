@@ -107,7 +107,13 @@ def test_same_seed_same_model_and_resume_is_exact(datasets, tmp_path, monkeypatc
     b = load_estimator(tmp_path / "resumed").predict(ds.img[:50])
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5)
     with pytest.raises(GalparamError, match="finished run"):
-        train(spec, whole, resume=True, verbose=0)
+        train(spec, whole, verbose=0)
+    # --resume on a finished run of the same experiment trains nothing; another experiment is refused.
+    before = (whole / "model.keras").stat().st_mtime_ns
+    assert train(spec, whole, resume=True, verbose=0) == whole
+    assert (whole / "model.keras").stat().st_mtime_ns == before
+    with pytest.raises(GalparamError, match="different experiment"):
+        train(experiment(datasets["fixed"], epochs=4), whole, resume=True, verbose=0)
 
 
 def test_psf_input_model(datasets, tmp_path):

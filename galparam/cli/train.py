@@ -21,7 +21,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("experiment", metavar="EXPERIMENT.yaml", help="the experiment spec")
     parser.add_argument("-o", "--output", metavar="DIR", help="run folder (default: runs/NAME, NAME from the spec)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run in the folder from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in the folder from its last checkpoint (a finished run: nothing to do)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
     return parser
