@@ -49,6 +49,8 @@ class Report:
     validation_table: pd.DataFrame
     files: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    datasets_table: pd.DataFrame | None = None  # filled by galparam.study.Study.report
+    search_tables: dict = field(default_factory=dict)
 
 
 def sha256(path) -> str:
@@ -154,7 +156,17 @@ def _latex(table: pd.DataFrame, header: list[str], caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_tables(folder: Path, stem: str, table: pd.DataFrame, header: list[str], caption: str) -> list[Path]:
+def write_tables(folder: Path, stem: str, table: pd.DataFrame, header: list[str], caption: str) -> list[Path]:
+    """Write ``table`` as ``STEM.csv``, ``STEM.md`` and ``STEM.tex`` in ``folder``, each opening with ``header``.
+
+    The CSV's header lines start with ``#`` (read it back with ``pandas.read_csv(path, comment="#")``),
+    Markdown's are HTML comments and LaTeX's ``%`` comments; numbers have fixed formats.
+
+    Returns
+    -------
+    list of Path
+        The three files.
+    """
     csv_text = "".join(f"# {h}\n" for h in header) + table.to_csv(index=False, lineterminator="\n", float_format="%.6g")
     outputs = {
         folder / f"{stem}.csv": csv_text,
@@ -389,11 +401,11 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     report = Report(folder, bound_table(sets, estimates), validation_table([(r, i) for r, i, _ in loaded]))
     folder.mkdir(parents=True, exist_ok=True)
     if sets:
-        report.files += _write_tables(
+        report.files += write_tables(
             folder, "test_sets", report.test_table, header, "Bias and standard deviation against the Cramér–Rao bound"
         )
     if loaded:
-        report.files += _write_tables(
+        report.files += write_tables(
             folder, "validation", report.validation_table, header, "Validation RMSE and explained variance (EV)"
         )
 

@@ -1,0 +1,346 @@
+"""The reference's study as steps: what ``make demo`` and the notebooks call.
+
+A :class:`Study` runs at one of two settings. ``small`` uses the ``-small`` specs (2,000-image
+datasets, short searches and trainings: minutes on 2 CPU cores); ``full`` uses the full-scale specs
+(200,000-image datasets, the reference's searches and trainings: a GPU machine). Every step makes
+what is missing and reuses what is already there, so a notebook or the demo can be run again, or
+after an interruption, without redoing finished work:
+
+- :meth:`Study.datasets` simulates the datasets not yet in ``OUTPUT/data`` (or whose spec changed);
+- :meth:`Study.search` resumes a search in ``OUTPUT/search/NAME``;
+- :meth:`Study.train` resumes a training in ``OUTPUT/runs/NAME`` (a finished one is returned);
+- :meth:`Study.baseline` resumes the likelihood fits in ``OUTPUT/fits/``;
+- :meth:`Study.report` writes the report (tables and plots) from what the steps made.
+
+The specs come from the project's ``data/`` and ``experiments/`` folders; each experiment and
+search is pointed at the study's own copy of its dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from galparam import __version__
+from galparam.data import load_dataset
+from galparam.errors import GalparamError
+from galparam.io import atomic_path
+
+SETTINGS = ("small", "full")
+DATASETS = ("v1", "v2", "v3", "test_snr60", "test_snr30")
+TEST_SETS = {60: "test_snr60", 30: "test_snr30"}
+DEFAULT_OUTPUT = {"small": Path("runs/demo"), "full": Path("runs/full")}
+BASELINE_IMAGES = {"small": 60, "full": None}  # None: every image of the test set
+
+
+def dataset_table(paths) -> pd.DataFrame:
+    """One row per dataset file: images, PSF and noise ranges, SNR range and rejection rate.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        galparam datasets (``.npz``).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``dataset``, ``images``, ``PSF FWHM min/max`` (arcsec), ``sigma min/max``
+        (counts), ``SNR min/median/max`` and ``rejection rate`` (the fraction of candidates the SNR
+        window rejected: 1 − images / candidates drawn).
+    """
+    rows = []
+    for path in map(Path, paths):
+        ds = load_dataset(path, mmap=True)
+        rows.append(
+            {
+                "dataset": ds.spec.name,
+                "images": len(ds),
+                "PSF FWHM min": float(ds.psf_fwhm.min()),
+                "PSF FWHM max": float(ds.psf_fwhm.max()),
+                "sigma min": float(ds.sigma.min()),
+                "sigma max": float(ds.sigma.max()),
+                "SNR min": float(ds.snr.min()),
+                "SNR median": float(np.median(ds.snr)),
+                "SNR max": float(ds.snr.max()),
+                "rejection rate": 1.0 - len(ds) / float(ds.extra["draws"].sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Study:
+    """The study at one setting, writing under one folder.
+
+    Parameters
+    ----------
+    setting : {"small", "full"}
+        ``small``: the ``-small`` specs, minutes on 2 CPU cores; ``full``: the reference's scale.
+    output : path-like, optional
+        Where datasets, searches, runs and fits go; default ``runs/demo`` (small) or ``runs/full``.
+    project : path-like
+        The folder holding ``data/`` and ``experiments/`` (the repository root).
+    jobs : int, optional
+        Worker processes for simulation and fits; default all cores.
+    progress : bool
+        Progress bars and one line per step on standard error.
+    """
+
+    setting: str = "small"
+    output: Path | None = None
+    project: Path = Path(".")
+    jobs: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.setting not in SETTINGS:
+            raise GalparamError(f"setting {self.setting!r}: accepted {', '.join(SETTINGS)}")
+        self.project = Path(self.project)
+        self.output = Path(self.output) if self.output is not None else self.project / DEFAULT_OUTPUT[self.setting]
+        for folder in ("data", "experiments"):
+            if not (self.project / folder).is_dir():
+                raise GalparamError(f"project {self.project}: has no {folder}/ folder (give the repository root)")
+
+    # ------------------------------------------------------------------ names and places
+
+    def name(self, base: str) -> str:
+        """The spec name of ``base`` at this setting (``v1`` → ``v1-small`` when small)."""
+        return f"{base}-small" if self.setting == "small" else base
+
+    @property
+    def data_dir(self) -> Path:
+        return self.output / "data"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.output / "runs"
+
+    @property
+    def search_dir(self) -> Path:
+        return self.output / "search"
+
+    @property
+    def fits_dir(self) -> Path:
+        return self.output / "fits"
+
+    def dataset_path(self, base: str) -> Path:
+        """Where the study keeps dataset ``base`` (``v1``, ``test_snr60``, ...)."""
+        return self.data_dir / f"{self.name(base)}.npz"
+
+    def run_dir(self, base: str) -> Path:
+        """Where the study trains experiment ``base`` (``xception-v2``, ...)."""
+        return self.runs_dir / self.name(base)
+
+    def search_results(self, base: str) -> Path:
+        """Where the study keeps search ``base`` (``grid-v1``, ...)."""
+        return self.search_dir / self.name(base)
+
+    # ------------------------------------------------------------------ steps
+
+    def datasets(self, bases=DATASETS) -> pd.DataFrame:
+        """Simulate the datasets that are missing (or whose spec changed); return :func:`dataset_table`.
+
+        One set of worker processes serves every dataset simulated here, so each Sérsic index's
+        GalSim tables are built once per worker.
+        """
+        from galparam.simulate import Workers, simulate
+        from galparam.specs import load_spec
+
+        todo = []
+        for base in bases:
+            spec = load_spec(self.project / "data" / f"{self.name(base)}.yaml")
+            path = self.dataset_path(base)
+            if not (path.exists() and load_dataset(path, mmap=True).spec.digest() == spec.digest()):
+                todo.append((spec, path))
+        if todo:
+            with Workers(self.jobs) as workers:
+                for spec, path in todo:
+                    if self.progress:
+                        _say(f"simulating {spec.name} ({spec.size} images) into {path}")
+                    simulate(spec, path, overwrite=True, progress=self.progress, workers=workers)
+        return dataset_table([self.dataset_path(b) for b in bases])
+
+    def experiment(self, base: str):
+        """Experiment spec ``base`` at this setting, reading the study's copy of its dataset."""
+        from galparam.specs import load_experiment
+
+        spec = load_experiment(self.project / "experiments" / f"{self.name(base)}.yaml")
+        return dataclasses.replace(spec, dataset=(self.data_dir / spec.dataset.name).resolve())
+
+    def search_spec(self, base: str):
+        """Search spec ``base`` at this setting, reading the study's copy of its dataset."""
+        from galparam.specs import load_search
+
+        spec = load_search(self.project / "experiments" / "search" / f"{self.name(base)}.yaml")
+        experiment = dataclasses.replace(
+            spec.experiment, dataset=(self.data_dir / spec.experiment.dataset.name).resolve()
+        )
+        return dataclasses.replace(spec, experiment=experiment)
+
+    def _needs(self, dataset: Path) -> None:
+        if not dataset.exists():
+            base = dataset.stem.removesuffix("-small")
+            raise GalparamError(
+                f"{dataset} is missing: run Study.datasets([{base!r}]) (or the datasets notebook) first"
+            )
+
+    def search(self, base: str) -> pd.DataFrame:
+        """Run (or resume) search ``base`` (``grid-v1``, ``tune-v1``, ``autokeras-v1``); return its trials."""
+        from galparam.search.dashboard import read_trials
+
+        spec = self.search_spec(base)
+        self._needs(spec.experiment.dataset)
+        results = self.search_results(base)
+        if self.progress:
+            _say(f"{spec.search} search {spec.name} into {results}")
+        verbose = 1 if self.progress else 0
+        if spec.search == "grid":
+            from galparam.search.grid import run_grid
+
+            run_grid(spec, results, progress=self.progress)
+        elif spec.search == "tune":
+            from galparam.search.tuner import run_tuner
+
+            run_tuner(spec, results, verbose=verbose)
+        else:
+            from galparam.search.automl import run_autokeras
+
+            run_autokeras(spec, results, verbose=verbose)
+        return read_trials(results)
+
+    def dashboard(self, base: str):
+        """Write search ``base``'s HiPlot dashboard; return (html path, png path, trials)."""
+        from galparam.search.dashboard import write_dashboard
+
+        return write_dashboard(self.search_results(base))
+
+    def train(self, base: str) -> Path:
+        """Train (or resume, or reuse the finished run of) experiment ``base``; return the run folder."""
+        from galparam.train import train
+
+        spec = self.experiment(base)
+        self._needs(spec.dataset)
+        run_dir = self.run_dir(base)
+        if self.progress:
+            _say(f"training {spec.name} ({spec.family}) into {run_dir}")
+        return train(spec, run_dir, resume=True, verbose="auto" if self.progress else 0)
+
+    def baseline(self, snr: int, *, n_images: int | None = -1, init: str | None = None) -> Path:
+        """Fit the first images of the SNR ``snr`` test set by maximum likelihood (resumable).
+
+        Parameters
+        ----------
+        snr : {60, 30}
+            Which test set.
+        n_images : int or None
+            How many images; default 100 (small) or all (full); ``None``: all.
+        init : str, optional
+            An experiment (``xception-v2``) whose trained network gives each fit's starting point.
+
+        Returns
+        -------
+        Path
+            The fits file (``fits/baseline-snrS.csv`` or ``fits/refined-NAME-snrS.csv``).
+        """
+        from galparam.evaluate.baseline import network_starting_points, run_baseline
+
+        if snr not in TEST_SETS:
+            raise GalparamError(f"test set SNR {snr}: accepted {', '.join(map(str, TEST_SETS))}")
+        data = self.dataset_path(TEST_SETS[snr])
+        self._needs(data)
+        n = BASELINE_IMAGES[self.setting] if n_images == -1 else n_images
+        starts = source = None
+        if init is None:
+            out = self.fits_dir / f"baseline-snr{snr}.csv"
+        else:
+            out = self.fits_dir / f"refined-{self.name(init)}-snr{snr}.csv"
+            starts, source = network_starting_points(self.run_dir(init), data, n)
+            n = len(starts)
+        if self.progress:
+            _say(f"likelihood fits of {data.name} into {out}")
+        run_baseline(
+            data,
+            out,
+            n_images=n,
+            jobs=self.jobs or (os.cpu_count() or 1),
+            init=starts,
+            init_source=source,
+            progress=self.progress,
+        )
+        return out
+
+    def report(self, folder=None, *, experiments=(), fits=(), searches=(), n_images: int | None = -1):
+        """Write the report: test-set, validation, dataset and search tables, and the plots.
+
+        Parameters
+        ----------
+        folder : path-like, optional
+            Default ``OUTPUT/report``.
+        experiments : sequence of str
+            Trained experiments (``xception-v2``, ...) to include.
+        fits : sequence of path-like
+            Fits files from :meth:`baseline`.
+        searches : sequence of str
+            Searches (``grid-v1``, ...) whose trials get a table and a plot.
+        n_images : int or None
+            Test-set images the networks are evaluated on; default as :meth:`baseline`.
+
+        Returns
+        -------
+        galparam.evaluate.report.Report
+            With ``files`` listing every table and plot written, and ``datasets_table``.
+        """
+        from galparam.evaluate.report import git_commit, sha256, write_report, write_tables
+        from galparam.search.dashboard import write_dashboard
+
+        folder = Path(folder) if folder is not None else self.output / "report"
+        n = BASELINE_IMAGES[self.setting] if n_images == -1 else n_images
+        test_sets = [self.dataset_path(base) for base in TEST_SETS.values()]
+        for path in test_sets:
+            self._needs(path)
+        report = write_report(
+            folder, runs=[self.run_dir(e) for e in experiments], test_sets=test_sets, fits=fits, n_images=n
+        )
+        provenance = f"galparam {__version__}, git commit {git_commit()}"
+        paths = sorted(self.data_dir.glob("*.npz"))
+        report.datasets_table = dataset_table(paths)
+        header = [provenance] + [f"dataset {p.name}: sha256 {sha256(p)}" for p in paths]
+        report.files += write_tables(folder, "datasets", report.datasets_table, header, "The simulated datasets")
+        for base in searches:
+            results = self.search_results(base)
+            _, png, trials = write_dashboard(results)
+            table = trials.drop(columns=[c for c in ("status", "family") if c in trials.columns])
+            report.search_tables[self.name(base)] = table
+            stem = f"search_{self.name(base)}"
+            report.files += write_tables(folder, stem, table, [provenance, f"trials of {results}"], f"Trials of {stem}")
+            target = folder / "plots" / f"{stem}.png"
+            with atomic_path(target, suffix=".png") as tmp:
+                shutil.copyfile(png, tmp)
+            report.files.append(target)
+        return report
+
+
+def elapsed(start: float) -> str:
+    """``M min S s`` since ``start`` (a ``time.perf_counter()`` value)."""
+    seconds = time.perf_counter() - start
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def read_metrics(run_dir) -> pd.DataFrame:
+    """A run's validation metrics (``metrics.json``) as a table, one row per parameter."""
+    from galparam.render import LABEL_NAMES
+
+    labels = json.loads((Path(run_dir) / "metrics.json").read_text())["labels"]
+    return pd.DataFrame(labels).T.loc[list(LABEL_NAMES)]
