@@ -1,0 +1,182 @@
+"""``make demo`` end to end on its own small settings, its report, and the four notebooks.
+
+The demo runs once (about 10 minutes on 2 cores) into a temporary folder; the notebooks are then
+executed with papermill at their ``small`` setting against the demo's folder, as a user running
+them after ``make demo`` would: they reuse the demo's datasets, runs and fits (every step resumes)
+and run what the demo does not (the KerasTuner and AutoKeras searches, the network-started fits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from galparam.data import load_dataset
+from galparam.demo import DEMO_EXPERIMENTS, report_files
+from galparam.evaluate.crb import cramer_rao
+from galparam.render import LABEL_NAMES
+from galparam.study import BASELINE_IMAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Run ``python -m galparam.demo`` as ``make demo`` does, into a temporary folder."""
+    base = tmp_path_factory.mktemp("demo")
+    out, reports = base / "out", base / "reports"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "galparam.demo",
+            "--output",
+            str(out),
+            "--reports",
+            str(reports),
+            "--project",
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=base,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "reports": reports, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def _table(path) -> pd.DataFrame:
+    return pd.read_csv(path, comment="#")
+
+
+def test_demo_prints_progress_and_the_headline_table(demo):
+    for i in range(1, 7):
+        assert f"[{i}/6]" in demo["stderr"]
+    out = demo["stdout"]
+    assert f"Bias and spread on the first {BASELINE_IMAGES['small']} images" in out
+    for name in ("xception-v2-small bias", "autoencoder-v2-small std", "baseline bias", "CRB"):
+        assert name in out
+    assert "the demo took" in out
+
+
+def test_demo_report_holds_every_promised_file(demo):
+    promised = report_files(demo["reports"])
+    assert len(promised) == 12 + 4 + 3 * len(DEMO_EXPERIMENTS) + 1
+    for path in promised:
+        assert path.is_file() and path.stat().st_size > 0, path
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+            import matplotlib.image
+
+            height, width, _ = matplotlib.image.imread(path).shape
+            assert height > 200 and width > 200, path
+        elif path.suffix == ".csv":
+            assert len(_table(path)) > 0, path
+            assert path.read_text().startswith("# galparam "), path
+        elif path.suffix == ".tex":
+            assert "\\begin{tabular}" in path.read_text(), path
+        else:
+            assert "| --- |" in path.read_text().replace("|---|", "| --- |"), path
+
+
+def test_demo_validation_table_matches_each_runs_metrics(demo):
+    table = _table(demo["reports"] / "validation.csv").set_index("model")
+    assert sorted(table.index) == sorted(f"{e}-small" for e in DEMO_EXPERIMENTS)
+    for name in table.index:
+        metrics = json.loads((demo["out"] / "runs" / name / "metrics.json").read_text())["labels"]
+        for label in LABEL_NAMES:
+            assert table.loc[name, f"{label} RMSE"] == pytest.approx(metrics[label]["rmse"], rel=1e-5)
+            assert table.loc[name, f"{label} EV"] == pytest.approx(metrics[label]["explained_variance"], rel=1e-5)
+
+
+def test_demo_test_set_table_matches_the_fits_and_the_networks(demo):
+    from galparam.estimator import load_estimator
+
+    table = _table(demo["reports"] / "test_sets.csv")
+    assert sorted(set(table.SNR)) == [30, 60]
+    for snr in (60, 30):
+        ds = load_dataset(demo["out"] / "data" / f"test_snr{snr}-small.npz")
+        truth = ds.label[0].astype(np.float64)
+        crb = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0]), poisson=ds.spec.poisson_noise).std.to_numpy()
+        fits = pd.read_csv(demo["out"] / "fits" / f"baseline-snr{snr}.csv")
+        assert len(fits) == BASELINE_IMAGES["small"]
+        estimates = {"baseline": fits[list(LABEL_NAMES)].to_numpy()}
+        for experiment in DEMO_EXPERIMENTS:
+            name = f"{experiment}-small"
+            estimates[name] = load_estimator(demo["out"] / "runs" / name).predict(ds.img[: len(fits)]).to_numpy()
+        rows = table[table.SNR == snr].set_index("parameter")
+        for i, label in enumerate(LABEL_NAMES):
+            assert rows.loc[label, "CRB"] == pytest.approx(crb[i], rel=1e-5)
+            for name, values in estimates.items():
+                error = values[:, i] - truth[i]
+                assert rows.loc[label, f"{name} bias"] == pytest.approx(error.mean(), rel=1e-4, abs=1e-6 * crb[i])
+                assert rows.loc[label, f"{name} std"] == pytest.approx(error.std(ddof=1), rel=1e-4)
+
+
+def test_demo_dataset_and_search_tables_match_their_files(demo):
+    datasets = _table(demo["reports"] / "datasets.csv").set_index("dataset")
+    assert sorted(datasets.index) == sorted(f"{b}-small" for b in ("v1", "v2", "v3", "test_snr60", "test_snr30"))
+    for name in datasets.index:
+        ds = load_dataset(demo["out"] / "data" / f"{name}.npz")
+        assert datasets.loc[name, "images"] == len(ds)
+        assert datasets.loc[name, "SNR max"] == pytest.approx(float(ds.snr.max()), rel=1e-5)
+        rejected = 1 - len(ds) / ds.extra["draws"].sum()
+        assert datasets.loc[name, "rejection rate"] == pytest.approx(rejected, rel=1e-5, abs=1e-9)
+    search = _table(demo["reports"] / "search_grid-v1-small.csv")
+    trials = [json.loads(p.read_text()) for p in (demo["out"] / "search" / "grid-v1-small").glob("trial-*.json")]
+    assert len(search) == len(trials) == 4
+    assert sorted(search.val_loss) == pytest.approx(sorted(t["val_loss"] for t in trials), rel=1e-5)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_at_the_small_setting(notebook, demo, tmp_path):
+    import papermill
+
+    executed = tmp_path / notebook.name
+    papermill.execute_notebook(
+        str(notebook),
+        str(executed),
+        parameters={"output": str(demo["out"]), "project": str(ROOT)},
+        cwd=str(notebook.parent),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    import nbformat
+
+    cells = nbformat.read(executed, as_version=4).cells
+    outputs = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, "the notebook shows no figure"
+    if notebook.stem == "02_search":
+        for name in ("tune-v1-small", "autokeras-v1-small"):
+            assert (demo["out"] / "search" / name).is_dir()
+        assert any("text/html" in o.get("data", {}) for o in outputs)  # the HiPlot dashboard
+    if notebook.stem == "04_evaluation":
+        report = demo["out"] / "report"
+        table = _table(report / "test_sets.csv")
+        assert "refined xception-v2-small bias" in table.columns
+        assert (report / "plots" / "bias_spread_snr60.png").is_file()
+
+
+def test_notebooks_are_committed_without_outputs():
+    import nbformat
+
+    assert [p.stem for p in NOTEBOOKS] == ["01_datasets", "02_search", "03_training", "04_evaluation"]
+    for path in NOTEBOOKS:
+        book = nbformat.read(path, as_version=4)
+        code = [c for c in book.cells if c.cell_type == "code"]
+        assert code[0].metadata.get("tags") == ["parameters"], path
+        assert 'setting = "small"' in code[0].source
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path} holds outputs"
