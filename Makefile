@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.galparam-installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench lint format clean reproduce
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,38 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check galparam tests benchmarks
-	$(BIN)/ruff check galparam tests benchmarks
+	$(BIN)/ruff format --check galparam tests benchmarks notebooks
+	$(BIN)/ruff check galparam tests benchmarks notebooks
 
 format: $(STAMP)
-	$(BIN)/ruff format galparam tests benchmarks
-	$(BIN)/ruff check --fix galparam tests benchmarks
+	$(BIN)/ruff format galparam tests benchmarks notebooks
+	$(BIN)/ruff check --fix galparam tests benchmarks notebooks
+
+# The reference's study at full scale, for a machine with a GPU (the README gives each step's expected
+# time). Every step resumes when run again: `make reproduce` after an interruption continues.
+FULL_DATA := v1 v2 v3 test_snr60 test_snr30
+FULL_RUNS := xception-v1-noiseless xception-v1 xception-v2 xception-v3 autoencoder-v1 autoencoder-v2 autoencoder-v3
+JOBS ?= $(shell nproc)
+FITS := runs/full/fits
+FIT_IMAGES ?= 1000
+
+data/%.npz: data/%.yaml | $(STAMP)
+	$(BIN)/galparam-simulate $< --jobs $(JOBS)
+
+reproduce: $(STAMP) $(FULL_DATA:%=data/%.npz)
+	$(BIN)/galparam-search autokeras experiments/search/autokeras-v1.yaml
+	$(BIN)/galparam-search grid experiments/search/grid-v1.yaml
+	$(BIN)/galparam-search tune experiments/search/tune-v1.yaml
+	for s in autokeras-v1 grid-v1 tune-v1; do $(BIN)/galparam-search dashboard experiments/search/$$s-results || exit 1; done
+	for e in $(FULL_RUNS); do $(BIN)/galparam-train experiments/$$e.yaml --resume || exit 1; done
+	for snr in 60 30; do \
+	    $(BIN)/galparam-evaluate baseline data/test_snr$$snr.npz --n-images $(FIT_IMAGES) --jobs $(JOBS) \
+	        -o $(FITS)/baseline-snr$$snr.csv || exit 1; \
+	    $(BIN)/galparam-evaluate baseline data/test_snr$$snr.npz --n-images $(FIT_IMAGES) --jobs $(JOBS) \
+	        --init runs/xception-v2 -o $(FITS)/refined-xception-v2-snr$$snr.csv || exit 1; \
+	done
+	$(BIN)/galparam-evaluate report --runs $(FULL_RUNS:%=runs/%) --test-sets data/test_snr60.npz data/test_snr30.npz \
+	    --fits $(FITS)/*.csv -o reports/full
 
 clean:
 	rm -rf runs reports bench-results data/*.npz data/*.csv data/*.parts experiments/search/*-results
