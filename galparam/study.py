@@ -196,8 +196,11 @@ class Study:
                 f"{dataset} is missing: run Study.datasets([{base!r}]) (or the datasets notebook) first"
             )
 
-    def search(self, base: str) -> pd.DataFrame:
-        """Run (or resume) search ``base`` (``grid-v1``, ``tune-v1``, ``autokeras-v1``); return its trials."""
+    def search(self, base: str, *, force: bool = False) -> pd.DataFrame:
+        """Run (or resume) search ``base`` (``grid-v1``, ``tune-v1``, ``autokeras-v1``); return its trials.
+
+        ``force`` lets the search use a results folder recorded for another version of its spec.
+        """
         from galparam.search.dashboard import read_trials
 
         spec = self.search_spec(base)
@@ -209,15 +212,15 @@ class Study:
         if spec.search == "grid":
             from galparam.search.grid import run_grid
 
-            run_grid(spec, results, progress=self.progress)
+            run_grid(spec, results, force=force, progress=self.progress)
         elif spec.search == "tune":
             from galparam.search.tuner import run_tuner
 
-            run_tuner(spec, results, verbose=verbose)
+            run_tuner(spec, results, force=force, verbose=verbose)
         else:
             from galparam.search.automl import run_autokeras
 
-            run_autokeras(spec, results, verbose=verbose)
+            run_autokeras(spec, results, force=force, verbose=verbose)
         return read_trials(results)
 
     def dashboard(self, base: str):
