@@ -248,7 +248,7 @@ class Study:
         snr : {60, 30}
             Which test set.
         n_images : int or None
-            How many images; default 100 (small) or all (full); ``None``: all.
+            How many images; default :data:`BASELINE_IMAGES` (60 small, all full); ``None``: all.
         init : str, optional
             An experiment (``xception-v2``) whose trained network gives each fit's starting point.
 
