@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from galparam.errors import DatasetError, GalparamError
-from galparam.render import LABEL_NAMES, SERSIC_N_LIMITS
+from galparam.parameters import LABEL_NAMES, PARAMETERS, first_invalid
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
 REQUIRED_KEYS = ("img", "img_nonoise", "psf_img", "label", "label_names", "snr", "sigma", "psf_fwhm", "spec")
@@ -208,21 +208,12 @@ def load_dataset(path, *, mmap: bool = False) -> Dataset:
         _fail(path, f"label_names are {list(arrays['label_names'])}; expected {list(LABEL_NAMES)}")
 
     label = arrays["label"]
-    checks = (
-        ("flux", label[:, 0] > 0, "> 0"),
-        (
-            "sersic_n",
-            (label[:, 1] >= SERSIC_N_LIMITS[0] - 1e-6) & (label[:, 1] <= SERSIC_N_LIMITS[1] + 1e-6),
-            f"in {list(SERSIC_N_LIMITS)}",
-        ),
-        ("hlr", label[:, 2] > 0, "> 0 arcsec"),
-        ("g1, g2", np.hypot(label[:, 3], label[:, 4]) < 1, "|g| < 1"),
-        ("sigma", arrays["sigma"] > 0, "> 0"),
-        ("psf_fwhm", arrays["psf_fwhm"] > 0, "> 0 arcsec"),
-    )
-    for name, ok, accepted in checks:
-        if not ok.all():
-            first = int(np.flatnonzero(~ok)[0])
+    columns = {name: label[:, j] for j, name in enumerate(LABEL_NAMES)}
+    columns.update(g=label[:, 3:5], sigma=arrays["sigma"], psf_fwhm=arrays["psf_fwhm"])
+    for name, values in columns.items():
+        first = first_invalid(name, values)
+        if first is not None:
+            accepted = "|g| < 1" if name == "g" else PARAMETERS[name].range_text
             _fail(path, f"{name} of image {first} is out of range (accepted: {accepted})")
 
     extra = {k: v for k, v in arrays.items() if k not in (*REQUIRED_KEYS, "label_names")}

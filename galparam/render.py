@@ -20,62 +20,13 @@ from functools import lru_cache
 import galsim
 import numpy as np
 
-from galparam.errors import SpecError
+from galparam.parameters import LABEL_NAMES, SERSIC_N_LIMITS, check_parameters, sersic_grid
 
-LABEL_NAMES = ("flux", "sersic_n", "hlr", "g1", "g2")
-"""Names of the five estimated parameters, in the column order of every label matrix."""
-
-LABEL_UNITS = {"flux": "counts", "sersic_n": "", "hlr": "arcsec", "g1": "", "g2": ""}
-
-SERSIC_N_LIMITS = (0.3, 6.2)
-"""Sérsic indices GalSim can render (``galsim.Sersic`` rejects others)."""
+__all__ = ["LABEL_NAMES", "SERSIC_N_LIMITS", "Renderer", "sersic_grid", "shared_renderer"]
 
 DEFAULT_STAMP_SIZE = 64
 DEFAULT_PIXEL_SCALE_ARCSEC = 0.23
 DEFAULT_PSF_BETA = 2.0
-DEFAULT_SERSIC_GRID = (0.5, 6.0, 1000)
-
-
-def sersic_grid(n_min: float = 0.5, n_max: float = 6.0, size: int = 1000) -> np.ndarray:
-    """Equally spaced Sérsic indices, the values a discretized prior draws from.
-
-    Parameters
-    ----------
-    n_min, n_max : float
-        First and last index, inside GalSim's range ``SERSIC_N_LIMITS``.
-    size : int
-        Number of grid values (≥ 2).
-
-    Returns
-    -------
-    ndarray of shape (size,), float64
-    """
-    lo, hi = SERSIC_N_LIMITS
-    if not (lo <= n_min < n_max <= hi):
-        raise SpecError(f"Sérsic grid [{n_min}, {n_max}] must satisfy {lo} <= n_min < n_max <= {hi}")
-    if int(size) < 2:
-        raise SpecError(f"Sérsic grid size {size} must be at least 2")
-    return np.linspace(n_min, n_max, int(size))
-
-
-def snap_to_grid(sersic_n, grid: np.ndarray) -> np.ndarray:
-    """Replace each Sérsic index by the nearest value of ``grid`` (sorted ascending).
-
-    Parameters
-    ----------
-    sersic_n : float or array_like
-        Indices to snap.
-    grid : ndarray of shape (G,)
-        The allowed values, ascending.
-
-    Returns
-    -------
-    ndarray of the shape of ``sersic_n``
-    """
-    n = np.asarray(sersic_n, dtype=np.float64)
-    idx = np.clip(np.searchsorted(grid, n), 1, len(grid) - 1)
-    left, right = grid[idx - 1], grid[idx]
-    return np.where(n - left <= right - n, left, right)
 
 
 class Renderer:
@@ -114,9 +65,6 @@ class Renderer:
         n = float(n)
         prof = self._unit_sersic.get(n)
         if prof is None:
-            lo, hi = SERSIC_N_LIMITS
-            if not lo <= n <= hi:
-                raise ValueError(f"Sérsic index {n} outside GalSim's range [{lo}, {hi}]")
             prof = galsim.Sersic(n, half_light_radius=1.0, flux=1.0)
             self._unit_sersic[n] = prof
             if len(self._unit_sersic) > self.max_profiles:
@@ -142,7 +90,13 @@ class Renderer:
         Returns
         -------
         galsim.GSObject
+
+        Raises
+        ------
+        ParameterError
+            If a value is outside its valid range (:data:`galparam.parameters.PARAMETERS`).
         """
+        check_parameters((flux, sersic_n, hlr, g1, g2))
         return self._sersic(sersic_n).dilate(float(hlr)).withFlux(float(flux)).shear(g1=float(g1), g2=float(g2))
 
     def psf(self, fwhm: float) -> galsim.Moffat:
@@ -199,11 +153,3 @@ def shared_renderer(stamp_size: int, pixel_scale: float, psf_beta: float) -> Ren
     datasets or fits many images builds each Sérsic index once.
     """
     return Renderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
-
-
-def render_image(flux, sersic_n, hlr, g1, g2, psf_fwhm, **renderer_kwargs) -> np.ndarray:
-    """Render one galaxy with a fresh :class:`Renderer` (convenient, not for loops).
-
-    See :meth:`Renderer.image` for the parameters.
-    """
-    return Renderer(**renderer_kwargs).image(flux, sersic_n, hlr, g1, g2, psf_fwhm)

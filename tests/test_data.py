@@ -103,7 +103,7 @@ def test_split_is_deterministic_and_checked():
 
 def test_scaler_json_round_trip(tmp_path):
     from galparam.data import MinMaxScaler
-    from galparam.render import LABEL_NAMES
+    from galparam.parameters import LABEL_NAMES
 
     rng = np.random.default_rng(1)
     labels = rng.uniform([3e4, 0.5, 0.1, -0.6, -0.6], [4e5, 6, 0.6, 0.6, 0.6], size=(100, 5))

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from galparam.errors import SpecError
-from galparam.render import LABEL_NAMES, Renderer, sersic_grid, snap_to_grid
+from galparam.parameters import ParameterError
+from galparam.render import Renderer, sersic_grid
 
 CASES = [
     (1.0e5, 3.0, 0.3, -0.069, 0.15, 0.5),
@@ -47,16 +48,23 @@ def test_psf_image_has_unit_flux_and_is_centred():
     assert np.unravel_index(psf.argmax(), psf.shape) in {(31, 31), (31, 32), (32, 31), (32, 32)}
 
 
-def test_grid_and_snapping():
+def test_sersic_grid():
     grid = sersic_grid(0.5, 6.0, 1000)
     assert grid[0] == 0.5 and grid[-1] == 6.0 and len(grid) == 1000
-    values = np.array([0.1, 0.5, 3.0, 3.00276, 5.999, 7.0])
-    snapped = snap_to_grid(values, grid)
-    assert np.isin(snapped, grid).all()
-    assert np.all(np.abs(snapped[1:5] - values[1:5]) <= (grid[1] - grid[0]) / 2 + 1e-12)
-    with pytest.raises(SpecError):
+    np.testing.assert_allclose(np.diff(grid), 5.5 / 999)
+    with pytest.raises(SpecError, match=r"0.3 <= n_min < n_max <= 6.2"):
         sersic_grid(0.1, 6.0, 10)
 
 
-def test_label_names():
-    assert LABEL_NAMES == ("flux", "sersic_n", "hlr", "g1", "g2")
+@pytest.mark.parametrize(
+    "theta,words",
+    [
+        ((-1.0, 3.0, 0.3, 0.0, 0.0), r"flux -1 is outside the valid range \(0, inf\) counts"),
+        ((1e5, 7.0, 0.3, 0.0, 0.0), r"sersic_n 7 is outside the valid range \[0.3, 6.2\]"),
+        ((1e5, 3.0, 0.0, 0.0, 0.0), r"hlr 0 is outside the valid range \(0, 20\] arcsec"),
+        ((1e5, 3.0, 0.3, 0.8, 0.7), r"\|g\| = 1.06 .* outside the valid range \[0, 1\)"),
+    ],
+)
+def test_out_of_range_galaxies_are_refused_naming_value_and_range(theta, words):
+    with pytest.raises(ParameterError, match=words):
+        Renderer().image(*theta, 0.5)

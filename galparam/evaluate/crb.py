@@ -18,39 +18,12 @@ import numpy as np
 import pandas as pd
 
 from galparam.errors import GalparamError
-from galparam.render import LABEL_NAMES, SERSIC_N_LIMITS, Renderer
+from galparam.parameters import LABEL_NAMES, SERSIC_N_LIMITS, check_parameters
+from galparam.render import Renderer
 
 DEFAULT_STEPS = {"sersic_n": 0.01, "hlr": 0.003, "g1": 1e-3, "g2": 1e-3}
 """Central-difference steps: absolute for n, g1, g2; relative to the radius for hlr. Halving them
 changes the bounds by less than 1e-4 relative at the test-set galaxy."""
-
-
-def check_parameters(theta, psf_fwhm: float, sigma: float) -> np.ndarray:
-    """Validate a parameter vector (flux, sersic_n, hlr, g1, g2) and the observing conditions.
-
-    Raises
-    ------
-    GalparamError
-        If a value is outside its physical range.
-    """
-    theta = np.asarray(theta, dtype=np.float64)
-    if theta.shape != (5,):
-        raise GalparamError(f"expected 5 parameters {LABEL_NAMES}, got {theta.shape}")
-    if not np.isfinite(theta).all():
-        raise GalparamError(f"parameters must be finite, got {theta}")
-    flux, n, hlr, g1, g2 = theta
-    problems = [
-        (flux > 0, f"flux {flux:g} must be > 0"),
-        (SERSIC_N_LIMITS[0] <= n <= SERSIC_N_LIMITS[1], f"sersic_n {n:g} must be in {list(SERSIC_N_LIMITS)}"),
-        (hlr > 0, f"hlr {hlr:g} must be > 0 arcsec"),
-        (np.hypot(g1, g2) < 1, f"|g| = {np.hypot(g1, g2):.3g} must be < 1"),
-        (psf_fwhm > 0, f"psf_fwhm {psf_fwhm:g} must be > 0 arcsec"),
-        (sigma > 0, f"sigma {sigma:g} must be > 0"),
-    ]
-    for ok, message in problems:
-        if not ok:
-            raise GalparamError(message)
-    return theta
 
 
 def image_derivatives(theta, psf_fwhm: float, *, renderer: Renderer | None = None, scale: float = 1.0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from galparam.render import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES
 
 
 def estimator_metrics(y_true, y_pred, bound=None) -> pd.DataFrame:
