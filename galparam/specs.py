@@ -1,8 +1,10 @@
-"""Dataset specs: YAML files → validated, immutable :class:`DatasetSpec`.
+"""Specs: YAML files → validated, immutable :class:`DatasetSpec`, :class:`ExperimentSpec`, :class:`SearchSpec`.
 
-A spec is data. Each setting is declared once in ``_SETTINGS`` and each parameter's allowed prior
-kinds and range once in ``_PRIORS``; the loader reads those declarations, so an error always names
-the file, the key, the value and what is accepted.
+A spec is data. Each spec's keys are declared once, as a table of named :class:`Setting` rows
+(:data:`DATASET_SETTINGS`, :data:`EXPERIMENT_SETTINGS`, :data:`SEARCH_SETTINGS`); each parameter's
+prior kinds in :data:`PRIOR_KINDS` and its valid range in :data:`galparam.parameters.PARAMETERS`.
+The loader reads those declarations, so an error always names the file, the key, the value and
+what is accepted.
 
 Example (``data/v1.yaml``)::
 
@@ -30,6 +32,7 @@ Instead of ``shear_amplitude`` and ``shear_angle`` a spec may give ``g1`` and ``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -40,73 +43,154 @@ import numpy as np
 import yaml
 
 from galparam.errors import SpecError
-from galparam.render import SERSIC_N_LIMITS, sersic_grid
+from galparam.parameters import PARAMETERS, sersic_grid
 
 INF = math.inf
-
-# name: (python type, low, high, low inclusive, high inclusive, default or REQUIRED, help)
 REQUIRED = object()
-_SETTINGS = {
-    "name": (str, None, None, True, True, REQUIRED, "dataset name"),
-    "size": (int, 1, 100_000_000, True, True, REQUIRED, "number of images"),
-    "seed": (int, 0, 2**63 - 1, True, True, REQUIRED, "random seed"),
-    "validation_fraction": (float, 0.0, 1.0, True, False, 0.1, "fraction held out for validation"),
-    "stamp_size": (int, 8, 1024, True, True, 64, "image side in pixels"),
-    "pixel_scale": (float, 0.0, 10.0, False, True, 0.23, "arcsec per pixel"),
-    "psf_beta": (float, 1.1, 10.0, True, True, 2.0, "Moffat beta of the PSF"),
-    "sersic_grid_size": (int, 2, 1_000_000, True, True, 1000, "values of a discretized Sérsic prior"),
-    "poisson_noise": (bool, None, None, True, True, True, "Poisson noise on the galaxy light"),
-    "snr_window": (list, 0.0, INF, True, False, None, "[min, max] SNR kept, or null"),
-    "priors": (dict, None, None, True, True, REQUIRED, "the parameters' priors"),
-}
+"""The default of a setting the spec must give."""
 
-# parameter: (allowed prior kinds, low, high, low inclusive, high inclusive, unit)
-_PRIORS = {
-    "flux": (("fixed", "uniform"), 0.0, INF, False, False, "counts"),
-    "sersic_n": (("fixed", "uniform", "discretized"), *SERSIC_N_LIMITS, True, True, ""),
-    "hlr": (("fixed", "uniform"), 0.0, 20.0, False, True, "arcsec"),
-    "shear_amplitude": (("fixed", "uniform"), 0.0, 1.0, True, False, ""),
-    "shear_angle": (("fixed", "uniform"), 0.0, math.pi, True, True, "radians"),
-    "g1": (("fixed", "uniform"), -1.0, 1.0, False, False, ""),
-    "g2": (("fixed", "uniform"), -1.0, 1.0, False, False, ""),
-    "psf_fwhm": (("fixed", "uniform"), 0.0, 20.0, False, True, "arcsec"),
-    "sigma": (("fixed", "integers"), 0.0, INF, False, False, "counts"),
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of a spec, declared once: the loader, its error messages and the docs read it.
+
+    Attributes
+    ----------
+    type : type or None
+        ``int``, ``float``, ``str``, ``bool``, ``list`` or ``dict``; None for a choice among values
+        of mixed types (``choices``).
+    default : object
+        The value when the key is absent, or :data:`REQUIRED`. A setting whose default is None
+        also takes an explicit null.
+    help : str
+        What the key means (units included).
+    low, high : float, optional
+        Range of a number.
+    low_inclusive, high_inclusive : bool
+        Whether the range's ends are accepted.
+    choices : tuple, optional
+        The accepted values.
+    raw : bool
+        Passed on unchecked: the spec's own code validates it (a mapping, a pair).
+    families : tuple of str, optional
+        The model families the key applies to (experiment specs); giving it for another is an error.
+    """
+
+    type: type | None
+    default: object = REQUIRED
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    choices: tuple | None = None
+    raw: bool = False
+    families: tuple | None = None
+
+
+DATASET_SETTINGS = {
+    "name": Setting(str, help="dataset name"),
+    "size": Setting(int, help="number of images", low=1, high=100_000_000),
+    "seed": Setting(int, help="random seed", low=0, high=2**63 - 1),
+    "validation_fraction": Setting(
+        float, 0.1, "fraction held out for validation", low=0.0, high=1.0, high_inclusive=False
+    ),
+    "stamp_size": Setting(int, 64, "image side in pixels", low=8, high=1024),
+    "pixel_scale": Setting(float, 0.23, "arcsec per pixel", low=0.0, high=10.0, low_inclusive=False),
+    "psf_beta": Setting(float, 2.0, "Moffat beta of the PSF", low=1.1, high=10.0),
+    "sersic_grid_size": Setting(int, 1000, "values of a discretized Sérsic prior", low=2, high=1_000_000),
+    "poisson_noise": Setting(bool, True, "Poisson noise on the galaxy light"),
+    "snr_window": Setting(list, None, "[min, max] SNR kept, or null", raw=True),
+    "priors": Setting(dict, help="the parameters' priors", raw=True),
 }
-FAMILIES = ("xception", "autoencoder")
+"""The keys of a dataset spec."""
+
+PRIOR_KINDS = {
+    "flux": ("fixed", "uniform"),
+    "sersic_n": ("fixed", "uniform", "discretized"),
+    "hlr": ("fixed", "uniform"),
+    "shear_amplitude": ("fixed", "uniform"),
+    "shear_angle": ("fixed", "uniform"),
+    "g1": ("fixed", "uniform"),
+    "g2": ("fixed", "uniform"),
+    "psf_fwhm": ("fixed", "uniform"),
+    "sigma": ("fixed", "integers"),
+}
+"""The prior kinds each parameter takes; the accepted values are the parameter's valid range
+(:data:`galparam.parameters.PARAMETERS`)."""
+
 AUTOENCODER_STAGES = ("encoder", "decoder", "joint")
+_AE = ("autoencoder",)
 
-# Experiment settings, declared like _SETTINGS (type None: one of _CHOICES, whatever its type).
-_EXPERIMENT = {
-    "name": (str, None, None, True, True, REQUIRED, "experiment name (the default run folder is runs/NAME)"),
-    "family": (str, None, None, True, True, REQUIRED, "model family"),
-    "dataset": (str, None, None, True, True, REQUIRED, "npz dataset, relative to the spec's folder"),
-    "images": (str, None, None, True, True, "noisy", "train on the noisy or the noiseless images"),
-    "psf_input": (None, None, None, True, True, "auto", "PSF image as a second input (auto: where the PSF varies)"),
-    "hyperparameters": (None, None, None, True, True, None, "builder arguments, or a JSON file a search wrote"),
-    "optimizer": (str, None, None, True, True, "adam", "Keras optimizer"),
-    "learning_rate": (float, 0.0, 1.0, False, True, None, "initial learning rate (default 0.001)"),
-    "batch_size": (int, 1, 65536, True, True, 32, "images per batch"),
-    "epochs": (int, 1, 100_000, True, True, 100, "most epochs (per stage for the autoencoder)"),
-    "patience": (int, 0, 100_000, True, True, 20, "early-stopping patience in epochs, 0 for none"),
-    "validation_fraction": (float, 0.0, 1.0, False, False, None, "fraction held out (default: the dataset's)"),
-    "max_images": (int, 2, 100_000_000, True, True, None, "use only the first N images of the dataset"),
-    "seed": (int, 0, 2**31 - 1, True, True, 0, "seed of weights, shuffling and dropout"),
-    "strategy": (None, None, None, True, True, None, "tf.distribute strategy"),
-    "keep_checkpoints": (int, 1, 100_000, True, True, 3, "epoch checkpoints kept (besides the best)"),
-    "stages": (list, None, None, True, True, list(AUTOENCODER_STAGES), "autoencoder stages, in order"),
-    "loss": (str, None, None, True, True, "binary_crossentropy", "autoencoder loss on [0, 1] targets"),
-    "loss_weights": (list, None, None, True, True, [5.0, 1.0], "joint-stage weights of labels and image"),
-    "lr_factor": (float, 0.0, 1.0, False, False, 0.5, "joint-stage learning-rate factor on a plateau"),
-    "lr_patience": (int, 1, 100_000, True, True, 2, "joint-stage epochs without improvement before it"),
+EXPERIMENT_SETTINGS = {
+    "name": Setting(str, help="experiment name (the default run folder is runs/NAME)"),
+    "family": Setting(str, help="model family", choices=("xception", "autoencoder")),
+    "dataset": Setting(str, help="npz dataset, relative to the spec's folder"),
+    "images": Setting(str, "noisy", "train on the noisy or the noiseless images", choices=("noisy", "noiseless")),
+    "psf_input": Setting(
+        None, "auto", "PSF image as a second input (auto: where the PSF varies)", choices=("auto", True, False)
+    ),
+    "hyperparameters": Setting(None, None, "builder arguments, or a JSON file a search wrote", raw=True),
+    "optimizer": Setting(str, "adam", "Keras optimizer", choices=("adam", "adamw", "rmsprop", "sgd")),
+    "learning_rate": Setting(
+        float, None, "initial learning rate (default 0.001, or searched)", low=0.0, high=1.0, low_inclusive=False
+    ),
+    "batch_size": Setting(int, 32, "images per batch", low=1, high=65536),
+    "epochs": Setting(int, 100, "most epochs (per stage for the autoencoder)", low=1, high=100_000),
+    "patience": Setting(int, 20, "early-stopping patience in epochs, 0 for none", low=0, high=100_000),
+    "validation_fraction": Setting(
+        float,
+        None,
+        "fraction held out (default: the dataset's)",
+        low=0.0,
+        high=1.0,
+        low_inclusive=False,
+        high_inclusive=False,
+    ),
+    "max_images": Setting(int, None, "use only the first N images of the dataset", low=2, high=100_000_000),
+    "seed": Setting(int, 0, "seed of weights, shuffling and dropout", low=0, high=2**31 - 1),
+    "strategy": Setting(None, None, "tf.distribute strategy", choices=(None, "mirrored", "multi_worker")),
+    "keep_checkpoints": Setting(int, 3, "epoch checkpoints kept (besides the best)", low=1, high=100_000),
+    "stages": Setting(list, list(AUTOENCODER_STAGES), "autoencoder stages, in order", raw=True, families=_AE),
+    "loss": Setting(
+        str,
+        None,
+        "loss (default: mse for the Xception's [-1, 1] labels, binary_crossentropy for the autoencoder's [0, 1] targets)",
+        choices=("binary_crossentropy", "mse", "mae", "huber"),
+    ),
+    "loss_weights": Setting(list, [5.0, 1.0], "joint-stage weights of labels and image", raw=True, families=_AE),
+    "lr_factor": Setting(
+        float,
+        0.5,
+        "joint-stage learning-rate factor on a plateau",
+        low=0.0,
+        high=1.0,
+        low_inclusive=False,
+        high_inclusive=False,
+        families=_AE,
+    ),
+    "lr_patience": Setting(
+        int, 2, "joint-stage epochs without improvement before it", low=1, high=100_000, families=_AE
+    ),
 }
-_CHOICES = {
-    "family": FAMILIES,
-    "images": ("noisy", "noiseless"),
-    "psf_input": ("auto", True, False),
-    "optimizer": ("adam", "adamw", "rmsprop", "sgd"),
-    "strategy": (None, "mirrored", "multi_worker"),
-    "loss": ("binary_crossentropy", "mse"),
+"""The keys of an experiment spec."""
+
+FAMILIES = EXPERIMENT_SETTINGS["family"].choices
+DEFAULT_LOSS = {"xception": "mse", "autoencoder": "binary_crossentropy"}
+"""Each family's loss when the spec gives none."""
+
+AUTOKERAS_BLOCKS = ("vanilla", "resnet", "xception")
+TUNERS = {"tune": ("bayesian", "hyperband", "random"), "autokeras": ("bayesian", "greedy", "hyperband", "random")}
+
+SEARCH_SETTINGS = {
+    "search": Setting(str, help="which search", choices=("grid", "tune", "autokeras")),
+    "grid": Setting(dict, None, "grid search: builder argument → list of values", raw=True),
+    "tuner": Setting(str, None, "KerasTuner or AutoKeras tuner (default bayesian, or greedy for AutoKeras)", raw=True),
+    "max_trials": Setting(int, 10, "trials of a tuner search", low=1, high=1_000_000),
+    "block_types": Setting(list, list(AUTOKERAS_BLOCKS), "AutoKeras image blocks searched", raw=True),
 }
+"""The keys of a search spec besides the experiment's (every other key is an experiment key)."""
+SEARCHES = SEARCH_SETTINGS["search"].choices
 
 _COMMON_PRIORS = ("flux", "sersic_n", "hlr", "psf_fwhm", "sigma")
 _SHEAR_FORMS = (("shear_amplitude", "shear_angle"), ("g1", "g2"))
@@ -171,19 +255,20 @@ class Prior:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A validated dataset spec; see the module docstring for the YAML form."""
+    """A validated dataset spec; see the module docstring for the YAML form and
+    :data:`DATASET_SETTINGS` for each key's meaning and default (made by :func:`spec_from_dict`)."""
 
     name: str
     size: int
     seed: int
+    validation_fraction: float
+    stamp_size: int
+    pixel_scale: float
+    psf_beta: float
+    sersic_grid_size: int
+    poisson_noise: bool
+    snr_window: tuple | None
     priors: dict = field(repr=False)
-    validation_fraction: float = 0.1
-    stamp_size: int = 64
-    pixel_scale: float = 0.23
-    psf_beta: float = 2.0
-    sersic_grid_size: int = 1000
-    poisson_noise: bool = True
-    snr_window: tuple | None = None
     source: str = field(default="<spec>", compare=False)
 
     @property
@@ -207,23 +292,14 @@ class DatasetSpec:
         changes = {}
         for key, value in (("size", size), ("seed", seed)):
             if value is not None:
-                changes[key] = _check_setting(self.source, key, value)
+                changes[key] = _check_setting(self.source, key, value, DATASET_SETTINGS[key])
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        out = {
-            "name": self.name,
-            "size": self.size,
-            "seed": self.seed,
-            "validation_fraction": self.validation_fraction,
-            "stamp_size": self.stamp_size,
-            "pixel_scale": self.pixel_scale,
-            "psf_beta": self.psf_beta,
-            "sersic_grid_size": self.sersic_grid_size,
-            "poisson_noise": self.poisson_noise,
-            "snr_window": list(self.snr_window) if self.snr_window else None,
-            "priors": {k: v.to_yaml() for k, v in self.priors.items()},
-        }
+        """The resolved spec, key by key in :data:`DATASET_SETTINGS`'s order (its digest depends on it)."""
+        out = {key: getattr(self, key) for key in DATASET_SETTINGS}
+        out["snr_window"] = list(self.snr_window) if self.snr_window else None
+        out["priors"] = {k: v.to_yaml() for k, v in self.priors.items()}
         return out
 
     def to_yaml(self) -> str:
@@ -256,11 +332,11 @@ def _yaml_number(value):
     return value
 
 
-def _check_setting(source: str, key: str, value, settings=None):
-    typ, low, high, low_incl, high_incl, _default, _help = (settings or _SETTINGS)[key]
+def _check_setting(source: str, key: str, value, setting: Setting):
     where = f"{source}: {key}"
-    if typ is None:  # a choice among values of mixed types (see _CHOICES)
-        choices = _CHOICES[key]
+    typ = setting.type
+    choices = setting.choices
+    if typ is None:  # a choice among values of mixed types
         if not any(value == c and type(value) is type(c) for c in choices):
             raise SpecError(f"{where}: {value!r} is not accepted; accepted: {', '.join(map(_yaml_text, choices))}")
         return value
@@ -272,12 +348,14 @@ def _check_setting(source: str, key: str, value, settings=None):
         value = int(value)
     if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
         raise SpecError(f"{where}: {value!r} is not {_type_name(typ)}")
-    if typ in (int, float) and not _in_range(value, low, high, low_incl, high_incl):
-        raise SpecError(f"{where}: {value!r} is outside {_range_text(low, high, low_incl, high_incl)}")
-    if key == "name" and not value.strip():
-        raise SpecError(f"{where}: the name must not be empty")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise SpecError(f"{where}: {value!r} is not accepted; accepted: {', '.join(map(_yaml_text, _CHOICES[key]))}")
+    if typ in (int, float) and setting.low is not None:
+        bounds = (setting.low, setting.high, setting.low_inclusive, setting.high_inclusive)
+        if not _in_range(value, *bounds):
+            raise SpecError(f"{where}: {value!r} is outside {_range_text(*bounds)}")
+    if typ is str and not value.strip():
+        raise SpecError(f"{where}: must not be empty")
+    if choices is not None and value not in choices:
+        raise SpecError(f"{where}: {value!r} is not accepted; accepted: {', '.join(map(_yaml_text, choices))}")
     return value
 
 
@@ -286,7 +364,9 @@ def _yaml_text(value) -> str:
 
 
 def _parse_prior(source: str, name: str, raw, grid_size: int) -> Prior:
-    kinds, low, high, low_incl, high_incl, unit = _PRIORS[name]
+    kinds = PRIOR_KINDS[name]
+    parameter = PARAMETERS[name]
+    low, high, low_incl, high_incl = parameter.low, parameter.high, parameter.low_inclusive, parameter.high_inclusive
     where = f"{source}: priors.{name}"
     accepted = ", ".join(f"{{{k}: ...}}" for k in kinds)
     if not isinstance(raw, dict) or len(raw) != 1:
@@ -294,7 +374,7 @@ def _parse_prior(source: str, name: str, raw, grid_size: int) -> Prior:
     ((kind, value),) = raw.items()
     if kind not in kinds:
         raise SpecError(f"{where}: prior kind {kind!r} is not accepted; accepted: {accepted}")
-    allowed = _range_text(low, high, low_incl, high_incl) + (f" {unit}" if unit else "")
+    allowed = parameter.range_text
     if kind == "fixed":
         values = [value]
     elif not isinstance(value, list) or len(value) != 2:
@@ -316,8 +396,8 @@ def _parse_prior(source: str, name: str, raw, grid_size: int) -> Prior:
     return Prior(kind, float(values[0]), float(values[1]), grid_size if kind == "discretized" else 0)
 
 
-def _read_settings(raw, table: dict, source: str, what: str, *, raw_keys=()) -> dict:
-    """Each declared setting of ``raw``, checked (or its default); ``raw_keys`` are passed as they are.
+def _read_settings(raw, table: dict, source: str, what: str) -> dict:
+    """Each declared setting of ``raw``, checked (or its default); ``raw`` settings are passed as they are.
 
     A setting whose default is None also takes an explicit null.
     """
@@ -327,17 +407,17 @@ def _read_settings(raw, table: dict, source: str, what: str, *, raw_keys=()) -> 
     if unknown:
         raise SpecError(f"{source}: unknown key {unknown[0]!r}; accepted keys: {', '.join(table)}")
     values = {}
-    for key, (*_declared, default, help_text) in table.items():
+    for key, setting in table.items():
         if key not in raw:
-            if default is REQUIRED:
-                raise SpecError(f"{source}: missing key {key!r} ({help_text})")
-            values[key] = default
-        elif raw[key] is None and default is None:
+            if setting.default is REQUIRED:
+                raise SpecError(f"{source}: missing key {key!r} ({setting.help})")
+            values[key] = copy.deepcopy(setting.default)
+        elif raw[key] is None and setting.default is None:
             values[key] = None
-        elif key in raw_keys:
+        elif setting.raw:
             values[key] = raw[key]
         else:
-            values[key] = _check_setting(source, key, raw[key], table)
+            values[key] = _check_setting(source, key, raw[key], setting)
     return values
 
 
@@ -349,7 +429,7 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
     SpecError
         On an unknown or missing key, a wrong type, a value out of range or an inverted range.
     """
-    values = _read_settings(raw, _SETTINGS, source, "a dataset spec", raw_keys=("snr_window", "priors"))
+    values = _read_settings(raw, DATASET_SETTINGS, source, "a dataset spec")
 
     window = values["snr_window"]
     if window is not None:
@@ -365,9 +445,9 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
     raw_priors = values["priors"]
     if not isinstance(raw_priors, dict):
         raise SpecError(f"{source}: priors: expected a mapping of parameter to prior, got {raw_priors!r}")
-    unknown = sorted(set(raw_priors) - set(_PRIORS))
+    unknown = sorted(set(raw_priors) - set(PRIOR_KINDS))
     if unknown:
-        raise SpecError(f"{source}: priors: unknown parameter {unknown[0]!r}; accepted: {', '.join(_PRIORS)}")
+        raise SpecError(f"{source}: priors: unknown parameter {unknown[0]!r}; accepted: {', '.join(PRIOR_KINDS)}")
     for name in _COMMON_PRIORS:
         if name not in raw_priors:
             raise SpecError(f"{source}: priors: missing {name!r}")
@@ -423,38 +503,39 @@ def spec_from_yaml_text(text: str, source: str = "<dataset>") -> DatasetSpec:
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """A validated training experiment; see ``experiments/*.yaml`` and :func:`load_experiment`.
+    """A validated training experiment; see ``experiments/*.yaml``, :func:`load_experiment` and
+    :data:`EXPERIMENT_SETTINGS` for each key's meaning and default.
 
     ``dataset`` is resolved against the spec's folder; ``hyperparameters`` is a mapping of builder
-    arguments (a JSON file named in the YAML is read at load).
+    arguments (a JSON file named in the YAML is read at load); ``loss`` is resolved to the family's.
     """
 
     name: str
     family: str
     dataset: Path
-    images: str = "noisy"
-    psf_input: object = "auto"
-    hyperparameters: dict = field(default_factory=dict)
-    optimizer: str = "adam"
-    learning_rate: float | None = None
-    batch_size: int = 32
-    epochs: int = 100
-    patience: int = 20
-    validation_fraction: float | None = None
-    max_images: int | None = None
-    seed: int = 0
-    strategy: str | None = None
-    keep_checkpoints: int = 3
-    stages: tuple = AUTOENCODER_STAGES
-    loss: str = "binary_crossentropy"
-    loss_weights: tuple = (5.0, 1.0)
-    lr_factor: float = 0.5
-    lr_patience: int = 2
+    images: str
+    psf_input: object
+    hyperparameters: dict
+    optimizer: str
+    learning_rate: float | None
+    batch_size: int
+    epochs: int
+    patience: int
+    validation_fraction: float | None
+    max_images: int | None
+    seed: int
+    strategy: str | None
+    keep_checkpoints: int
+    stages: tuple
+    loss: str
+    loss_weights: tuple
+    lr_factor: float
+    lr_patience: int
     source: str = field(default="<experiment>", compare=False)
 
     def to_dict(self) -> dict:
         """The resolved spec (dataset as an absolute path, hyperparameters inline)."""
-        out = {k: getattr(self, k) for k in _EXPERIMENT}
+        out = {k: getattr(self, k) for k in EXPERIMENT_SETTINGS}
         out["dataset"] = str(self.dataset)
         out["stages"] = list(self.stages)
         out["loss_weights"] = list(self.loss_weights)
@@ -473,7 +554,18 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
         On an unknown or missing key, a wrong type or choice, a value out of range, or a
         hyperparameters file that is missing or not a JSON mapping.
     """
-    values = _read_settings(raw, _EXPERIMENT, source, "an experiment spec", raw_keys=("hyperparameters",))
+    values = _read_settings(raw, EXPERIMENT_SETTINGS, source, "an experiment spec")
+    family = values["family"]
+    for key, setting in EXPERIMENT_SETTINGS.items():
+        # a resolved spec (a run's experiment.yaml) carries every key at its default: that is no misuse
+        if setting.families and family not in setting.families and values[key] != setting.default:
+            raise SpecError(f"{source}: {key}: applies to the {' and '.join(setting.families)} family, not to {family}")
+    if values["loss"] is None:
+        values["loss"] = DEFAULT_LOSS[family]
+    elif family == "xception" and values["loss"] == "binary_crossentropy":
+        raise SpecError(
+            f"{source}: loss: binary_crossentropy needs [0, 1] targets; the Xception's labels are in [-1, 1]"
+        )
 
     base_dir = Path(base_dir)
     values["dataset"] = (base_dir / values["dataset"]).resolve()
@@ -529,11 +621,6 @@ def load_experiment(path) -> ExperimentSpec:
     return experiment_from_dict(raw, source=str(path), base_dir=path.parent)
 
 
-SEARCHES = ("grid", "tune", "autokeras")
-TUNERS = {"tune": ("bayesian", "hyperband", "random"), "autokeras": ("bayesian", "greedy", "hyperband", "random")}
-AUTOKERAS_BLOCKS = ("vanilla", "resnet", "xception")
-
-
 @dataclass(frozen=True)
 class SearchSpec:
     """A validated architecture search: what to search and the experiment each trial trains.
@@ -541,15 +628,15 @@ class SearchSpec:
     ``experiment`` carries the dataset, family, training settings and, as ``hyperparameters``,
     the builder arguments held fixed; ``grid`` maps builder arguments to their values (grid
     search); ``tuner`` and ``max_trials`` drive KerasTuner and AutoKeras; ``block_types`` the
-    AutoKeras image blocks searched.
+    AutoKeras image blocks searched (:data:`SEARCH_SETTINGS`).
     """
 
     search: str
     experiment: ExperimentSpec
-    grid: dict = field(default_factory=dict)
-    tuner: str = "bayesian"
-    max_trials: int = 10
-    block_types: tuple = AUTOKERAS_BLOCKS
+    grid: dict
+    tuner: str
+    max_trials: int
+    block_types: tuple
     source: str = field(default="<search>", compare=False)
 
     @property
@@ -580,31 +667,35 @@ def search_from_dict(raw, source: str = "<search>", base_dir=".") -> SearchSpec:
     """
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a search spec is a mapping of settings, got {type(raw).__name__}")
-    raw = dict(raw)
-    search = raw.pop("search", None)
-    if search not in SEARCHES:
-        raise SpecError(f"{source}: search: {search!r} is not accepted; accepted: {', '.join(SEARCHES)}")
-    grid = raw.pop("grid", None)
-    tuner = raw.pop("tuner", "bayesian" if search == "tune" else "greedy")
-    max_trials = raw.pop("max_trials", 10)
-    blocks = raw.pop("block_types", list(AUTOKERAS_BLOCKS))
-    experiment = experiment_from_dict(raw, source=source, base_dir=base_dir)
+    mine = {k: v for k, v in raw.items() if k in SEARCH_SETTINGS}
+    values = _read_settings(mine, SEARCH_SETTINGS, source, "a search spec")
+    experiment = experiment_from_dict(
+        {k: v for k, v in raw.items() if k not in SEARCH_SETTINGS}, source=source, base_dir=base_dir
+    )
+    search, grid, tuner, blocks = values["search"], values["grid"], values["tuner"], values["block_types"]
     if search == "grid":
         if not isinstance(grid, dict) or not grid:
             raise SpecError(f"{source}: grid: give a mapping of builder argument to a non-empty list of values")
-        for key, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise SpecError(f"{source}: grid.{key}: {values!r} is not a non-empty list of values")
+        for key, choices in grid.items():
+            if not isinstance(choices, list) or not choices:
+                raise SpecError(f"{source}: grid.{key}: {choices!r} is not a non-empty list of values")
     elif grid is not None:
         raise SpecError(f"{source}: grid: only a grid search takes a grid")
-    if search != "grid":
-        if tuner not in TUNERS[search]:
-            raise SpecError(f"{source}: tuner: {tuner!r} is not accepted; accepted: {', '.join(TUNERS[search])}")
-        if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
-            raise SpecError(f"{source}: max_trials: {max_trials!r} is not a whole number >= 1")
+    if tuner is None:
+        tuner = "bayesian" if search == "tune" else "greedy"
+    if search != "grid" and tuner not in TUNERS[search]:
+        raise SpecError(f"{source}: tuner: {tuner!r} is not accepted; accepted: {', '.join(TUNERS[search])}")
     if not isinstance(blocks, list) or not blocks or any(b not in AUTOKERAS_BLOCKS for b in blocks):
         raise SpecError(f"{source}: block_types: {blocks!r}; accepted: some of {', '.join(AUTOKERAS_BLOCKS)}")
-    return SearchSpec(search, experiment, dict(grid or {}), tuner, max_trials, tuple(blocks), source)
+    return SearchSpec(
+        search=search,
+        experiment=experiment,
+        grid=dict(grid or {}),
+        tuner=tuner,
+        max_trials=values["max_trials"],
+        block_types=tuple(blocks),
+        source=source,
+    )
 
 
 def load_search(path) -> SearchSpec:

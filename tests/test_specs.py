@@ -1,7 +1,11 @@
+import re
+
 import pytest
+import yaml
+from conftest import DATA
 
 from galparam.errors import SpecError
-from galparam.specs import load_spec, spec_from_dict
+from galparam.specs import experiment_from_dict, load_spec, search_from_dict, spec_from_dict
 
 SHIPPED = [
     "v1",
@@ -19,12 +23,12 @@ SHIPPED = [
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_specs_load(name):
-    spec = load_spec(f"data/{name}.yaml")
+    spec = load_spec(DATA / f"{name}.yaml")
     assert spec.stamp_size == 64 and spec.pixel_scale == 0.23 and spec.psf_beta == 2.0
 
 
 def test_reference_datasets_as_in_design():
-    v1, v2, v3 = (load_spec(f"data/{v}.yaml") for v in ("v1", "v2", "v3"))
+    v1, v2, v3 = (load_spec(DATA / f"{v}.yaml") for v in ("v1", "v2", "v3"))
     assert v1.size == v2.size == v3.size == 200_000
     assert v1.snr_window == (10.0, 100.0) and v1.validation_fraction == 0.1
     assert v1.priors["flux"].low == 3.0e4 and v1.priors["flux"].high == 4.0e5
@@ -34,7 +38,7 @@ def test_reference_datasets_as_in_design():
     assert not v2.psf_varies and v3.psf_varies
     assert (v3.priors["psf_fwhm"].low, v3.priors["psf_fwhm"].high) == (0.5, 1.0)
     for snr, sigma in ((30, 400), (60, 200)):
-        t = load_spec(f"data/test_snr{snr}.yaml")
+        t = load_spec(DATA / f"test_snr{snr}.yaml")
         assert t.size == 10_000 and t.snr_window is None
         values = {k: p.low for k, p in t.priors.items() if p.is_fixed}
         assert values == {
@@ -121,3 +125,45 @@ def test_overrides_and_digest(spec_factory):
     assert bigger.digest() != spec.digest() and spec_factory().digest() == spec.digest()
     with pytest.raises(SpecError, match="size"):
         spec.with_overrides(size=0)
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"stages": ["joint"]}, "stages: applies to the autoencoder family, not to xception"),
+        ({"loss_weights": [1, 1]}, "loss_weights: applies to the autoencoder family"),
+        ({"loss": "binary_crossentropy"}, "binary_crossentropy needs [0, 1] targets"),
+        ({"loss": "hinge"}, "loss: 'hinge' is not accepted; accepted: binary_crossentropy, mse, mae, huber"),
+        ({"optimizer": "adagrad"}, "accepted: adam, adamw, rmsprop, sgd"),
+        ({"learning_rate": 0}, "learning_rate: 0.0 is outside (0, 1]"),
+        ({"psf_input": "yes"}, "psf_input: 'yes' is not accepted; accepted: auto, true, false"),
+    ],
+)
+def test_experiment_errors_name_key_value_and_what_is_accepted(changes, words):
+    raw = {"name": "e", "family": "xception", "dataset": "d.npz", **changes}
+    with pytest.raises(SpecError, match=re.escape(words)):
+        experiment_from_dict(raw, source="e.yaml")
+
+
+def test_experiment_loss_defaults_to_the_familys_and_resolved_specs_load_again():
+    xception = experiment_from_dict({"name": "e", "family": "xception", "dataset": "d.npz"})
+    autoencoder = experiment_from_dict({"name": "e", "family": "autoencoder", "dataset": "d.npz", "loss": None})
+    assert xception.loss == "mse" and autoencoder.loss == "binary_crossentropy"
+    for spec in (xception, autoencoder):  # what a run folder records is a valid spec of the same experiment
+        assert experiment_from_dict(yaml.safe_load(spec.to_yaml())) == spec
+
+
+def test_search_spec_keys_are_declared_and_checked():
+    base = {"name": "s", "family": "xception", "dataset": "d.npz"}
+    spec = search_from_dict({"search": "tune", **base})
+    assert (spec.tuner, spec.max_trials, spec.block_types) == ("bayesian", 10, ("vanilla", "resnet", "xception"))
+    assert search_from_dict({"search": "autokeras", **base}).tuner == "greedy"
+    for raw, words in (
+        ({"search": "tune", "max_trials": 0, **base}, "max_trials: 0 is outside [1, 1e+06]"),
+        ({"search": "anneal", **base}, "search: 'anneal' is not accepted; accepted: grid, tune, autokeras"),
+        ({"search": "tune", "grid": {"a": [1]}, **base}, "grid: only a grid search takes a grid"),
+        ({"search": "tune", "block_types": ["efficientnet"], **base}, "block_types: ['efficientnet']"),
+        ({"search": "tune", "epochz": 1, **base}, "unknown key 'epochz'"),
+    ):
+        with pytest.raises(SpecError, match=re.escape(words)):
+            search_from_dict(raw, source="s.yaml")
