@@ -30,9 +30,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from galparam import __version__
-from galparam.errors import DatasetError, SimulationError
+from galparam.errors import DatasetError, Remedy, SimulationError
 from galparam.io import NpzWriter, atomic_path, write_json_atomic, write_npz_atomic, write_text_atomic
-from galparam.render import LABEL_NAMES, Renderer, shared_renderer
+from galparam.jobs import resolve_jobs
+from galparam.parameters import LABEL_NAMES
+from galparam.render import Renderer, shared_renderer
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
 PARAM_COLUMNS = (*LABEL_NAMES, "psf_fwhm", "sigma")
@@ -169,9 +171,7 @@ class Workers:
     """
 
     def __init__(self, jobs: int | None = None):
-        self.jobs = (os.cpu_count() or 1) if jobs is None else int(jobs)
-        if self.jobs < 1:
-            raise SimulationError(f"--jobs {self.jobs}: must be at least 1")
+        self.jobs = resolve_jobs(jobs)
         ctx = multiprocessing.get_context("spawn")
         self._pools = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(self.jobs if self.jobs > 1 else 0)]
 
@@ -386,9 +386,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise SimulationError(f"--shard {text!r}: expected K/N with whole numbers, e.g. 1/4") from None
+        raise SimulationError(f"shard {text!r}: expected K/N with whole numbers, e.g. 1/4", argument="shard") from None
     if not 1 <= k <= n:
-        raise SimulationError(f"--shard {text!r}: K must be between 1 and N")
+        raise SimulationError(f"shard {text!r}: K must be between 1 and N", argument="shard")
     return k, n
 
 
@@ -409,7 +409,7 @@ def _check_writable(path: Path, overwrite: bool) -> None:
     if path.suffix != ".npz":
         raise SimulationError(f"{path}: the output must be an .npz file")
     if path.exists() and not overwrite:
-        raise SimulationError(f"{path} exists; pass --overwrite to replace it")
+        raise SimulationError(f"{path} exists", remedy=Remedy("overwrite", "replace it"))
     if path.is_dir():
         raise SimulationError(f"{path} is a folder; give a file name ending in .npz")
     try:
@@ -484,10 +484,10 @@ def simulate(
         be reached.
     """
     output = Path(output)
-    if jobs is not None and jobs < 1:
-        raise SimulationError(f"--jobs {jobs}: must be at least 1")
+    if jobs is not None:
+        resolve_jobs(jobs)
     if chunk_size < 1:
-        raise SimulationError(f"chunk size {chunk_size}: must be at least 1")
+        raise SimulationError(f"chunk_size {chunk_size}: must be at least 1", argument="chunk_size")
     _check_writable(output, overwrite)
     start, stop = shard_range(spec.size, *shard) if shard else (0, spec.size)
     if stop <= start:
@@ -500,8 +500,8 @@ def simulate(
         if old != manifest:
             if not overwrite:
                 raise SimulationError(
-                    f"{workdir} holds an interrupted run of another spec, seed, size or shard; "
-                    "remove it or pass --overwrite"
+                    f"{workdir} holds an interrupted run of another spec, seed, size or shard; remove it",
+                    remedy=Remedy("overwrite", "replace it"),
                 )
             shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,10 @@ def _assert_one_line_error(result, *words):
 def test_help_explains():
     result = _run("--help")
     assert result.returncode == 0
-    for word in ("--shard", "--jobs", "--overwrite", "merge", "resumes"):
+    for word in ("--shard", "--jobs", "--overwrite", "merge", "resumes", "run --help"):
+        assert word in result.stdout
+    result = _run("run", "--help")
+    for word in ("--shard", "--jobs", "--overwrite", "--chunk-size", "default: all cores"):
         assert word in result.stdout
 
 
@@ -75,6 +77,27 @@ def test_existing_output_is_kept(tmp_path):
     assert out.read_bytes() == before
 
 
+KILL_AFTER_TWO_CHUNKS = """
+import os, signal, sys
+import galparam.simulate as simulate
+from galparam.cli.simulate import main
+
+saved = []
+write = simulate.write_npz_atomic
+
+
+def write_then_die(path, arrays):
+    write(path, arrays)
+    saved.append(path)
+    if len(saved) == 2:  # SIGKILL right after the second chunk is committed, deterministically
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+simulate.write_npz_atomic = write_then_die
+main(sys.argv[1:])
+"""
+
+
 def test_killed_run_resumes_to_the_same_bytes(tmp_path):
     spec = _spec_file(tmp_path, size=48)
     reference = tmp_path / "ref.npz"
@@ -82,15 +105,24 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path):
 
     out = tmp_path / "out.npz"
     parts = Path(str(out) + ".parts")
-    proc = subprocess.Popen([*CLI, str(spec), "-o", str(out), "-q", "--jobs", "1", "--chunk-size", "8"])
-    deadline = time.time() + 300
-    while len(list(parts.glob("chunk-*.npz"))) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    saved = len(list(parts.glob("chunk-*.npz")))
-    assert 2 <= saved < 6, "the kill should land mid-run"
-    assert not out.exists()
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_AFTER_TWO_CHUNKS,
+            str(spec),
+            "-o",
+            str(out),
+            "-q",
+            "--jobs",
+            "1",
+            "--chunk-size",
+            "8",
+        ],
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(parts.glob("chunk-*.npz"))) == 2 and not out.exists()
 
     result = _run(spec, "-o", out, "-q", "--jobs", "2", "--chunk-size", "8")
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,7 @@
 import galsim
 import numpy as np
 import pytest
+from conftest import DATA
 from scipy import stats
 
 from galparam.data import load_dataset
@@ -134,7 +135,7 @@ def _fwhm(ds, i):
 def test_fixed_test_set_differs_only_by_noise(tmp_path):
     from galparam.specs import load_spec
 
-    spec = load_spec("data/test_snr60.yaml").with_overrides(size=20)
+    spec = load_spec(DATA / "test_snr60.yaml").with_overrides(size=20)
     ds = load_dataset(simulate(spec, tmp_path / "t.npz", jobs=1, progress=False).output)
     assert (ds.label == ds.label[0]).all() and (ds.img_nonoise == ds.img_nonoise[0]).all()
     assert not np.array_equal(ds.img[0], ds.img[1])
@@ -148,7 +149,7 @@ def test_existing_output_needs_overwrite(spec_factory, tmp_path):
     spec = spec_factory(size=3)
     out = simulate(spec, tmp_path / "x.npz", jobs=1, progress=False).output
     before = out.read_bytes()
-    with pytest.raises(SimulationError, match="exists; pass --overwrite"):
+    with pytest.raises(SimulationError, match="exists; to replace it, pass overwrite=True"):
         simulate(spec.with_overrides(seed=1), out, jobs=1, progress=False)
     assert out.read_bytes() == before
     simulate(spec.with_overrides(seed=1), out, jobs=1, progress=False, overwrite=True)

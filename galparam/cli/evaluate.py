@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from galparam.cli.common import ArgumentParser, positive_int, run
+from galparam.cli.common import ArgumentParser, add_jobs, add_overwrite, load_tensorflow_quietly, positive_int, run
 from galparam.errors import GalparamError
-from galparam.render import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES
+from galparam.runs import RunFolder
 
 DESCRIPTION = """\
 Judge estimators against the best possible.
@@ -25,7 +26,7 @@ Judge estimators against the best possible.
 """
 
 
-def _parser() -> ArgumentParser:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="galparam-evaluate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -49,13 +50,13 @@ def _parser() -> ArgumentParser:
     b.add_argument("dataset", metavar="DATA.npz")
     b.add_argument("-o", "--output", metavar="fits.csv", required=True, help="one row per image; resumes if present")
     b.add_argument("--n-images", type=positive_int, help="fit the first N images (default: all)")
-    b.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default: %(default)s)")
+    add_jobs(b)
     b.add_argument(
         "--init",
         metavar="MODEL_DIR",
         help="start each fit from this trained model's estimate (the network refined by the likelihood)",
     )
-    b.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    add_overwrite(b, "start again instead of resuming")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("predict", help="a trained model's estimates of the five parameters, as a CSV")
@@ -110,6 +111,8 @@ def _baseline(args) -> int:
 
     init = source = None
     if args.init:
+        RunFolder(args.init).info()  # a finished run, checked before TensorFlow loads
+        load_tensorflow_quietly()
         init, source = network_starting_points(args.init, args.dataset, args.n_images)
     fits = run_baseline(
         args.dataset,
@@ -129,11 +132,16 @@ def _baseline(args) -> int:
 
 
 def _predict(args) -> int:
-    from galparam.estimator import load_estimator, read_image_file
     from galparam.io import write_text_atomic
 
+    info = RunFolder(args.run).info()  # the inputs are checked before TensorFlow loads
+    from galparam.estimator import read_image_file
+
+    images, psf = read_image_file(args.images, args.key, args.psf_key, need_psf=info.get("psf_input", False))
+    load_tensorflow_quietly()
+    from galparam.estimator import load_estimator
+
     estimator = load_estimator(args.run)
-    images, psf = read_image_file(args.images, args.key, args.psf_key, need_psf=estimator.psf_input)
     table = estimator.predict(images, psf, batch_size=args.batch_size)
     table.index.name = "index"
     write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
@@ -143,6 +151,11 @@ def _predict(args) -> int:
 
 def _report(args) -> int:
     from galparam.evaluate.report import write_report
+
+    for run_dir in args.runs:
+        RunFolder(run_dir).info()
+    if args.runs:
+        load_tensorflow_quietly()
 
     report = write_report(args.output, runs=args.runs, test_sets=args.test_sets, fits=args.fits, n_images=args.n_images)
     if len(report.test_table):
@@ -154,7 +167,7 @@ def _report(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     commands = {"crb": _crb, "baseline": _baseline, "predict": _predict, "report": _report}
     return commands[args.command](args)
 

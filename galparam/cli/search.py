@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from galparam.cli.common import ArgumentParser, run
+from galparam.cli.common import ArgumentParser, add_overwrite, load_tensorflow_quietly, run
 from galparam.errors import GalparamError
 
 PROG = "galparam-search"
@@ -26,7 +25,7 @@ with KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT of the chief. The best hype
 """
 
 
-def _parser() -> ArgumentParser:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name, text in (
@@ -37,7 +36,9 @@ def _parser() -> ArgumentParser:
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("spec", metavar="SPEC.yaml", help="a search spec (experiments/search/*.yaml)")
         s.add_argument("-o", "--output", metavar="DIR", help="results folder (default: NAME-results/ beside the spec)")
-        s.add_argument("--force", action="store_true", help="use a results folder that belongs to another spec")
+        add_overwrite(
+            s, "replace the results of another search spec in the folder (--force: the former name)", "--force"
+        )
         s.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     d = sub.add_parser("dashboard", help="the trials of a results folder as a HiPlot HTML page, a table and a plot")
     d.add_argument("results", metavar="RESULTS_DIR")
@@ -54,8 +55,7 @@ def _print_best(trials, top: int) -> None:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "dashboard":
         from galparam.search.dashboard import write_dashboard
 
@@ -71,21 +71,22 @@ def main(argv=None) -> int:
     if spec.search != args.command:
         raise GalparamError(f"{args.spec}: a {spec.search!r} search spec; run: {PROG} {spec.search} {args.spec}")
     output = Path(args.output) if args.output else default_results_dir(spec)
+    load_tensorflow_quietly()
     if args.command == "grid":
         from galparam.search.grid import run_grid
 
-        trials = run_grid(spec, output, force=args.force, progress=not args.quiet)
+        trials = run_grid(spec, output, overwrite=args.overwrite, progress=not args.quiet)
         _print_best(trials, 10)
     elif args.command == "tune":
         from galparam.search.tuner import run_tuner
 
-        best = run_tuner(spec, output, force=args.force, verbose=0 if args.quiet else 1)
+        best = run_tuner(spec, output, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
         if best:
             print(f"best val_loss {best['val_loss']:.4g}: {best['hyperparameters']}")
     else:
         from galparam.search.automl import run_autokeras
 
-        best = run_autokeras(spec, output, force=args.force, verbose=0 if args.quiet else 1)
+        best = run_autokeras(spec, output, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
         print(f"best val_loss {best['val_loss']:.4g}: {best['hyperparameters']}")
     print(f"results in {output}")
     return 0
