@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galparam.runs import RunFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_RMSE_NOISY_V1 = {"flux": 5913, "sersic_n": 0.780, "hlr": 0.0462, "g1": 0.0737, "g2": 0.0735}
 VARIANTS = {
@@ -186,8 +188,9 @@ def accuracy(spec_path: Path) -> dict:
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "galparam.cli.train", str(spec_path), "-o", str(run), "-q"], check=True)
         seconds = time.perf_counter() - t
-        metrics = json.loads((run / "metrics.json").read_text())
-        info = json.loads((run / "run.json").read_text())
+        folder = RunFolder(run)
+        metrics = json.loads(folder.metrics_path.read_text())
+        info = folder.info()
     return {"seconds": seconds, "metrics": metrics, "info": info}
 
 

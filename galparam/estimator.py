@@ -10,7 +10,6 @@ A run folder written by :func:`galparam.train.train` is usable alone::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,9 @@ import pandas as pd
 
 from galparam.data import MinMaxScaler, with_channel
 from galparam.errors import GalparamError
-from galparam.render import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES
+from galparam.runs import RunFolder
 
-RUN_FILE = "run.json"
-MODEL_FILE = "model.keras"
-SCALER_FILE = "scaler.json"
-IMAGE_SCALER_FILE = "image_scaler.json"
 _CHUNK = 8192  # images converted to a tensor at a time
 
 
@@ -132,38 +128,21 @@ def load_estimator(run_dir) -> Estimator:
     """
     import keras
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise GalparamError(f"{run_dir}: no such run folder")
-    try:
-        info = json.loads((run_dir / RUN_FILE).read_text())
-    except FileNotFoundError:
-        hint = (
-            " (an unfinished run: continue it with galparam-train --resume)"
-            if (run_dir / "experiment.yaml").exists()
-            else ""
-        )
-        raise GalparamError(f"{run_dir}: not a finished galparam run, no {RUN_FILE}{hint}") from None
-    except ValueError as exc:
-        raise GalparamError(f"{run_dir}/{RUN_FILE}: not JSON ({exc})") from None
-    if not isinstance(info, dict) or info.get("family") not in ("xception", "autoencoder", "autokeras"):
-        raise GalparamError(f"{run_dir}/{RUN_FILE}: not a galparam run description")
+    run = RunFolder(run_dir)
+    info = run.info()
     if info["family"] == "autokeras":
         import autokeras  # noqa: F401  (registers the layers of AutoKeras' exported models)
-    model_path = run_dir / MODEL_FILE
-    if not model_path.exists():
-        raise GalparamError(f"{run_dir}: {MODEL_FILE} is missing")
+    if not run.model_path.exists():
+        raise GalparamError(f"{run.path}: {run.model_path.name} is missing")
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        model = keras.models.load_model(run.model_path, compile=False)
     except (ValueError, OSError) as exc:
-        raise GalparamError(f"{model_path}: cannot be loaded ({str(exc).splitlines()[0]})") from None
-    image_scaler = None
-    if info["family"] == "autoencoder":
-        image_scaler = MinMaxScaler.load(run_dir / IMAGE_SCALER_FILE)
+        raise GalparamError(f"{run.model_path}: cannot be loaded ({str(exc).splitlines()[0]})") from None
+    image_scaler = MinMaxScaler.load(run.image_scaler_path) if info["family"] == "autoencoder" else None
     return Estimator(
         model,
         info["family"],
-        MinMaxScaler.load(run_dir / SCALER_FILE),
+        MinMaxScaler.load(run.scaler_path),
         image_scaler,
         psf_input=info.get("psf_input", False),
     )

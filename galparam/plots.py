@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from galparam.runs import RunFolder
+
 
 def galaxy_images(dataset, indices):
     """Columns of galaxies: the noisy image, the noiseless image and the PSF, with their parameters.
@@ -65,7 +67,7 @@ def learning_curves(run_dirs):
 
     panels = []
     for run_dir in map(Path, run_dirs):
-        history = pd.read_csv(run_dir / "history.csv")
+        history = pd.read_csv(RunFolder(run_dir).history_path)
         for stage, rows in history.groupby("stage", sort=False):
             panels.append((f"{run_dir.name}: {stage}", rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False, constrained_layout=True)

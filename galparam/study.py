@@ -19,8 +19,6 @@ search is pointed at the study's own copy of its dataset.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import sys
 import time
@@ -196,11 +194,13 @@ class Study:
                 f"{dataset} is missing: run Study.datasets([{base!r}]) (or the datasets notebook) first"
             )
 
-    def search(self, base: str, *, force: bool = False) -> pd.DataFrame:
+    def search(self, base: str, *, overwrite: bool = False, force: bool = False) -> pd.DataFrame:
         """Run (or resume) search ``base`` (``grid-v1``, ``tune-v1``, ``autokeras-v1``); return its trials.
 
-        ``force`` lets the search use a results folder recorded for another version of its spec.
+        ``overwrite`` replaces the results of another version of its spec in its folder (``force``
+        is the former name of the same thing).
         """
+        overwrite = overwrite or force
         from galparam.search.dashboard import read_trials
 
         spec = self.search_spec(base)
@@ -212,15 +212,15 @@ class Study:
         if spec.search == "grid":
             from galparam.search.grid import run_grid
 
-            run_grid(spec, results, force=force, progress=self.progress)
+            run_grid(spec, results, overwrite=overwrite, progress=self.progress)
         elif spec.search == "tune":
             from galparam.search.tuner import run_tuner
 
-            run_tuner(spec, results, force=force, verbose=verbose)
+            run_tuner(spec, results, overwrite=overwrite, verbose=verbose)
         else:
             from galparam.search.automl import run_autokeras
 
-            run_autokeras(spec, results, force=force, verbose=verbose)
+            run_autokeras(spec, results, overwrite=overwrite, verbose=verbose)
         return read_trials(results)
 
     def dashboard(self, base: str):
@@ -277,7 +277,7 @@ class Study:
             data,
             out,
             n_images=n,
-            jobs=self.jobs or (os.cpu_count() or 1),
+            jobs=self.jobs,
             init=starts,
             init_source=source,
             progress=self.progress,
@@ -343,7 +343,7 @@ def elapsed(start: float) -> str:
 
 def read_metrics(run_dir) -> pd.DataFrame:
     """A run's validation metrics (``metrics.json``) as a table, one row per parameter."""
-    from galparam.render import LABEL_NAMES
+    from galparam.parameters import LABEL_NAMES
+    from galparam.runs import RunFolder
 
-    labels = json.loads((Path(run_dir) / "metrics.json").read_text())["labels"]
-    return pd.DataFrame(labels).T.loc[list(LABEL_NAMES)]
+    return pd.DataFrame(RunFolder(run_dir).metrics()).T.loc[list(LABEL_NAMES)]

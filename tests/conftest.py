@@ -1,11 +1,21 @@
-"""Shared fixtures: small, cheap specs (low Sérsic indices build their GalSim tables in ms)."""
+"""Shared fixtures: small, cheap specs (low Sérsic indices build their GalSim tables in ms), the
+training datasets, and one tiny trained run and one grid-search folder for every test that reads one.
+
+Tests marked ``slow`` (the demo, the notebooks, the distributed tuner, the AutoKeras trial, the
+browser) are left out by ``make test-fast``.
+"""
 
 import copy
+from pathlib import Path
 
 import pytest
 
 from galparam.simulate import simulate
-from galparam.specs import spec_from_dict
+from galparam.specs import experiment_from_dict, search_from_dict, spec_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository: shipped specs are read from here, wherever pytest runs."""
+DATA = ROOT / "data"
 
 BASE_SPEC = {
     "name": "tiny",
@@ -61,3 +71,58 @@ def datasets(tmp_path_factory):
     varying = make_spec(name="varying", size=200, validation_fraction=0.2, priors={"psf_fwhm": {"uniform": [0.5, 1.0]}})
     simulate(varying, folder / "varying.npz", progress=False)
     return {"fixed": folder / "fixed.npz", "varying": folder / "varying.npz", "folder": folder}
+
+
+TINY_XCEPTION = {"conv2d_num_filters": 8, "sep_num_filters": 16, "num_residual_blocks": 1}
+
+
+def tiny_experiment(dataset, **changes):
+    """A 2-epoch experiment of a tiny Xception on ``dataset`` (the session's ``tiny_run``, unchanged)."""
+    raw = {
+        "name": "t",
+        "family": "xception",
+        "dataset": str(dataset),
+        "hyperparameters": dict(TINY_XCEPTION),
+        "batch_size": 32,
+        "epochs": 2,
+        "seed": 3,
+    }
+    raw.update(changes)
+    return experiment_from_dict(raw, source="test-experiment.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(datasets, tmp_path_factory):
+    """One finished run of :func:`tiny_experiment` on the fixed-PSF dataset, shared; do not write into it."""
+    from galparam.train import train
+
+    return train(tiny_experiment(datasets["fixed"]), tmp_path_factory.mktemp("tiny-run") / "run", verbose=0)
+
+
+def grid_spec_dict(datasets, **changes):
+    """A 4-point grid search (entry and separable filters) of a tiny Xception, one epoch a trial."""
+    raw = {
+        "search": "grid",
+        "name": "g",
+        "family": "xception",
+        "dataset": str(datasets["fixed"]),
+        "max_images": 300,
+        "validation_fraction": 0.2,
+        "hyperparameters": {"num_residual_blocks": 1, "initial_strides": 4},
+        "grid": {"conv2d_num_filters": [4, 8], "sep_num_filters": [4, 8]},
+        "epochs": 1,
+        "seed": 0,
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(datasets, tmp_path_factory):
+    """The finished results folder of :func:`grid_spec_dict`'s search, shared; copy it before changing it."""
+    from galparam.search.grid import run_grid
+
+    folder = tmp_path_factory.mktemp("tiny-grid")
+    spec = search_from_dict(grid_spec_dict(datasets), source=str(folder / "g.yaml"))
+    run_grid(spec, folder / "results", progress=False)
+    return {"spec": spec, "results": folder / "results"}

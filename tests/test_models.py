@@ -1,13 +1,14 @@
 """Model builders: shapes, the reference's parameter counts, the search spaces."""
 
-import keras
 import keras_tuner
 import numpy as np
 import pytest
 
 from galparam.errors import GalparamError
+from galparam.models import hypermodel
 from galparam.models.autoencoder import AutoencoderHyperModel, build_autoencoder, build_decoder, build_encoder
 from galparam.models.xception import XceptionHyperModel, build_xception
+from galparam.specs import experiment_from_dict
 
 
 @pytest.mark.parametrize("sep, expected", [(64, 109_304), (384, 3_479_224)])
@@ -48,8 +49,54 @@ def test_xception_hypermodel_builds_from_its_space():
     model = hm.build(hp)
     assert model.optimizer is not None and set(hp.values) >= {"learning_rate", "kernel_size", "activation"}
     assert hp.values["num_residual_blocks"] == 1
-    with pytest.raises(GalparamError, match="unknown Xception hyperparameters"):
+    with pytest.raises(GalparamError, match="unknown xception hyperparameters"):
         XceptionHyperModel(fixed={"filters": 3})
+
+
+class _Data:
+    """What :func:`galparam.models.hypermodel` reads of an experiment's data."""
+
+    image_shape = (64, 64, 1)
+    psf_input = False
+
+    def adapt_samples(self):
+        return {"normalize_image": np.random.default_rng(0).normal(size=(4, 64, 64, 1)).astype(np.float32)}
+
+
+@pytest.mark.parametrize(
+    "family, settings, loss, weights",
+    [
+        ("xception", {"optimizer": "rmsprop", "learning_rate": 0.003, "loss": "mae"}, "mae", None),
+        (
+            "autoencoder",
+            {"optimizer": "sgd", "learning_rate": 0.02, "loss": "mse", "loss_weights": [2.0, 3.0]},
+            {"labels": "mse", "image": "mse"},
+            {"labels": 2.0, "image": 3.0},
+        ),
+    ],
+)
+def test_a_tune_trial_compiles_with_the_specs_optimizer_rate_loss_and_weights(family, settings, loss, weights):
+    """KerasTuner's trials used to hard-code Adam, the family's loss and 5:1 weights, whatever the spec said."""
+    small = {"xception": {"num_residual_blocks": 1, "sep_num_filters": 8}, "autoencoder": {"base_filters": 4}}
+    spec = experiment_from_dict(
+        {"name": "t", "family": family, "dataset": "x.npz", "hyperparameters": small[family], **settings}
+    )
+    model = hypermodel(spec, _Data()).build(keras_tuner.HyperParameters())
+    config = model.get_compile_config()
+    assert type(model.optimizer).__name__.lower() == settings["optimizer"]
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(settings["learning_rate"])
+    assert config["loss"] == loss and config["loss_weights"] == weights
+
+
+def test_the_learning_rate_is_searched_only_where_the_spec_leaves_it_open():
+    small = {"num_residual_blocks": 1, "sep_num_filters": 8}
+    kinds = {}
+    for rate in (None, 0.01):
+        spec = experiment_from_dict({"name": "t", "family": "xception", "dataset": "x.npz", "learning_rate": rate})
+        hp = keras_tuner.HyperParameters()
+        hypermodel(spec, _Data(), fixed=small).build(hp)
+        kinds[rate] = {type(p).__name__ for p in hp.space if p.name == "learning_rate"}
+    assert kinds == {None: {"Float"}, 0.01: {"Fixed"}}
 
 
 def test_autoencoder_shapes_and_shared_weights():
@@ -69,7 +116,15 @@ def test_autoencoder_shapes_and_shared_weights():
         build_encoder((60, 60, 1))
 
 
-def test_autoencoder_hypermodel_compiles_two_weighted_losses():
-    model = AutoencoderHyperModel(fixed={"base_filters": 4, "dense_units": 16}).build(keras_tuner.HyperParameters())
-    assert isinstance(model, keras.Model) and model.optimizer is not None
-    assert set(model.output.keys() if isinstance(model.output, dict) else []) == {"labels", "image"}
+def test_autoencoder_stages_compile_their_own_losses():
+    hm = AutoencoderHyperModel(fixed={"base_filters": 4, "dense_units": 16})
+    hp = keras_tuner.HyperParameters()
+    encoder = hm.build_stage("encoder", hp)
+    decoder = hm.build_stage("decoder", hp)
+    joint = hm.build_stage("joint", hp, encoder=encoder, decoder=decoder)
+    assert encoder.name == "encoder" and decoder.name == "decoder"
+    assert encoder.get_compile_config()["loss"] == "binary_crossentropy"
+    config = joint.get_compile_config()
+    assert config["loss"] == {"labels": "binary_crossentropy", "image": "binary_crossentropy"}
+    assert config["loss_weights"] == {"labels": 5.0, "image": 1.0}  # the reference's weights by default
+    assert joint.get_layer("encoder") is encoder and joint.get_layer("decoder") is decoder

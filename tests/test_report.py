@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_spec
 
 from galparam.cli.common import run
 from galparam.cli.evaluate import main as evaluate_main
@@ -13,9 +14,6 @@ from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
 from galparam.evaluate.report import write_report
 from galparam.simulate import simulate
-from galparam.specs import experiment_from_dict
-from galparam.train import train
-from tests.conftest import make_spec
 
 TEST_GALAXY = {
     "flux": {"fixed": 1.0e5},
@@ -30,19 +28,10 @@ TEST_GALAXY = {
 
 
 @pytest.fixture(scope="module")
-def setting(datasets, tmp_path_factory):
-    """A one-epoch model, two 12-image test sets, and baseline, refined and model-free fits."""
+def setting(tiny_run, tmp_path_factory):
+    """The shared tiny model, two 12-image test sets, and baseline, refined and model-free fits."""
     folder = tmp_path_factory.mktemp("report")
-    spec = experiment_from_dict(
-        {
-            "name": "tiny",
-            "family": "xception",
-            "dataset": str(datasets["fixed"]),
-            "hyperparameters": {"conv2d_num_filters": 4, "sep_num_filters": 8, "num_residual_blocks": 1},
-            "epochs": 1,
-        }
-    )
-    run_dir = train(spec, folder / "run", verbose=0)
+    run_dir = tiny_run
     tests = {}
     for snr, sigma in ((60, 200), (30, 400)):
         priors = {**TEST_GALAXY, "sigma": {"fixed": sigma}}
@@ -60,7 +49,7 @@ def setting(datasets, tmp_path_factory):
 
 def test_refined_fit_records_its_starting_model(setting):
     manifest = json.loads((setting["fits"]["refined60"].with_name("refined60.csv.json")).read_text())
-    assert manifest["init"] == "given" and manifest["init_model"] == "tiny"
+    assert manifest["init"] == "given" and manifest["init_model"] == "t"
     refined = pd.read_csv(setting["fits"]["refined60"])
     base = pd.read_csv(setting["fits"]["base60"])
     assert len(refined) == 12 and refined.converged.all()
@@ -78,7 +67,7 @@ def test_report_tables_are_right_complete_and_reproducible(setting, tmp_path):
     table = report.test_table
     snrs = list(table.SNR.unique())  # each set's own SNR, highest first
     assert len(snrs) == 2 and snrs[0] > snrs[1] and len(table) == 10
-    assert {"CRB", "tiny bias", "tiny std", "baseline bias", "baseline std", "refined tiny bias"} <= set(table.columns)
+    assert {"CRB", "t bias", "t std", "baseline bias", "baseline std", "refined t bias"} <= set(table.columns)
     # The numbers are the metrics of the fits against the bound.
     ds = load_dataset(setting["tests"][60])
     fits = pd.read_csv(setting["fits"]["base60"])
@@ -104,9 +93,9 @@ def test_report_tables_are_right_complete_and_reproducible(setting, tmp_path):
     for name in (
         f"errors_snr{snrs[0]}",
         f"bias_spread_snr{snrs[1]}",
-        "true_vs_predicted_tiny",
-        "error_vs_true_tiny",
-        "reconstructions_tiny",
+        "true_vs_predicted_t",
+        "error_vs_true_t",
+        "reconstructions_t",
     ):
         assert (tmp_path / "a" / "plots" / f"{name}.png").stat().st_size > 10_000, name
 

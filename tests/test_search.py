@@ -10,35 +10,21 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from conftest import grid_spec_dict
 
 import galparam.search.grid as grid_module
 from galparam.cli.common import run
 from galparam.cli.search import main as search_main
+from galparam.models import resolve_hyperparameters
 from galparam.search.dashboard import read_trials, write_dashboard
 from galparam.search.grid import run_grid
-from galparam.specs import experiment_from_dict, search_from_dict
-from galparam.train import resolve_hyperparameters, train
+from galparam.specs import experiment_from_dict
+from galparam.train import train
 
-TINY = {"num_residual_blocks": 1, "initial_strides": 4}
-
-
-def spec_dict(datasets, **changes):
-    raw = {
-        "search": "grid",
-        "name": "g",
-        "family": "xception",
-        "dataset": str(datasets["fixed"]),
-        "max_images": 300,
-        "validation_fraction": 0.2,
-        "hyperparameters": dict(TINY),
-        "grid": {"conv2d_num_filters": [4, 8], "sep_num_filters": [4, 8]},
-        "epochs": 1,
-        "seed": 0,
-    }
-    raw.update(changes)
-    return raw
+spec_dict = grid_spec_dict
 
 
 def write_spec(tmp_path, raw, name="spec.yaml"):
@@ -47,38 +33,43 @@ def write_spec(tmp_path, raw, name="spec.yaml"):
     return path
 
 
-def test_grid_writes_a_trial_each_and_resumes(datasets, tmp_path, monkeypatch):
-    spec = search_from_dict(spec_dict(datasets), source=str(tmp_path / "s.yaml"))
+def test_grid_writes_a_trial_each_and_resumes(tiny_grid, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    shutil.copytree(tiny_grid["results"], results)
+    trials = read_trials(results)
+    assert len(trials) == 4 and trials.val_loss.notna().all()
+    assert {(r.conv2d_num_filters, r.sep_num_filters) for r in trials.itertuples()} == {(4, 4), (4, 8), (8, 4), (8, 8)}
+    record = json.loads(next(results.glob("trial-*.json")).read_text())
+    for key in ("val_loss", "epochs", "parameters", "train_seconds", "inference_images_per_s", "seed"):
+        assert key in record
+    # A search killed during its third trial has two trial files: running it again trains the other two.
+    for path in sorted(results.glob("trial-*.json"))[2:]:
+        path.unlink()
     trained = []
     original = grid_module.run_trial
 
     def counting(spec, data, point):
         trained.append(point)
-        if len(trained) == 3 and kill["on"]:
-            raise KeyboardInterrupt  # killed in the middle of the third trial
         return original(spec, data, point)
 
-    kill = {"on": True}
     monkeypatch.setattr(grid_module, "run_trial", counting)
-    with pytest.raises(KeyboardInterrupt):
-        run_grid(spec, tmp_path / "results", progress=False)
-    assert len(list((tmp_path / "results").glob("trial-*.json"))) == 2
-    kill["on"] = False
-    trials = run_grid(spec, tmp_path / "results", progress=False)
-    assert len(trained) == 5  # the two finished trials were not trained again
-    assert len(trials) == 4 and trials.val_loss.notna().all()
-    record = json.loads(next((tmp_path / "results").glob("trial-*.json")).read_text())
-    for key in ("val_loss", "epochs", "parameters", "train_seconds", "inference_images_per_s", "seed"):
-        assert key in record
-    assert {(r.conv2d_num_filters, r.sep_num_filters) for r in trials.itertuples()} == {(4, 4), (4, 8), (8, 4), (8, 8)}
-    run_grid(spec, tmp_path / "results", progress=False)
-    assert len(trained) == 5  # a third run trains nothing
+    again = run_grid(tiny_grid["spec"], results, progress=False)
+    assert len(trained) == 2 and len(again) == 4
+    # Same seed, same trial: the retrained records equal the first search's (timings aside).
+    timing = ["train_seconds", "inference_images_per_s"]
+    pd.testing.assert_frame_equal(
+        again.drop(columns=timing).sort_values("trial").reset_index(drop=True),
+        trials.drop(columns=timing).sort_values("trial").reset_index(drop=True),
+        rtol=1e-5,
+    )
+    run_grid(tiny_grid["spec"], results, progress=False)
+    assert len(trained) == 2  # a finished search trains nothing
 
 
 @pytest.mark.parametrize(
     "changes, words",
     [
-        ({"grid": {"filters": [1, 2]}}, "unknown xception hyperparameter 'filters'; valid: conv2d_num_filters"),
+        ({"grid": {"filters": [1, 2]}}, "unknown xception argument 'filters'; accepted: conv2d_num_filters"),
         ({"grid": {}}, "grid: give a mapping"),
         ({"search": "tune", "grid": None, "tuner": "annealing"}, "tuner: 'annealing' is not accepted"),
         ({"dataset": "missing.npz"}, "no such file"),
@@ -99,9 +90,13 @@ def test_results_folder_refuses_another_spec(datasets, tmp_path, capsys):
     two = write_spec(tmp_path, spec_dict(datasets, grid={"conv2d_num_filters": [8]}), "two.yaml")
     assert search_main(["grid", str(one), "-o", str(tmp_path / "r"), "-q"]) == 0
     assert run(search_main, ["grid", str(two), "-o", str(tmp_path / "r"), "-q"], prog="galparam-search") == 2
-    assert "another search spec" in capsys.readouterr().err
-    assert search_main(["grid", str(two), "-o", str(tmp_path / "r"), "-q", "--force"]) == 0
-    assert len(read_trials(tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert "another search spec" in err and err.strip().endswith("to replace its results, pass --overwrite"), err
+    assert search_main(["grid", str(two), "-o", str(tmp_path / "r"), "-q", "--overwrite"]) == 0
+    trials = read_trials(tmp_path / "r")
+    assert list(trials.conv2d_num_filters) == [8]  # the other spec's trial is gone
+    assert search_main(["grid", str(one), "-o", str(tmp_path / "r"), "-q", "--force"]) == 0  # the former spelling
+    assert list(read_trials(tmp_path / "r").conv2d_num_filters) == [4]
 
 
 def test_one_trial_tuner_search_feeds_galparam_train(datasets, tmp_path):
@@ -136,6 +131,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_tuner_chief_and_two_workers(datasets, tmp_path):
     raw = spec_dict(datasets, search="tune", tuner="random", max_trials=4, max_images=200)
     raw.pop("grid")
@@ -162,6 +158,7 @@ def test_distributed_tuner_chief_and_two_workers(datasets, tmp_path):
     assert (tmp_path / "shared" / "best_hyperparameters.json").exists()
 
 
+@pytest.mark.slow
 def test_one_trial_autokeras_search(datasets, tmp_path):
     raw = spec_dict(datasets, search="autokeras", tuner="greedy", max_trials=1, max_images=100, block_types=["vanilla"])
     raw.pop("grid")
@@ -180,11 +177,11 @@ def test_one_trial_autokeras_search(datasets, tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_dashboard_renders_every_trial_in_headless_chromium(datasets, tmp_path):
+@pytest.mark.slow
+def test_dashboard_renders_every_trial_in_headless_chromium(tiny_grid, tmp_path):
     if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for this test (apt-get install chromium; .ci/run installs it)")
-    spec = search_from_dict(spec_dict(datasets), source=str(tmp_path / "s.yaml"))
-    run_grid(spec, tmp_path / "results", progress=False)
+        pytest.fail("Debian's chromium is needed for this test (make test installs it: make system-packages)")
+    shutil.copytree(tiny_grid["results"], tmp_path / "results")
     html, png, trials = write_dashboard(tmp_path / "results")
     assert png.stat().st_size > 5000
     dom = subprocess.run(

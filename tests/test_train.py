@@ -2,11 +2,15 @@
 
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import ROOT, TINY_XCEPTION, tiny_experiment
 
 import galparam.train as train_module
 from galparam import load_estimator
@@ -15,25 +19,13 @@ from galparam.cli.evaluate import main as evaluate_main
 from galparam.cli.train import main as train_main
 from galparam.data import MinMaxScaler, load_dataset
 from galparam.errors import GalparamError, SpecError
+from galparam.models import resolve_hyperparameters
+from galparam.runs import RunFolder
 from galparam.specs import experiment_from_dict, load_experiment
 from galparam.train import train
 
-TINY_XCEPTION = {"conv2d_num_filters": 8, "sep_num_filters": 16, "num_residual_blocks": 1}
 TINY_AUTOENCODER = {"base_filters": 4, "dense_units": 32, "dropout_rate": 0.0}
-
-
-def experiment(dataset, **changes):
-    raw = {
-        "name": "t",
-        "family": "xception",
-        "dataset": str(dataset),
-        "hyperparameters": dict(TINY_XCEPTION),
-        "batch_size": 32,
-        "epochs": 2,
-        "seed": 3,
-    }
-    raw.update(changes)
-    return experiment_from_dict(raw, source="test-experiment.yaml")
+experiment = tiny_experiment
 
 
 def test_xception_learns_noiseless_images(datasets, tmp_path):
@@ -52,33 +44,35 @@ def test_xception_learns_noiseless_images(datasets, tmp_path):
     assert metrics["hlr"]["explained_variance"] > 0.3
 
 
-def test_run_folder_is_complete_and_usable_alone(datasets, tmp_path):
-    run = train(experiment(datasets["fixed"]), tmp_path / "run", verbose=0)
-    for name in ("model.keras", "scaler.json", "experiment.yaml", "history.csv", "metrics.json", "run.json"):
-        assert (run / name).stat().st_size > 0, name
-    assert sorted(p.name for p in (run / "checkpoints" / "xception").glob("epoch-*.keras")) == [
+def test_run_folder_is_complete_and_usable_alone(datasets, tiny_run):
+    run = RunFolder(tiny_run)
+    for path in (run.model_path, run.scaler_path, run.spec_path, run.history_path, run.metrics_path, run.info_path):
+        assert path.stat().st_size > 0, path
+    assert sorted(p.name for p in run.stage_dir("xception").glob("epoch-*.keras")) == [
         "epoch-001.keras",
         "epoch-002.keras",
     ]
-    info = json.loads((run / "run.json").read_text())
+    info = run.info()
     assert info["complete"] and info["family"] == "xception" and info["psf_input"] is False
     assert info["dataset"]["train"] == 480 and info["dataset"]["validation"] == 120
+    assert info["model_sha256"] == run.model_sha256()
     # Loading the folder gives back the predictions the metrics were computed from.
     ds = load_dataset(datasets["fixed"])
     _, val = ds.split()
-    predicted = load_estimator(run).predict(ds.img[val])
+    np.testing.assert_array_equal(run.validation_indices(), val)
+    predicted = load_estimator(tiny_run).predict(ds.img[val])
     assert list(predicted.columns) == ["flux", "sersic_n", "hlr", "g1", "g2"]
-    metrics = json.loads((run / "metrics.json").read_text())["labels"]
+    metrics = run.metrics()
     for i, name in enumerate(predicted.columns):
         rmse = math.sqrt(((predicted[name] - ds.label[val, i]) ** 2).mean())
         assert rmse == pytest.approx(metrics[name]["rmse"], rel=1e-5)
     # The resolved spec in the folder is a valid experiment and names the dataset absolutely.
-    assert load_experiment(run / "experiment.yaml").dataset == datasets["fixed"].resolve()
+    assert load_experiment(run.spec_path).dataset == datasets["fixed"].resolve()
 
 
-def test_same_seed_same_model_and_resume_is_exact(datasets, tmp_path, monkeypatch):
-    spec = experiment(datasets["fixed"], epochs=3)
-    whole = train(spec, tmp_path / "whole", verbose=0)
+def test_same_seed_same_model_and_resume_is_exact(datasets, tiny_run, tmp_path, monkeypatch):
+    spec = experiment(datasets["fixed"])  # the shared run's experiment: same seed, same model
+    whole = tiny_run
 
     original = train_module._EpochCheckpoint.end_epoch
 
@@ -92,28 +86,49 @@ def test_same_seed_same_model_and_resume_is_exact(datasets, tmp_path, monkeypatc
         train(spec, tmp_path / "resumed", verbose=0)
     monkeypatch.setattr(train_module._EpochCheckpoint, "end_epoch", original)
     assert not (tmp_path / "resumed" / "run.json").exists()
-    with pytest.raises(GalparamError, match="unfinished run"):
+    with pytest.raises(
+        GalparamError, match=r"not a finished galparam run, no run.json \(an unfinished run: train it again with resume"
+    ):
         load_estimator(tmp_path / "resumed")
-    with pytest.raises(GalparamError, match="--resume"):
+    with pytest.raises(GalparamError, match="holds an unfinished run; to continue it from its checkpoint, pass resume"):
         train(spec, tmp_path / "resumed", verbose=0)
     train(spec, tmp_path / "resumed", resume=True, verbose=0)
 
     h_whole = pd.read_csv(whole / "history.csv")
     h_resumed = pd.read_csv(tmp_path / "resumed" / "history.csv")
-    assert list(h_resumed.epoch) == [1, 2, 3]
+    assert list(h_resumed.epoch) == [1, 2]
     np.testing.assert_allclose(h_resumed.val_loss, h_whole.val_loss, rtol=1e-6)
     ds = load_dataset(datasets["fixed"])
     a = load_estimator(whole).predict(ds.img[:50])
     b = load_estimator(tmp_path / "resumed").predict(ds.img[:50])
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5)
-    with pytest.raises(GalparamError, match="finished run"):
-        train(spec, whole, verbose=0)
-    # --resume on a finished run of the same experiment trains nothing; another experiment is refused.
-    before = (whole / "model.keras").stat().st_mtime_ns
-    assert train(spec, whole, resume=True, verbose=0) == whole
-    assert (whole / "model.keras").stat().st_mtime_ns == before
+    resumed = tmp_path / "resumed"
+    with pytest.raises(GalparamError, match="a finished run is there; to train it again from scratch, pass overwrite"):
+        train(spec, resumed, verbose=0)
+    # resume on a finished run of the same experiment trains nothing; another experiment is refused.
+    before = (resumed / "model.keras").stat().st_mtime_ns
+    assert train(spec, resumed, resume=True, verbose=0) == resumed
+    assert (resumed / "model.keras").stat().st_mtime_ns == before
     with pytest.raises(GalparamError, match="different experiment"):
-        train(experiment(datasets["fixed"], epochs=4), whole, resume=True, verbose=0)
+        train(experiment(datasets["fixed"], epochs=4), resumed, resume=True, verbose=0)
+
+
+def test_overwrite_replaces_a_run_and_the_console_names_its_flags(datasets, tmp_path, capsys):
+    spec_path = tmp_path / "e.yaml"
+    spec_path.write_text(yaml.safe_dump(experiment(datasets["fixed"], epochs=1, max_images=100).to_dict()))
+    out = str(tmp_path / "run")
+    assert run(train_main, [str(spec_path), "-o", out, "-q"], prog="galparam-train") == 0
+    assert run(train_main, ["run", str(spec_path), "-o", out, "-q"], prog="galparam-train") == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("a finished run is there; to train it again from scratch, pass --overwrite")
+    )
+    first = pd.read_csv(RunFolder(out).history_path)
+    (tmp_path / "run" / "history.csv").unlink()
+    assert run(train_main, ["run", str(spec_path), "-o", out, "-q", "--overwrite"], prog="galparam-train") == 0
+    again = pd.read_csv(RunFolder(out).history_path)  # trained again from scratch, to the same model
+    np.testing.assert_allclose(again.val_loss, first.val_loss, rtol=1e-6)
 
 
 def test_psf_input_model(datasets, tmp_path):
@@ -191,32 +206,65 @@ def test_hyperparameters_from_a_search_json(datasets, tmp_path):
         source="s.yaml",
         base_dir=tmp_path,
     )
-    hp, lr = train_module.resolve_hyperparameters(spec)
+    hp, lr = resolve_hyperparameters(spec)
     assert hp["sep_num_filters"] == 16 and lr == 0.002
     with pytest.raises(SpecError, match="no such file"):
         experiment_from_dict({**spec.to_dict(), "hyperparameters": "missing.json"}, base_dir=tmp_path)
 
 
-def test_predict_console_writes_a_csv_for_any_npz(datasets, tmp_path, capsys):
-    run = train(experiment(datasets["fixed"], epochs=1), tmp_path / "run", verbose=0)
+def test_predict_console_writes_a_csv_for_any_npz(datasets, tiny_run, tmp_path, capsys):
     ds = load_dataset(datasets["fixed"])
     own = tmp_path / "mine.npz"
     np.savez(own, galaxies=ds.img[:7])  # a user's file: one array, any name
     out = tmp_path / "pred.csv"
-    assert evaluate_main(["predict", str(run), str(own), "-o", str(out)]) == 0
+    assert evaluate_main(["predict", str(tiny_run), str(own), "-o", str(out)]) == 0
     table = pd.read_csv(out)
     assert list(table.columns) == ["index", "flux", "sersic_n", "hlr", "g1", "g2"] and len(table) == 7
-    np.testing.assert_allclose(table.flux, load_estimator(run).predict(ds.img[:7]).flux, rtol=1e-5)
+    np.testing.assert_allclose(table.flux, load_estimator(tiny_run).predict(ds.img[:7]).flux, rtol=1e-5)
+
+
+def test_console_errors_come_before_tensorflow_and_alone(datasets, tmp_path):
+    """A bad run folder is one line on stderr: TensorFlow's start-up chatter never reaches the user."""
+    cli = [sys.executable, "-m", "galparam.cli.evaluate", "predict"]
+    bad = subprocess.run(
+        [*cli, str(tmp_path / "nope"), str(datasets["fixed"]), "-o", "x.csv"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.splitlines() == [
+        f"galparam-evaluate: error: {tmp_path / 'nope'}: no such run folder"
+    ]
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "experiment.yaml").write_text("name: x\n")
+    bad = subprocess.run([*cli, str(unfinished), str(datasets["fixed"]), "-o", "x.csv"], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "an unfinished run" in bad.stderr, bad.stderr
+
+
+def test_tensorflow_start_up_lines_stay_off_the_terminal(datasets, tiny_run, tmp_path):
+    out = tmp_path / "p.csv"
+    cli = [sys.executable, "-m", "galparam.cli.evaluate", "predict", str(tiny_run), str(datasets["fixed"])]
+    done = subprocess.run([*cli, "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0 and out.exists()
+    assert done.stderr == "", done.stderr
 
 
 def test_shipped_experiment_specs_are_valid():
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "experiments"
+    folder = ROOT / "experiments"
     specs = sorted(folder.glob("*.yaml"))
     assert len(specs) >= 14
     for path in specs:
         spec = load_experiment(path)
-        train_module.resolve_hyperparameters(spec)
+        resolve_hyperparameters(spec)
         recipe = spec.dataset.with_suffix(".yaml")
         assert recipe.exists(), f"{path.name}: no dataset spec {recipe}"
+
+
+def test_an_xception_run_recorded_before_losses_were_resolved_still_resumes(datasets, tiny_run, tmp_path):
+    """Earlier versions wrote the unused autoencoder default ``loss: binary_crossentropy`` into an Xception's record."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    record = RunFolder(old).spec_path
+    record.write_text(record.read_text().replace("loss: mse", "loss: binary_crossentropy"))
+    assert train(experiment(datasets["fixed"]), old, resume=True, verbose=0) == old  # finished: nothing to train
+    record.write_text(record.read_text().replace("epochs: 2", "epochs: 5"))
+    with pytest.raises(GalparamError, match="different experiment"):
+        train(experiment(datasets["fixed"]), old, resume=True, verbose=0)

@@ -32,9 +32,11 @@ from galparam.data import load_dataset
 from galparam.errors import GalparamError
 from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
-from galparam.evaluate.mle import DEFAULT_BOUNDS
+from galparam.evaluate.mle import FitBox
 from galparam.io import atomic_path, write_text_atomic
-from galparam.render import LABEL_NAMES, shared_renderer
+from galparam.parameters import LABEL_NAMES
+from galparam.render import shared_renderer
+from galparam.runs import RunFolder
 
 PLOT_SAMPLE = 2000  # validation images drawn in the scatter plots
 TABLE_FORMAT = "{:.4g}"
@@ -207,7 +209,7 @@ def validation_table(runs) -> pd.DataFrame:
     """Rows (model, dataset): validation RMSE and explained variance per parameter."""
     rows = []
     for run_dir, info in runs:
-        metrics = json.loads((run_dir / "metrics.json").read_text())["labels"]
+        metrics = RunFolder(run_dir).metrics()
         row = {"model": info["name"], "dataset": info["dataset"]["name"]}
         for label in LABEL_NAMES:
             row[f"{label} RMSE"] = metrics[label]["rmse"]
@@ -310,9 +312,10 @@ def plot_reconstructions(dataset, indices, estimated, title: str, path: Path) ->
 
     spec = dataset.spec
     renderer = shared_renderer(spec.stamp_size, spec.pixel_scale, spec.psf_beta)
+    box = FitBox.from_spec(spec)  # a network's estimate may stray outside what can be drawn
     fig, axes = plt.subplots(len(indices), 4, figsize=(9, 2.3 * len(indices)), constrained_layout=True, squeeze=False)
     for row, (i, theta) in enumerate(zip(indices, estimated, strict=True)):
-        theta = np.clip(theta, DEFAULT_BOUNDS[:, 0], DEFAULT_BOUNDS[:, 1])
+        theta = box.to_theta(box.to_variables(np.asarray(theta, dtype=np.float64)))
         rendered = renderer.image(*theta, float(dataset.psf_fwhm[i]), dtype=np.float64)
         panels = (dataset.img[i], dataset.img_nonoise[i], rendered, dataset.img[i] - rendered)
         for ax, image, name in zip(axes[row], panels, ("noisy", "noiseless", "re-rendered", "residual"), strict=True):
@@ -360,7 +363,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     from galparam.estimator import load_estimator
 
     if not (runs or fits):
-        raise GalparamError("nothing to report: give run folders (--runs) and/or baseline fits (--fits)")
+        raise GalparamError("nothing to report: give run folders and/or baseline fits")
     folder = Path(output)
     sets = [_test_set(p) for p in test_sets]
     by_path = {ts.path.resolve(): ts for ts in sets}
@@ -373,9 +376,11 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     loaded = []
     for run_dir in map(Path, runs):
         estimator = load_estimator(run_dir)
-        info = json.loads((run_dir / "run.json").read_text())
+        run = RunFolder(run_dir)
+        info = run.info()
         loaded.append((run_dir, info, estimator))
-        header.append(f"model {info['name']} ({run_dir.name}/model.keras): sha256 {sha256(run_dir / 'model.keras')}")
+        model_file = run.model_path
+        header.append(f"model {info['name']} ({run_dir.name}/{model_file.name}): sha256 {sha256(model_file)}")
         for ts in sets:
             n = len(ts.dataset) if n_images is None else min(n_images, len(ts.dataset))
             psf = ts.dataset.psf_img[:n] if estimator.psf_input else None
@@ -414,15 +419,14 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
         if estimates[ts.snr]:
             report.files.append(plot_error_histograms(ts, estimates[ts.snr], plots / f"errors_snr{ts.snr}.png"))
             report.files.append(plot_bias_spread(ts, estimates[ts.snr], plots / f"bias_spread_snr{ts.snr}.png"))
-    for _run_dir, info, estimator in loaded:
+    for run_dir, info, estimator in loaded:
         name = info["name"]
         data_path = Path(info["dataset"]["path"])
         if not data_path.exists():
             report.notes.append(f"{name}: validation plots skipped, its dataset {data_path} is gone")
             continue
         ds = load_dataset(data_path, mmap=True)
-        val = np.arange(info["dataset"]["images_used"] - info["dataset"]["validation"], info["dataset"]["images_used"])
-        val = val[:PLOT_SAMPLE]
+        val = RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
         psf = ds.psf_img[val] if estimator.psf_input else None
         images = ds.img if info.get("images", "noisy") == "noisy" else ds.img_nonoise
         predicted = estimator.predict(images[val], psf).to_numpy()

@@ -11,10 +11,10 @@ decoder, then jointly with loss weights 5 : 1).
 from __future__ import annotations
 
 import keras
-import keras_tuner
 from keras import layers
 
 from galparam.errors import GalparamError
+from galparam.models.common import FamilyHyperModel
 
 DEFAULTS = {"base_filters": 32, "dense_units": 256, "dropout_rate": 0.5}
 
@@ -134,41 +134,46 @@ def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model
     )
 
 
-class AutoencoderHyperModel(keras_tuner.HyperModel):
-    """Search space of the autoencoder (joint stage): filters, dense units, dropout, learning rate.
+class AutoencoderHyperModel(FamilyHyperModel):
+    """The autoencoder, built and compiled: filters, dense units, dropout and the learning rate.
 
-    ``adapt``, if given, is the sample of training images the encoder's ``normalize_image`` layer
-    is adapted on in every model built.
+    :meth:`build` gives the joint model (what a search trains); :meth:`build_stage` each stage
+    of the three-stage training. ``adapt`` may hold ``normalize_image``, the encoder's sample.
     """
 
+    FAMILY = "autoencoder"
+    DEFAULT_LOSS = "binary_crossentropy"
     SPACE = {"base_filters": [8, 16, 32, 64], "dense_units": [64, 128, 256, 512], "dropout_rate": [0.0, 0.25, 0.5]}
 
-    def __init__(self, input_shape=(64, 64, 1), *, fixed: dict | None = None, adapt=None, **kwargs):
-        super().__init__(**kwargs)
-        self.adapt = adapt
-        self.input_shape = tuple(input_shape)
-        self.fixed = dict(fixed or {})
-        unknown = set(self.fixed) - set(self.SPACE) - {"learning_rate"}
-        if unknown:
-            raise GalparamError(f"unknown autoencoder hyperparameters {sorted(unknown)}; accepted {sorted(self.SPACE)}")
-
-    def build(self, hp):
-        args = {n: hp.Fixed(n, self.fixed[n]) if n in self.fixed else hp.Choice(n, c) for n, c in self.SPACE.items()}
-        lr = (
-            hp.Fixed("learning_rate", self.fixed["learning_rate"])
-            if "learning_rate" in self.fixed
-            else hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
-        )
+    def encoder(self, args: dict) -> keras.Model:
+        """A new encoder, its normalization adapted."""
         encoder = build_encoder(self.input_shape, **args)
-        if self.adapt is not None:
-            encoder.get_layer("normalize_image").adapt(self.adapt)
-        decoder = build_decoder(
+        self.adapt_layers(encoder)
+        return encoder
+
+    def decoder(self, args: dict) -> keras.Model:
+        return build_decoder(
             output_shape=self.input_shape, base_filters=args["base_filters"], dense_units=args["dense_units"]
         )
-        model = build_autoencoder(encoder, decoder)
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss={"labels": "binary_crossentropy", "image": "binary_crossentropy"},
-            loss_weights={"labels": 5.0, "image": 1.0},
-        )
-        return model
+
+    def build_stage(self, stage: str, hp, *, encoder=None, decoder=None):
+        """The compiled model of one stage: ``encoder`` (image → labels), ``decoder`` (labels →
+        image) or ``joint`` (the autoencoder, the spec's loss on both outputs, weighted labels : image);
+        given trained parts are used, missing ones are built new."""
+        args, lr = self.choose(hp)
+        encoder = encoder or (self.encoder(args) if stage != "decoder" else None)
+        decoder = decoder or (self.decoder(args) if stage != "encoder" else None)
+        if stage == "encoder":
+            return self.compile(encoder, lr)
+        if stage == "decoder":
+            return self.compile(decoder, lr)
+        weights = dict(zip(("labels", "image"), self.settings.loss_weights, strict=True))
+        loss = {"labels": self.loss, "image": self.loss}
+        return self.compile(build_autoencoder(encoder, decoder), lr, loss=loss, loss_weights=weights)
+
+    def build(self, hp):
+        return self.build_stage("joint", hp)
+
+
+HyperModel = AutoencoderHyperModel
+"""This family's HyperModel (see :mod:`galparam.models`)."""

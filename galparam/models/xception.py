@@ -13,10 +13,10 @@ With the reference's arguments the builder reproduces its parameter counts exact
 from __future__ import annotations
 
 import keras
-import keras_tuner
 from keras import layers
 
 from galparam.errors import GalparamError
+from galparam.models.common import FamilyHyperModel
 
 ACTIVATIONS = ("relu", "selu")
 POOLINGS = ("avg", "max", "flatten")
@@ -157,8 +157,9 @@ def build_xception(
     return keras.Model(inputs if psf_input else image, outputs, name="xception")
 
 
-class XceptionHyperModel(keras_tuner.HyperModel):
-    """The search space of the reference's AutoKeras Xception block, plus the learning rate.
+class XceptionHyperModel(FamilyHyperModel):
+    """The Xception, built and compiled: the search space of the reference's AutoKeras Xception
+    block, plus the learning rate.
 
     Parameters
     ----------
@@ -166,13 +167,13 @@ class XceptionHyperModel(keras_tuner.HyperModel):
         Image shape.
     psf_input : bool
         Whether models take the PSF image too.
-    fixed : dict, optional
-        Builder arguments to hold fixed instead of searching.
-    adapt : dict, optional
-        Normalization layer name (``normalize_image``, ``normalize_psf``) → the sample of training
-        images it is adapted on in every model built.
+    **kwargs
+        ``fixed``, ``adapt`` (``normalize_image``, ``normalize_psf``), ``settings``: see
+        :class:`~galparam.models.common.FamilyHyperModel`.
     """
 
+    FAMILY = "xception"
+    DEFAULT_LOSS = "mse"
     SPACE = {
         "conv2d_num_filters": [4, 8, 16, 32, 64, 128],
         "sep_num_filters": [4, 8, 16, 32, 64, 128, 256, 384],
@@ -184,28 +185,16 @@ class XceptionHyperModel(keras_tuner.HyperModel):
         "dropout_rate": [0.0, 0.25, 0.5],
     }
 
-    def __init__(
-        self, input_shape=(64, 64, 1), *, psf_input: bool = False, fixed: dict | None = None, adapt=None, **kwargs
-    ):
-        super().__init__(**kwargs)
-        self.adapt = dict(adapt or {})
-        self.input_shape = tuple(input_shape)
+    def __init__(self, input_shape=(64, 64, 1), *, psf_input: bool = False, **kwargs):
+        super().__init__(input_shape, **kwargs)
         self.psf_input = psf_input
-        self.fixed = dict(fixed or {})
-        unknown = set(self.fixed) - set(self.SPACE) - {"learning_rate"}
-        if unknown:
-            raise GalparamError(f"unknown Xception hyperparameters {sorted(unknown)}; accepted {sorted(self.SPACE)}")
 
     def build(self, hp):
-        args = {}
-        for name, choices in self.SPACE.items():
-            args[name] = hp.Fixed(name, self.fixed[name]) if name in self.fixed else hp.Choice(name, choices)
-        if "learning_rate" in self.fixed:
-            lr = hp.Fixed("learning_rate", self.fixed["learning_rate"])
-        else:
-            lr = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+        args, lr = self.choose(hp)
         model = build_xception(self.input_shape, psf_input=self.psf_input, **args)
-        for layer, sample in self.adapt.items():
-            model.get_layer(layer).adapt(sample)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
-        return model
+        self.adapt_layers(model)
+        return self.compile(model, lr)
+
+
+HyperModel = XceptionHyperModel
+"""This family's HyperModel (see :mod:`galparam.models`)."""

@@ -12,19 +12,17 @@ The best model is exported as a galparam run folder (``best/``: ``model.keras``,
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 
-from galparam import __version__
-from galparam.data import MinMaxScaler, with_channel
+from galparam.data import with_channel
 from galparam.io import atomic_path, write_json_atomic
-from galparam.render import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES
 from galparam.search.common import BEST_FILE, open_results
 from galparam.specs import SearchSpec
 
 PROJECT = "autokeras"
+BEST_RUN = "best"
+"""The results folder's subfolder that holds the best model as a galparam run folder."""
 
 
 def _image_block_class():
@@ -59,7 +57,7 @@ def _image_block_class():
     return ImageBlock
 
 
-def run_autokeras(spec: SearchSpec, output, *, force: bool = False, verbose=0) -> dict:
+def run_autokeras(spec: SearchSpec, output, *, overwrite: bool = False, verbose=0) -> dict:
     """Run (or resume) the AutoKeras search of ``spec``; write the best hyperparameters and model.
 
     Returns
@@ -70,12 +68,14 @@ def run_autokeras(spec: SearchSpec, output, *, force: bool = False, verbose=0) -
     import autokeras as ak
     import keras
 
-    from galparam.train import _Data
+    from galparam.evaluate.metrics import estimator_metrics
+    from galparam.runs import ExperimentData, RunFolder
+    from galparam.train import Scalers
 
     experiment = spec.experiment
-    data = _Data(experiment)
-    folder = open_results(output, spec, force=force)
-    scaler = MinMaxScaler((-1.0, 1.0), names=LABEL_NAMES).fit(data.dataset.label[data.train])
+    data = ExperimentData(experiment)
+    folder = open_results(output, spec, overwrite=overwrite)
+    scaler = Scalers.fit("xception", data).label
     x_train, x_val = (with_channel(data.images[i]) for i in (data.train, data.val))
     y_train, y_val = (scaler.transform(data.dataset.label[i]) for i in (data.train, data.val))
 
@@ -110,39 +110,22 @@ def run_autokeras(spec: SearchSpec, output, *, force: bool = False, verbose=0) -
         "hyperparameters": dict(best_trial.hyperparameters.values),
         "val_loss": best_trial.score,
         "trial": best_trial.trial_id,
-        "model": "best/model.keras",
     }
     model = auto.export_model()
-    run_dir = folder / "best"
-    with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
+    run = RunFolder(folder / BEST_RUN)
+    best["model"] = f"{BEST_RUN}/{run.model_path.name}"
+    with atomic_path(run.model_path, suffix=".keras") as tmp:
         model.save(tmp)
-    scaler.save(run_dir / "scaler.json")
-    write_json_atomic(
-        run_dir / "run.json",
-        {
-            "complete": True,
-            "galparam_version": __version__,
-            "name": f"{spec.name}-best",
-            "family": "autokeras",
-            "psf_input": False,
-            "images": experiment.images,
-            "image_shape": list(data.images.shape[1:]),
-            "label_names": list(LABEL_NAMES),
-            "hyperparameters": best["hyperparameters"],
-            "parameters": int(model.count_params()),
-            "dataset": data.describe(),
-            "model_sha256": hashlib.sha256((run_dir / "model.keras").read_bytes()).hexdigest(),
-        },
+    scaler.save(run.scaler_path)
+    predicted = scaler.inverse_transform(np.asarray(model.predict(x_val, verbose=0)))
+    table = estimator_metrics(data.dataset.label[data.val], predicted)
+    run.write_metrics({name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}, len(x_val))
+    run.write_info(
+        name=f"{spec.name}-best",
+        family="autokeras",
+        data=data,
+        hyperparameters=best["hyperparameters"],
+        model=model,
     )
-    _write_validation_metrics(run_dir, model, scaler, x_val, data.dataset.label[data.val])
     write_json_atomic(folder / BEST_FILE, best)
     return best
-
-
-def _write_validation_metrics(run_dir: Path, model, scaler, x_val, y_val) -> None:
-    from galparam.evaluate.metrics import estimator_metrics
-
-    predicted = scaler.inverse_transform(np.asarray(model.predict(x_val, verbose=0)))
-    table = estimator_metrics(y_val, predicted)
-    labels = {name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}
-    write_json_atomic(run_dir / "metrics.json", {"split": "validation", "n_images": len(x_val), "labels": labels})

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-import numpy as np
-
-from galparam.errors import GalparamError
+from galparam.errors import GalparamError, Remedy
 from galparam.io import write_json_atomic
 from galparam.specs import SearchSpec
 
@@ -20,11 +19,11 @@ def default_results_dir(spec: SearchSpec) -> Path:
     return Path(spec.source).parent / f"{spec.name}-results"
 
 
-def open_results(folder, spec: SearchSpec, *, force: bool = False) -> Path:
+def open_results(folder, spec: SearchSpec, *, overwrite: bool = False) -> Path:
     """Create the results folder, or check that it belongs to ``spec``.
 
     ``search.json`` records the spec's digest. A folder of another spec is refused unless
-    ``force`` (then its record is replaced, and trials of both specs will be mixed).
+    ``overwrite``, which removes its results and starts the folder again for ``spec``.
 
     Raises
     ------
@@ -39,13 +38,17 @@ def open_results(folder, spec: SearchSpec, *, force: bool = False) -> Path:
             theirs = json.loads(record.read_text())
         except ValueError:
             theirs = {}
-        if theirs.get("spec_sha256") != mine["spec_sha256"] and not force:
-            raise GalparamError(
-                f"{folder}: holds results of another search spec ({theirs.get('name', '?')}); "
-                "choose another --output, or pass --force to mix them"
-            )
+        if theirs.get("spec_sha256") != mine["spec_sha256"]:
+            if not overwrite:
+                raise GalparamError(
+                    f"{folder}: holds results of another search spec ({theirs.get('name', '?')}); give another folder",
+                    remedy=Remedy("overwrite", "replace its results"),
+                )
+            for path in folder.iterdir():
+                if _ours(path.name) or path.name == SEARCH_FILE:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
     elif folder.exists() and any(not _ours(p.name) for p in folder.iterdir()):
-        raise GalparamError(f"{folder}: exists and is not a galparam search results folder; choose another --output")
+        raise GalparamError(f"{folder}: exists and is not a galparam search results folder; give another folder")
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, mine)
     return folder
@@ -56,30 +59,6 @@ def _ours(name: str) -> bool:
     return name in ("tuner", "autokeras", "best", BEST_FILE, "dashboard.html", "score_vs_parameters.png") or (
         name.startswith("trial-") and name.endswith(".json")
     )
-
-
-def adapt_samples(data, psf: bool) -> dict:
-    """The training images the models' Normalization layers are adapted on."""
-    from galparam.data import spread_sample, with_channel
-    from galparam.train import ADAPT_SAMPLE
-
-    index = np.sort(spread_sample(data.train, ADAPT_SAMPLE))
-    out = {"normalize_image": with_channel(data.images[index])}
-    if psf:
-        out["normalize_psf"] = with_channel(data.dataset.psf_img[index])
-    return out
-
-
-def check_names(spec: SearchSpec, names) -> None:
-    """Builder arguments the family's builder takes (and the learning rate); else one clear error."""
-    from galparam.models import autoencoder, xception
-
-    valid = [*(xception if spec.experiment.family == "xception" else autoencoder).DEFAULTS, "learning_rate"]
-    unknown = sorted(set(names) - set(valid))
-    if unknown:
-        raise GalparamError(
-            f"{spec.source}: unknown {spec.experiment.family} hyperparameter {unknown[0]!r}; valid: {', '.join(valid)}"
-        )
 
 
 def fit_arguments(experiment, pipelines, *, restore_best: bool = False) -> dict:

@@ -7,7 +7,6 @@ search again trains only the trials without a file, so a kill loses at most the 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 
 from galparam.errors import GalparamError
 from galparam.io import write_json_atomic
-from galparam.search.common import check_names, fit_arguments, open_results
+from galparam.search.common import fit_arguments, open_results
 from galparam.specs import SearchSpec
 
 
@@ -32,7 +31,9 @@ def grid_points(spec: SearchSpec) -> list[dict]:
     GalparamError
         On an unknown argument name (the error lists the valid ones) or an empty grid.
     """
-    check_names(spec, [*spec.grid, *spec.experiment.hyperparameters])
+    from galparam.models import resolve_hyperparameters
+
+    resolve_hyperparameters(spec.experiment, dict.fromkeys(spec.grid))  # names only: one clear error
     points = list(ParameterGrid({k: list(v) for k, v in spec.grid.items()}))
     if not points:
         raise GalparamError(f"{spec.source}: the grid is empty")
@@ -59,15 +60,14 @@ def run_trial(spec: SearchSpec, data, point: dict) -> dict:
     """Train one grid point and measure it (see the module docstring for the record)."""
     import keras
 
-    from galparam.train import resolve_hyperparameters, search_parts
+    from galparam.models import hypermodel, resolve_hyperparameters
+    from galparam.train import search_pipelines
 
     experiment = spec.experiment
-    hp, lr = resolve_hyperparameters(
-        dataclasses.replace(experiment, hyperparameters={**experiment.hyperparameters, **point})
-    )
+    hp, lr = resolve_hyperparameters(experiment, point)
     keras.utils.set_random_seed(experiment.seed)
-    build, pipelines = search_parts(experiment, data, hp, lr)
-    model = build()
+    model = hypermodel(experiment, data, fixed={**hp, "learning_rate": lr}).build_fixed()
+    pipelines = search_pipelines(experiment, data)
     t = time.perf_counter()
     history = model.fit(**fit_arguments(experiment, pipelines, restore_best=True), verbose=0)
     seconds = time.perf_counter() - t
@@ -85,20 +85,20 @@ def run_trial(spec: SearchSpec, data, point: dict) -> dict:
     }
 
 
-def run_grid(spec: SearchSpec, output, *, force: bool = False, progress: bool = True) -> pd.DataFrame:
+def run_grid(spec: SearchSpec, output, *, overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run every grid point that has no trial file yet; return all trials of the folder.
 
     Raises
     ------
     GalparamError
         Before training: an unknown argument, an empty grid, a missing dataset, a results
-        folder of another spec (unless ``force``).
+        folder of another spec (unless ``overwrite``, which replaces its results).
     """
-    from galparam.train import _Data
+    from galparam.runs import ExperimentData
 
     points = grid_points(spec)
-    data = _Data(spec.experiment)
-    folder = open_results(output, spec, force=force)
+    data = ExperimentData(spec.experiment)
+    folder = open_results(output, spec, overwrite=overwrite)
     todo = [p for p in points if not (folder / f"{trial_name(p)}.json").exists()]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), unit="trial", desc="grid", disable=not progress)
     for point in todo:

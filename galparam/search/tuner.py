@@ -15,15 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from galparam.io import write_json_atomic
-from galparam.search.common import BEST_FILE, adapt_samples, check_names, fit_arguments, open_results
+from galparam.search.common import BEST_FILE, fit_arguments, open_results
 from galparam.specs import SearchSpec
 
 PROJECT = "tuner"
 TRIAL_RECORD = "galparam.json"
-
-
-def is_distributed() -> bool:
-    return "KERASTUNER_TUNER_ID" in os.environ
 
 
 def is_chief() -> bool:
@@ -56,8 +52,11 @@ def _tuner_class(name: str):
     return Tuner
 
 
-def run_tuner(spec: SearchSpec, output, *, force: bool = False, verbose=0) -> dict:
+def run_tuner(spec: SearchSpec, output, *, overwrite: bool = False, verbose=0) -> dict:
     """Run (or resume, or join as a worker) the KerasTuner search of ``spec``.
+
+    Every trial's model is built and compiled by the family's HyperModel from the spec (its
+    optimizer, loss, loss weights, and learning rate when the spec fixes one).
 
     Returns
     -------
@@ -68,31 +67,21 @@ def run_tuner(spec: SearchSpec, output, *, force: bool = False, verbose=0) -> di
     """
     import keras
 
-    from galparam.models.autoencoder import AutoencoderHyperModel
-    from galparam.models.xception import XceptionHyperModel
-    from galparam.train import _Data, resolve_hyperparameters, search_parts
+    from galparam.models import hypermodel, resolve_hyperparameters
+    from galparam.runs import ExperimentData
+    from galparam.train import search_pipelines
 
     experiment = spec.experiment
-    check_names(spec, experiment.hyperparameters)
-    data = _Data(experiment)
-    folder = open_results(output, spec, force=force) if is_chief() else Path(output)
+    resolve_hyperparameters(experiment)  # unknown names: one clear error before any work
+    data = ExperimentData(experiment)
+    folder = open_results(output, spec, overwrite=overwrite) if is_chief() else Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    image_shape = (*data.images.shape[1:], 1)
-    samples = adapt_samples(data, data.psf_input)
-    if experiment.family == "xception":
-        hypermodel = XceptionHyperModel(
-            image_shape, psf_input=data.psf_input, fixed=experiment.hyperparameters, adapt=samples
-        )
-    else:
-        hypermodel = AutoencoderHyperModel(
-            image_shape, fixed=experiment.hyperparameters, adapt=samples["normalize_image"]
-        )
-    hp, lr = resolve_hyperparameters(experiment)
-    _, pipelines = search_parts(experiment, data, hp, lr)
+    model_builder = hypermodel(experiment, data)
+    pipelines = search_pipelines(experiment, data)
     budget = {"max_epochs": experiment.epochs} if spec.tuner == "hyperband" else {"max_trials": spec.max_trials}
     keras.utils.set_random_seed(experiment.seed)
     tuner = _tuner_class(spec.tuner)(
-        hypermodel,
+        model_builder,
         objective="val_loss",
         directory=str(folder),
         project_name=PROJECT,

@@ -1,0 +1,328 @@
+"""The run folder: its layout, its description (``run.json``), its validation split, and the
+experiment's data it was trained on.
+
+A run folder holds::
+
+    experiment.yaml     the resolved spec (written first: the folder is a run from then on)
+    scaler.json         label scaling ([-1, 1] for Xception, [0, 1] for the autoencoder)
+    image_scaler.json   the autoencoder's noiseless-image scaling
+    checkpoints/STAGE/  epoch-NNN.keras each epoch (the last few and the best), state.json, final.keras
+    history.csv         one row per epoch and stage
+    model.keras         the trained model (best validation loss of each stage)
+    metrics.json        per label, in physical units, on the validation split
+    run.json            written last: the run is complete only when it exists
+
+Training (:mod:`galparam.train`), the AutoKeras export (:mod:`galparam.search.automl`), the
+estimator, the report, the baseline and the study all go through :class:`RunFolder`; no other
+module spells these names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from galparam import __version__
+from galparam.errors import GalparamError, Remedy, TrainingError
+from galparam.parameters import LABEL_NAMES
+
+SPEC_FILE = "experiment.yaml"
+SCALER_FILE = "scaler.json"
+IMAGE_SCALER_FILE = "image_scaler.json"
+CHECKPOINTS = "checkpoints"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+RUN_FILE = "run.json"
+
+RUN_FAMILIES = ("xception", "autoencoder", "autokeras")
+"""Families a run folder may hold (``autokeras``: the best model of an AutoKeras search)."""
+
+ADAPT_SAMPLE = 10_000
+"""Training images the models' Normalization layers are adapted on."""
+
+
+class RunFolder:
+    """A training run's folder (see the module docstring for what it holds).
+
+    Parameters
+    ----------
+    path : path-like
+        The folder; it need not exist yet.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- places ---------------------------------------------------------------------------------
+    @property
+    def spec_path(self) -> Path:
+        return self.path / SPEC_FILE
+
+    @property
+    def scaler_path(self) -> Path:
+        return self.path / SCALER_FILE
+
+    @property
+    def image_scaler_path(self) -> Path:
+        return self.path / IMAGE_SCALER_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / RUN_FILE
+
+    def stage_dir(self, stage: str) -> Path:
+        """Checkpoints and ``state.json`` of one training stage."""
+        return self.path / CHECKPOINTS / stage
+
+    @property
+    def is_finished(self) -> bool:
+        return self.info_path.exists()
+
+    # -- reading --------------------------------------------------------------------------------
+    def info(self) -> dict:
+        """The run's description (``run.json``).
+
+        Raises
+        ------
+        GalparamError
+            If the folder is missing, the run unfinished, or ``run.json`` not a galparam run's.
+        """
+        if not self.path.is_dir():
+            raise GalparamError(f"{self.path}: no such run folder")
+        try:
+            info = json.loads(self.info_path.read_text())
+        except FileNotFoundError:
+            unfinished = (
+                " (an unfinished run: train it again with resume to continue it)" if self.spec_path.exists() else ""
+            )
+            raise GalparamError(f"{self.path}: not a finished galparam run, no {RUN_FILE}{unfinished}") from None
+        except ValueError as exc:
+            raise GalparamError(f"{self.info_path}: not JSON ({exc})") from None
+        if not isinstance(info, dict) or info.get("family") not in RUN_FAMILIES or "dataset" not in info:
+            raise GalparamError(f"{self.info_path}: not a galparam run description")
+        return info
+
+    def metrics(self) -> dict:
+        """Validation metrics per label (``metrics.json``'s ``labels``)."""
+        return json.loads(self.metrics_path.read_text())["labels"]
+
+    def validation_indices(self, info: dict | None = None) -> np.ndarray:
+        """Indices, in the run's dataset, of the images it was validated on (the split's tail)."""
+        described = (info or self.info())["dataset"]
+        used = described["images_used"]
+        return np.arange(used - described["validation"], used)
+
+    def model_sha256(self) -> str:
+        return hashlib.sha256(self.model_path.read_bytes()).hexdigest()
+
+    # -- writing --------------------------------------------------------------------------------
+    def prepare(self, spec_yaml: str, *, source: str, resume: bool = False, overwrite: bool = False) -> str:
+        """Check what the folder holds before training into it.
+
+        Parameters
+        ----------
+        spec_yaml : str
+            The resolved experiment (what ``experiment.yaml`` holds for this run).
+        source : str
+            The spec's file, for messages.
+        resume : bool
+            Continue a started run of the same experiment (a finished one is returned as "finished").
+        overwrite : bool
+            Remove a galparam run that is there and start again.
+
+        Returns
+        -------
+        {"new", "resume", "finished"}
+
+        Raises
+        ------
+        TrainingError
+            A run is there and neither ``resume`` nor ``overwrite`` says what to do with it, or it is
+            a run of another experiment, or the folder holds something else.
+        """
+        if overwrite and self.spec_path.exists():
+            shutil.rmtree(self.path)
+        if self.is_finished and not resume:
+            raise TrainingError(
+                f"{self.path}: a finished run is there", remedy=Remedy("overwrite", "train it again from scratch")
+            )
+        if self.spec_path.exists():
+            if not resume:
+                raise TrainingError(
+                    f"{self.path}: holds an unfinished run", remedy=Remedy("resume", "continue it from its checkpoint")
+                )
+            if not same_experiment(self.spec_path.read_text(), spec_yaml):
+                raise TrainingError(
+                    f"{self.path}: was started from a different experiment (compare {self.spec_path} with {source}); "
+                    "give another output folder",
+                    remedy=Remedy("overwrite", "replace that run"),
+                )
+            return "finished" if self.is_finished else "resume"
+        if self.path.exists() and any(self.path.iterdir()):
+            raise TrainingError(f"{self.path}: exists and is not a galparam run; give another output folder")
+        return "new"
+
+    def write_metrics(self, labels: dict, n_images: int) -> None:
+        """``metrics.json``: per-label validation metrics (name → {rmse, bias, ...})."""
+        from galparam.io import write_json_atomic
+
+        write_json_atomic(self.metrics_path, {"split": "validation", "n_images": int(n_images), "labels": labels})
+
+    def write_info(
+        self, *, name: str, family: str, data: ExperimentData, hyperparameters: dict, model, **extra
+    ) -> dict:
+        """Write ``run.json`` last, marking the run complete; returns what it wrote.
+
+        ``extra`` adds family-specific entries (learning rate, stages, timing).
+        """
+        from galparam.io import write_json_atomic
+
+        if not self.model_path.exists() or not self.metrics_path.exists():
+            raise RuntimeError(f"{self.path}: run.json goes last, after {MODEL_FILE} and {METRICS_FILE}")
+        info = {
+            "complete": True,
+            "galparam_version": __version__,
+            "name": name,
+            "family": family,
+            "psf_input": data.psf_input,
+            "images": data.image_kind,
+            "image_shape": list(data.images.shape[1:]),
+            "label_names": list(LABEL_NAMES),
+            "hyperparameters": hyperparameters,
+            "parameters": int(model.count_params()),
+            "dataset": data.describe(),
+            **extra,
+            "model_sha256": self.model_sha256(),
+        }
+        write_json_atomic(self.info_path, info)
+        return info
+
+
+def same_experiment(recorded_yaml: str, spec_yaml: str) -> bool:
+    """Whether a run folder's ``experiment.yaml`` records the same experiment as ``spec_yaml``.
+
+    Runs of the Xception started before galparam resolved each family's loss recorded the unused
+    ``loss: binary_crossentropy`` (they trained with mse, as now); they still resume.
+    """
+    if recorded_yaml == spec_yaml:
+        return True
+    recorded, spec = yaml.safe_load(recorded_yaml), yaml.safe_load(spec_yaml)
+    if (
+        isinstance(recorded, dict)
+        and recorded.get("family") == "xception"
+        and recorded.get("loss") == "binary_crossentropy"
+    ):
+        recorded["loss"] = "mse"
+    return recorded == spec
+
+
+class ExperimentData:
+    """An experiment's dataset (memory-mapped), its train/validation split, and the model inputs it implies.
+
+    Parameters
+    ----------
+    spec : ExperimentSpec
+        The experiment (its dataset, images, PSF input, image limit and validation fraction).
+
+    Attributes
+    ----------
+    dataset : galparam.data.Dataset
+    n : int
+        Images used (the first ``n`` of the dataset).
+    train, val : ndarray of int
+        Indices of the training and validation images.
+    images : ndarray of shape (N, S, S)
+        The noisy or noiseless images, as the spec says.
+    psf_input : bool
+        Whether the model takes the PSF image as a second input.
+
+    Raises
+    ------
+    GalparamError
+        A missing or invalid dataset (naming how to make it), too few images for the split, a PSF
+        input asked of a dataset whose PSF does not vary, or of the autoencoder.
+    """
+
+    def __init__(self, spec):
+        from galparam.data import load_dataset, split_indices
+
+        try:
+            ds = load_dataset(spec.dataset, mmap=True)
+        except GalparamError as exc:
+            recipe = spec.dataset.with_suffix(".yaml")
+            hint = (
+                f"; make it with: galparam-simulate {recipe}" if not spec.dataset.exists() and recipe.exists() else ""
+            )
+            raise GalparamError(f"{spec.source}: dataset: {exc}{hint}") from None
+        self.dataset = ds
+        self.n = min(len(ds), spec.max_images or len(ds))
+        fraction = spec.validation_fraction if spec.validation_fraction is not None else ds.spec.validation_fraction
+        self.train, self.val = split_indices(self.n, fraction)
+        if len(self.val) == 0 or len(self.train) < 2:
+            raise GalparamError(
+                f"{spec.source}: {self.n} images with validation fraction {fraction} leave "
+                f"{len(self.train)} to train and {len(self.val)} to validate; both need images"
+            )
+        self.image_kind = spec.images
+        self.images = ds.img if spec.images == "noisy" else ds.img_nonoise
+        if spec.family == "autoencoder" and spec.psf_input is True:
+            raise GalparamError(f"{spec.source}: psf_input: the autoencoder takes no PSF input")
+        psf = spec.psf_input if spec.psf_input != "auto" else (ds.psf_varies and spec.family == "xception")
+        if psf and not ds.psf_varies:
+            raise GalparamError(
+                f"{spec.source}: psf_input is true but {spec.dataset.name} has one PSF for all images "
+                "(a PSF input needs a dataset whose PSF varies, like v3)"
+            )
+        self.psf_input = bool(psf)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, 1): the model's input shape."""
+        return (*self.images.shape[1:], 1)
+
+    def describe(self) -> dict:
+        """The dataset entry of ``run.json``."""
+        path = self.dataset.path
+        return {
+            "path": str(path),
+            "name": self.dataset.spec.name,
+            "spec_sha256": self.dataset.spec.digest(),
+            "bytes": path.stat().st_size,
+            "images_used": int(self.n),
+            "train": int(len(self.train)),
+            "validation": int(len(self.val)),
+        }
+
+    def adapt_samples(self) -> dict:
+        """Normalization layer name → the training images it is adapted on (a spread sample)."""
+        from galparam.data import spread_sample, with_channel
+
+        index = np.sort(spread_sample(self.train, ADAPT_SAMPLE))
+        out = {"normalize_image": with_channel(self.images[index])}
+        if self.psf_input:
+            out["normalize_psf"] = with_channel(self.dataset.psf_img[index])
+        return out
