@@ -27,7 +27,7 @@ from galparam.evaluate.baseline import run_baseline
 from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
 from galparam.evaluate.mle import LikelihoodFit
-from galparam.render import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES
 from galparam.simulate import simulate
 from galparam.specs import load_spec
 
@@ -35,29 +35,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class NaiveFit(LikelihoodFit):
-    """The same fit (start, likelihood, gradient scheme, L-BFGS-B) without the Sérsic grid: every
+    """The same fit (start, likelihood, gradient scheme, L-BFGS-B, box) without the Sérsic grid: every
     evaluation renders at the exact index, so GalSim builds a new profile each time."""
 
-    def _nll_and_gradient(self, theta, image):
+    def _exact(self, theta):
         flux, n, hlr, g1, g2 = theta
+        galaxy = galsim.Sersic(n, half_light_radius=hlr, flux=flux).shear(g1=g1, g2=g2)
+        psf = galsim.Moffat(beta=2.0, fwhm=self.psf_fwhm)
+        return galsim.Convolve(galaxy, psf).drawImage(nx=64, ny=64, scale=0.23, dtype=np.float64).array
 
-        def render(t):
-            galaxy = galsim.Sersic(t[1], half_light_radius=t[2], flux=t[0]).shear(g1=t[3], g2=t[4])
-            psf = galsim.Moffat(beta=2.0, fwhm=self.psf_fwhm)
-            return galsim.Convolve(galaxy, psf).drawImage(nx=64, ny=64, scale=0.23, dtype=np.float64).array
-
-        mu = render(theta)
-        variance = self.sigma**2 + np.clip(mu, 0.0, None)
-        resid = image - mu
-        nll = float(np.sum(resid**2 / (2 * variance) + 0.5 * np.log(variance)))
-        dnll_dmu = -resid / variance + np.where(mu > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
-        grad = np.empty(5)
-        grad[0] = np.sum(dnll_dmu * mu) / flux
+    def model_and_jacobian(self, theta):
+        mu = self._exact(theta)
+        jac = np.empty((5, *mu.shape))
+        jac[0] = mu / theta[0]
         for i, h in ((1, 1e-3), (2, 1e-4), (3, 1e-4), (4, 1e-4)):
-            step = theta.copy()
-            step[i] += h if theta[i] + h <= self.bounds[i, 1] else -h
-            grad[i] = np.sum(dnll_dmu * (render(step) - mu)) / (step[i] - theta[i])
-        return nll, grad
+            step = np.array(theta, dtype=np.float64)
+            step[i] += h if i != 1 or theta[1] + h <= self.box.sersic_n[1] else -h
+            jac[i] = (self._exact(step) - mu) / (step[i] - theta[i])
+        return mu, jac
 
 
 def naive_fit_seconds(image, psf_fwhm, sigma) -> float:

@@ -7,14 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import DATA
 
 from galparam.data import load_dataset
 from galparam.errors import GalparamError
 from galparam.evaluate.baseline import FIT_COLUMNS, run_baseline
 from galparam.evaluate.crb import cramer_rao, dataset_bounds, fisher_matrix
 from galparam.evaluate.metrics import estimator_metrics
-from galparam.evaluate.mle import ConvergenceWarning, LikelihoodFit, negative_log_likelihood
-from galparam.render import LABEL_NAMES, Renderer
+from galparam.evaluate.mle import ConvergenceWarning, FitBox, LikelihoodFit, nll_and_gradient
+from galparam.parameters import LABEL_NAMES
+from galparam.render import Renderer
 from galparam.simulate import simulate
 from galparam.specs import load_spec, spec_from_dict
 
@@ -28,7 +30,7 @@ def renderer():
 
 @pytest.fixture(scope="module")
 def snr60(tmp_path_factory):
-    spec = load_spec("data/test_snr60.yaml").with_overrides(size=200)
+    spec = load_spec(DATA / "test_snr60.yaml").with_overrides(size=200)
     path = tmp_path_factory.mktemp("eval") / "t60.npz"
     return simulate(spec, path, jobs=2, progress=False).output
 
@@ -77,21 +79,99 @@ def test_dataset_bounds_reuse_one_bound_for_a_fixed_test_set(snr60):
     assert (table.nunique() == 1).all()
 
 
-def test_gradient_matches_finite_differences_in_flux_and_index(renderer):
+@pytest.mark.parametrize("poisson", [True, False])
+def test_nll_gradient_is_exact_for_a_linear_model(poisson):
+    rng = np.random.default_rng(1)
+    basis = rng.uniform(0, 300, (3, 8, 8))
+    image = rng.normal(400, 200, (8, 8))
+
+    def nll(theta):
+        return nll_and_gradient(image, np.tensordot(theta, basis, 1), 200.0, poisson=poisson)[0]
+
+    theta = np.array([1.0, 0.5, 2.0])
+    _, grad = nll_and_gradient(image, np.tensordot(theta, basis, 1), 200.0, basis, poisson=poisson)
+    for i in range(3):
+        h = np.zeros(3)
+        h[i] = 1e-6
+        assert grad[i] == pytest.approx((nll(theta + h) - nll(theta - h)) / 2e-6, rel=1e-6)
+
+
+def test_fit_gradient_matches_finite_differences_in_every_variable(renderer):
+    """All five fit variables (flux, n, hlr and the square's u1, u2 that map onto the shear disc)."""
     fit = LikelihoodFit(psf_fwhm=0.5, sigma=200.0, renderer=renderer)
     image = renderer.image(*TRUTH, 0.5, dtype=np.float64) + np.random.default_rng(0).normal(0, 200, (64, 64))
-    theta = np.array([1.1e5, 3.01, 0.31, -0.05, 0.12])
-    _, grad = fit._nll_and_gradient(theta, image)
+    x = fit.box.to_variables(np.array([1.1e5, 3.01, 0.31, -0.05, 0.12]))
+    _, grad = fit._objective(x, image)
 
-    def nll(t):
-        return negative_log_likelihood(image, fit.model(t), 200.0)
+    def nll(z):
+        return nll_and_gradient(image, fit.model(fit.box.to_theta(z)), 200.0)[0]
 
-    for i, h in ((0, 10.0), (1, 1e-3), (2, 1e-5), (3, 1e-5)):
-        up, down = theta.copy(), theta.copy()
+    for i, h in enumerate((10.0, 1e-3, 1e-5, 1e-5, 1e-5)):
+        up, down = x.copy(), x.copy()
         up[i] += h
         down[i] -= h
         numeric = (nll(up) - nll(down)) / (2 * h)
-        assert grad[i] == pytest.approx(numeric, rel=0.02, abs=1e-3 * abs(numeric) + 1e-6)
+        assert grad[i] == pytest.approx(numeric, rel=0.02, abs=1e-6), i
+
+
+def test_fit_box_maps_the_square_onto_the_shear_disc():
+    box = FitBox.training_prior()
+    u = np.linspace(-1, 1, 41)
+    g = np.array([box.shear(a, b)[0] for a in u for b in u])
+    assert np.hypot(*g.T).max() == pytest.approx(0.67, abs=1e-12)
+    assert np.hypot(*g.T).max() <= 0.67 + 1e-12
+    for g1, g2 in ((0.0, 0.0), (-0.069, 0.15), (0.6, -0.2), (0.0, 0.669)):
+        np.testing.assert_allclose(box.shear(*box.square(g1, g2))[0], [g1, g2], atol=1e-9)
+    # a start beyond the disc is moved onto it
+    assert np.hypot(*box.to_theta(box.to_variables(np.array([1e5, 3, 0.3, 0.6, 0.6])))[3:]) == pytest.approx(0.67)
+
+
+def test_fit_never_leaves_the_shear_disc_from_a_corner_start(renderer, monkeypatch):
+    """The old box (±0.67 per component) let L-BFGS-B's first step reach |g| = 0.95."""
+    seen = []
+    draw = Renderer.image
+
+    def spy(self, flux, n, hlr, g1, g2, *args, **kwargs):
+        seen.append(np.hypot(g1, g2))
+        return draw(self, flux, n, hlr, g1, g2, *args, **kwargs)
+
+    image = renderer.image(*TRUTH, 0.5, dtype=np.float64)
+    monkeypatch.setattr(Renderer, "image", spy)
+    fit = LikelihoodFit(psf_fwhm=0.5, sigma=200.0, renderer=renderer, max_iter=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit.fit(image, init=[3.0e4, 5.9, 0.59, 0.66, 0.66])
+    assert max(seen) <= 0.67 + 1e-4  # + the derivative's step
+
+
+def test_fit_box_follows_the_dataset_prior():
+    v1 = load_spec(DATA / "v1.yaml")
+    box = FitBox.from_spec(v1)
+    assert box.flux == (3.0e4, 4.0e5) and box.sersic_n == (0.5, 6.0) and box.hlr == (0.1, 0.6)
+    assert box.shear_max == pytest.approx(0.67)
+    bright = load_spec(DATA / "test_snr60.yaml")
+    raw = yaml.safe_load(open(DATA / "test_snr60.yaml"))
+    raw["priors"]["flux"] = {"fixed": 6.0e5}
+    raw["priors"]["g1"] = {"fixed": 0.7}
+    raw["priors"]["g2"] = {"fixed": 0.0}
+    bright = spec_from_dict(raw)
+    box = FitBox.from_spec(bright)
+    assert box.flux[0] <= 3.0e4 and box.flux[1] >= 1.2e6
+    assert 0.7 < box.shear_max < 1
+
+
+def test_a_galaxy_brighter_than_the_training_prior_is_fitted_without_bias(tmp_path):
+    """The fit's box used to be v1's prior whatever the dataset: flux 6e5 was fitted at the 4e5 edge."""
+    raw = yaml.safe_load(open(DATA / "test_snr60.yaml"))
+    raw.update(size=6, seed=3)
+    raw["priors"]["flux"] = {"fixed": 6.0e5}
+    raw["priors"]["sigma"] = {"fixed": 400}
+    data = simulate(spec_from_dict(raw), tmp_path / "bright.npz", jobs=1, progress=False).output
+    fits = run_baseline(data, tmp_path / "fits.csv", jobs=1, progress=False)
+    bound = cramer_rao([6.0e5, 3.0, 0.3, -0.069, 0.15], 0.5, 400.0).std
+    error = (fits["flux"] - 6.0e5) / bound["flux"]
+    assert fits["flux"].max() > 4.0e5 and abs(error.mean()) < 3, error
+    assert np.hypot(fits["g1"], fits["g2"]).max() < 0.67
 
 
 def test_fit_recovers_noiseless_truth(renderer):
@@ -110,7 +190,7 @@ def test_non_convergence_is_reported(renderer):
 
 
 def test_fit_rejects_bad_input(renderer):
-    with pytest.raises(GalparamError, match="sigma"):
+    with pytest.raises(GalparamError, match=r"sigma 0 is outside the valid range \(0, inf\) counts"):
         LikelihoodFit(psf_fwhm=0.5, sigma=0.0)
     with pytest.raises(GalparamError, match="shape"):
         LikelihoodFit(psf_fwhm=0.5, sigma=200.0, renderer=renderer).fit(np.zeros((32, 32)))
@@ -124,7 +204,7 @@ def test_baseline_spread_is_near_the_bound(tmp_path):
     (At SNR 60 and 30 the flux-index-radius degeneracy makes the likelihood non-Gaussian and the
     fit's spread exceeds the bound by 10-25 %; benchmarks/bench_evaluate.py measures that.)
     """
-    raw = yaml.safe_load(open("data/test_snr60.yaml"))
+    raw = yaml.safe_load(open(DATA / "test_snr60.yaml"))
     raw.update(size=150, seed=120)
     raw["priors"]["sigma"] = {"fixed": 100}
     data = simulate(spec_from_dict(raw), tmp_path / "t120.npz", jobs=2, progress=False).output
@@ -153,10 +233,18 @@ def test_resumed_baseline_equals_uninterrupted(snr60, tmp_path):
 def test_baseline_refuses_rows_of_another_dataset(snr60, tmp_path):
     out = tmp_path / "f.csv"
     run_baseline(snr60, out, n_images=2, progress=False)
-    with pytest.raises(GalparamError, match="another dataset or setting"):
+    with pytest.raises(
+        GalparamError, match="another dataset or setting; remove it; to replace it, pass overwrite=True"
+    ):
         run_baseline(snr60, out, n_images=3, progress=False)
-    with pytest.raises(GalparamError, match="n-images"):
+    with pytest.raises(GalparamError, match=r"^n_images 1000: the dataset has 200 images; accepted 1..200$"):
         run_baseline(snr60, tmp_path / "g.csv", n_images=1000, progress=False)
+    # the console says the same in its own words: flags, not keyword arguments
+    cli = [sys.executable, "-m", "galparam.cli.evaluate", "baseline", str(snr60), "-q"]
+    bad = subprocess.run([*cli, "-o", str(out), "--n-images", "3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("to replace it, pass --overwrite"), bad.stderr
+    bad = subprocess.run([*cli, "-o", str(tmp_path / "h.csv"), "--n-images", "1000"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "error: --n-images 1000: the dataset has 200 images" in bad.stderr, bad.stderr
 
 
 def test_metrics_by_hand():

@@ -20,17 +20,22 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from galparam.data import load_dataset
-from galparam.errors import GalparamError
-from galparam.evaluate.mle import ConvergenceWarning, LikelihoodFit
+from galparam.errors import GalparamError, Remedy
+from galparam.evaluate.mle import ConvergenceWarning, FitBox, LikelihoodFit
 from galparam.io import write_json_atomic
-from galparam.render import LABEL_NAMES, shared_renderer
+from galparam.jobs import resolve_jobs
+from galparam.parameters import LABEL_NAMES
+from galparam.render import shared_renderer
+from galparam.runs import RunFolder
 
 FIT_COLUMNS = ("index", *LABEL_NAMES, "converged", "nll", "iterations", "evaluations", "seconds")
 
 
 def _fit_task(task):
-    index, image, psf_fwhm, sigma, poisson, geometry, init = task
-    fitter = LikelihoodFit(psf_fwhm=psf_fwhm, sigma=sigma, poisson=poisson, renderer=shared_renderer(*geometry))
+    index, image, psf_fwhm, sigma, poisson, geometry, box, init = task
+    fitter = LikelihoodFit(
+        psf_fwhm=psf_fwhm, sigma=sigma, poisson=poisson, box=box, renderer=shared_renderer(*geometry)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the 'converged' column
         r = fitter.fit(image, init).result_
@@ -48,7 +53,10 @@ def _read_done(path: Path) -> int:
             f.truncate(len(data))
     lines = data.decode().splitlines()
     if not lines or lines[0].split(",") != list(FIT_COLUMNS):
-        raise GalparamError(f"{path}: not a galparam fits file (header {FIT_COLUMNS}); remove it or pass --overwrite")
+        raise GalparamError(
+            f"{path}: not a galparam fits file (header {FIT_COLUMNS}); remove it",
+            remedy=Remedy("overwrite", "replace it"),
+        )
     return len(lines) - 1
 
 
@@ -57,7 +65,7 @@ def run_baseline(
     output,
     *,
     n_images: int | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     init=None,
     init_source: dict | None = None,
     overwrite: bool = False,
@@ -73,8 +81,8 @@ def run_baseline(
         The ``fits.csv`` to write (columns :data:`FIT_COLUMNS`).
     n_images : int, optional
         How many images, from the first (default all).
-    jobs : int
-        Worker processes.
+    jobs : int, optional
+        Worker processes (default: every core, :func:`galparam.jobs.resolve_jobs`).
     init : ndarray of shape (n_images, 5), optional
         Starting points (e.g. a network's estimates); default :func:`mle.initial_guess`.
     init_source : dict, optional
@@ -88,19 +96,24 @@ def run_baseline(
     -------
     DataFrame of all rows of ``output``
     """
+    jobs = resolve_jobs(jobs)
     ds = load_dataset(dataset_path)
     output = Path(output)
     total = len(ds) if n_images is None else int(n_images)
     if not 1 <= total <= len(ds):
-        raise GalparamError(f"--n-images {n_images}: the dataset has {len(ds)} images; accepted 1..{len(ds)}")
+        raise GalparamError(
+            f"n_images {n_images}: the dataset has {len(ds)} images; accepted 1..{len(ds)}", argument="n_images"
+        )
     if init is not None:
         init = np.asarray(init, dtype=np.float64)
         if init.shape != (total, 5):
             raise GalparamError(f"starting points of shape {init.shape}: expected ({total}, 5)")
+    box = FitBox.from_spec(ds.spec)
     manifest = {
         "dataset": str(Path(dataset_path).resolve()),
         "dataset_spec_digest": ds.spec.digest(),
         "n_images": total,
+        "fit_box": box.to_dict(),
         "init": "given" if init is not None else "adaptive moments",
         **(init_source or {}),
     }
@@ -114,12 +127,17 @@ def run_baseline(
         except (OSError, ValueError):
             old = None
         if old != manifest:
-            raise GalparamError(f"{output} holds fits of another dataset or setting; remove it or pass --overwrite")
+            raise GalparamError(
+                f"{output} holds fits of another dataset or setting; remove it",
+                remedy=Remedy("overwrite", "replace it"),
+            )
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(sidecar, manifest)
     done = _read_done(output)
     if done > total:
-        raise GalparamError(f"{output} has {done} rows, more than the {total} asked for; pass --overwrite")
+        raise GalparamError(
+            f"{output} has {done} rows, more than the {total} asked for", remedy=Remedy("overwrite", "start again")
+        )
 
     spec = ds.spec
     geometry = (spec.stamp_size, spec.pixel_scale, spec.psf_beta)
@@ -131,6 +149,7 @@ def run_baseline(
             float(ds.sigma[i]),
             spec.poisson_noise,
             geometry,
+            box,
             None if init is None else init[i],
         )
         for i in range(done, total)
@@ -187,5 +206,5 @@ def network_starting_points(run_dir, dataset_path, n_images: int | None = None) 
         init = estimator.predict(ds.img[:n], psf).to_numpy()
     except GalparamError as exc:
         raise GalparamError(f"model {run_dir} does not fit {dataset_path}: {exc}") from None
-    info = json.loads((Path(run_dir) / "run.json").read_text())
+    info = RunFolder(run_dir).info()
     return init, {"init_model": info["name"], "init_model_sha256": info.get("model_sha256", "")}

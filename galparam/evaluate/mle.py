@@ -4,9 +4,11 @@ The likelihood is the true one of the simulation: each pixel is Gaussian with me
 noiseless model of :mod:`galparam.render`, and variance ``v_p = σ² + μ_p`` (Poisson light plus
 read noise), so
 
-    NLL(θ) = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p.
+    NLL(θ) = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p
 
-It is minimized with ``scipy.optimize.minimize(method="L-BFGS-B")`` within the prior's bounds.
+(:func:`nll_and_gradient`, the one place it is computed). :class:`LikelihoodFit` is a thin shell
+that minimizes it with ``scipy.optimize.minimize(method="L-BFGS-B")`` within a :class:`FitBox`: the
+dataset's prior ranges for flux, index and radius, and the prior's disc for the shear.
 
 Speed: a new Sérsic index makes GalSim build tables (4–300 ms). The fit never asks for one: the
 model at index n interpolates linearly between the images at the two neighbouring values of a fine
@@ -26,18 +28,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from galparam.errors import GalparamError
-from galparam.render import Renderer, sersic_grid
-
-DEFAULT_BOUNDS = np.array(
-    [
-        [3.0e4, 4.0e5],  # flux, counts
-        [0.5, 6.0],  # sersic_n
-        [0.1, 0.6],  # hlr, arcsec
-        [-0.67, 0.67],  # g1
-        [-0.67, 0.67],  # g2
-    ]
-)
-"""The training priors' ranges (design.md), used as the fit's bounds."""
+from galparam.parameters import PARAMETERS, SERSIC_N_LIMITS, TRAINING_SHEAR_AMPLITUDE, sersic_grid
+from galparam.render import Renderer
 
 _FD_STEPS = np.array([0.0, 0.0, 1e-4, 1e-4, 1e-4])  # hlr (arcsec), g1, g2: forward differences
 
@@ -46,33 +38,169 @@ class ConvergenceWarning(UserWarning):
     """The optimizer stopped before meeting its convergence criterion."""
 
 
-def negative_log_likelihood(image, model, sigma: float, *, poisson: bool = True) -> float:
-    """NLL of ``image`` given the noiseless ``model`` (both in counts), up to a constant.
+def nll_and_gradient(image, model, sigma: float, jacobian=None, *, poisson: bool = True):
+    """Negative log-likelihood of ``image`` given the noiseless ``model``, and its gradient.
+
+    Each pixel is Gaussian with mean μ_p and variance ``v_p = σ² + max(μ_p, 0)`` (without Poisson
+    noise ``σ²``): NLL = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p, up to a constant.
 
     Parameters
     ----------
     image, model : ndarray of shape (S, S)
-        The observed image and the noiseless model.
+        The observed image and the noiseless model, in counts.
     sigma : float
-        Gaussian noise per pixel.
+        Gaussian noise per pixel, counts.
+    jacobian : ndarray of shape (K, S, S), optional
+        ∂μ/∂θ_k of the model by each of K parameters.
     poisson : bool
         Add the model's Poisson variance.
-    """
-    variance = sigma**2 + (np.clip(model, 0.0, None) if poisson else 0.0)
-    return float(np.sum((image - model) ** 2 / (2 * variance) + 0.5 * np.log(variance)))
-
-
-def initial_guess(image, psf_image, *, pixel_scale: float, bounds=DEFAULT_BOUNDS) -> np.ndarray:
-    """A robust start: flux from the image sum, size and shear from adaptive moments (``galsim.hsm``).
-
-    The PSF's moments are subtracted from the galaxy's (as for Gaussians); where the moments fail
-    (very faint images) the middle of the bounds is used. Sérsic index: 2.
 
     Returns
     -------
-    ndarray of shape (5,), inside ``bounds``
+    nll : float
+    gradient : ndarray of shape (K,), or None without ``jacobian``
     """
-    lo, hi = bounds[:, 0], bounds[:, 1]
+    positive = np.clip(model, 0.0, None)
+    variance = sigma**2 + (positive if poisson else 0.0)
+    resid = image - model
+    nll = float(np.sum(resid**2 / (2 * variance) + 0.5 * np.log(variance)))
+    if jacobian is None:
+        return nll, None
+    dnll_dmu = -resid / variance
+    if poisson:
+        dnll_dmu += np.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
+    return nll, np.tensordot(jacobian, dnll_dmu, axes=([1, 2], [0, 1]))
+
+
+@dataclass(frozen=True)
+class FitBox:
+    """Where the fit searches: a range for flux (counts), Sérsic index and radius (arcsec), and a
+    disc |g| ≤ ``shear_max`` for the shear.
+
+    L-BFGS-B's bounds are a box, while the shear prior is a disc: the fit varies (u1, u2) in the
+    square [−1, 1]², mapped onto the disc by the elliptical square-to-disc map (smooth, one to one,
+    the identity to first order at the centre), so the bounds stay exact and no |g| beyond the
+    prior is ever rendered.
+    """
+
+    flux: tuple[float, float]
+    sersic_n: tuple[float, float]
+    hlr: tuple[float, float]
+    shear_max: float
+
+    def __post_init__(self):
+        for name in ("flux", "sersic_n", "hlr"):
+            low, high = getattr(self, name)
+            PARAMETERS[name].check(low)
+            PARAMETERS[name].check(high)
+            if not low < high:
+                raise GalparamError(f"fit box: {name} [{low:g}, {high:g}] is empty; give low < high")
+        if not 0 < self.shear_max < 1:
+            raise GalparamError(f"fit box: shear_max {self.shear_max:g} is outside (0, 1)")
+
+    @classmethod
+    def training_prior(cls) -> FitBox:
+        """The reference's training prior (flux 3e4–4e5, n 0.5–6, hlr 0.1–0.6″, |g| ≤ 0.67)."""
+        return cls(
+            *(PARAMETERS[name].training_prior for name in ("flux", "sersic_n", "hlr")),
+            shear_max=TRAINING_SHEAR_AMPLITUDE,
+        )
+
+    @classmethod
+    def from_spec(cls, spec) -> FitBox:
+        """The box of a dataset's recorded prior.
+
+        A parameter drawn from a range is fitted within that range. A fixed parameter (the
+        fixed-parameter test sets) is fitted within the training prior's range widened to hold it
+        with room on either side, since a box around the truth alone would tell the fit the answer.
+        """
+        default = cls.training_prior()
+        ranges = {}
+        for name in ("flux", "sersic_n", "hlr"):
+            prior = spec.priors[name]
+            low, high = getattr(default, name)
+            if not prior.is_fixed:
+                ranges[name] = (prior.low, prior.high)
+            elif name == "sersic_n":
+                ranges[name] = (
+                    max(min(low, prior.low - 0.5), SERSIC_N_LIMITS[0]),
+                    min(max(high, prior.low + 0.5), SERSIC_N_LIMITS[1]),
+                )
+            else:  # scale parameters: a factor of two either side
+                ranges[name] = (min(low, prior.low / 2), max(high, prior.low * 2))
+        a, b = spec.shear_form
+        pa, pb = spec.priors[a], spec.priors[b]
+        if a == "shear_amplitude":
+            largest, fixed = pa.high, pa.is_fixed
+        else:
+            largest = float(np.hypot(max(abs(pa.low), abs(pa.high)), max(abs(pb.low), abs(pb.high))))
+            fixed = pa.is_fixed and pb.is_fixed
+        shear_max = max(default.shear_max, largest + (1 - largest) / 2) if fixed else largest
+        if shear_max <= 0:  # a prior of round galaxies only: the fit still measures the shear
+            shear_max = default.shear_max
+        return cls(ranges["flux"], ranges["sersic_n"], ranges["hlr"], shear_max=min(shear_max, 0.95))
+
+    @property
+    def low(self) -> np.ndarray:
+        """Lower ends of (flux, n, hlr) and of the unit square's (u1, u2)."""
+        return np.array([self.flux[0], self.sersic_n[0], self.hlr[0], -1.0, -1.0])
+
+    @property
+    def high(self) -> np.ndarray:
+        return np.array([self.flux[1], self.sersic_n[1], self.hlr[1], 1.0, 1.0])
+
+    def to_dict(self) -> dict:
+        return {
+            "flux": list(self.flux),
+            "sersic_n": list(self.sersic_n),
+            "hlr": list(self.hlr),
+            "shear_max": self.shear_max,
+        }
+
+    def shear(self, u1, u2):
+        """(g1, g2) of the square's point (u1, u2), and the 2×2 Jacobian ∂g/∂u."""
+        a1, a2 = np.sqrt(1 - u2**2 / 2), np.sqrt(1 - u1**2 / 2)
+        g = self.shear_max * np.array([u1 * a1, u2 * a2])
+        jac = self.shear_max * np.array([[a1, -u1 * u2 / (2 * a1)], [-u1 * u2 / (2 * a2), a2]])
+        return g, jac
+
+    def square(self, g1, g2):
+        """The inverse of :meth:`shear`: (u1, u2) of a shear, clipped onto the disc first."""
+        g = np.array([g1, g2], dtype=np.float64) / self.shear_max
+        norm = np.hypot(*g)
+        if norm > 1 - 1e-9:
+            g *= (1 - 1e-9) / norm
+        x, y = g
+        r2 = 2 * np.sqrt(2)
+        u1 = 0.5 * np.sqrt(max(2 + x * x - y * y + r2 * x, 0)) - 0.5 * np.sqrt(max(2 + x * x - y * y - r2 * x, 0))
+        u2 = 0.5 * np.sqrt(max(2 - x * x + y * y + r2 * y, 0)) - 0.5 * np.sqrt(max(2 - x * x + y * y - r2 * y, 0))
+        return float(np.clip(u1, -1, 1)), float(np.clip(u2, -1, 1))
+
+    def to_theta(self, x) -> np.ndarray:
+        """Physical parameters (flux, n, hlr, g1, g2) of the fit variables (flux, n, hlr, u1, u2)."""
+        g, _ = self.shear(x[3], x[4])
+        return np.array([x[0], x[1], x[2], g[0], g[1]])
+
+    def to_variables(self, theta) -> np.ndarray:
+        """Fit variables of physical parameters, clipped into the box."""
+        x = np.empty(5)
+        x[:3] = np.clip(theta[:3], self.low[:3], self.high[:3])
+        x[3:] = self.square(theta[3], theta[4])
+        return x
+
+
+def initial_guess(image, psf_image, *, pixel_scale: float, box: FitBox | None = None) -> np.ndarray:
+    """A robust start: flux from the image sum, size and shear from adaptive moments (``galsim.hsm``).
+
+    The PSF's moments are subtracted from the galaxy's (as for Gaussians); where the moments fail
+    (very faint images) the middle of the box is used. Sérsic index: 2.
+
+    Returns
+    -------
+    ndarray of shape (5,): flux, sersic_n, hlr, g1, g2, inside ``box``
+    """
+    box = box or FitBox.training_prior()
+    lo, hi = box.low, box.high
     guess = (lo + hi) / 2
     guess[0] = float(np.sum(image))
     guess[1] = 2.0
@@ -90,7 +218,8 @@ def initial_guess(image, psf_image, *, pixel_scale: float, bounds=DEFAULT_BOUNDS
     except (galsim.GalSimHSMError, galsim.GalSimError):
         pass
     margin = 1e-6 * (hi - lo)
-    return np.clip(guess, lo + margin, hi - margin)
+    guess[:3] = np.clip(guess[:3], lo[:3] + margin[:3], hi[:3] - margin[:3])
+    return box.to_theta(box.to_variables(guess))
 
 
 @dataclass
@@ -115,8 +244,9 @@ class LikelihoodFit:
         Gaussian noise per pixel, counts.
     poisson : bool
         Whether the image has Poisson noise on the galaxy light.
-    bounds : ndarray of shape (5, 2)
-        Lower and upper bound of each parameter.
+    box : FitBox, optional
+        Where to search; default the training prior (:meth:`FitBox.training_prior`). For a
+        dataset, :meth:`FitBox.from_spec` of its spec.
     renderer : Renderer, optional
         The forward model (its stamp and pixel scale must match the images).
     grid_size : int
@@ -138,23 +268,20 @@ class LikelihoodFit:
         psf_fwhm: float,
         sigma: float,
         poisson: bool = True,
-        bounds=DEFAULT_BOUNDS,
+        box: FitBox | None = None,
         renderer: Renderer | None = None,
         grid_size: int = 200,
         max_iter: int = 200,
     ):
-        if not psf_fwhm > 0:
-            raise GalparamError(f"psf_fwhm {psf_fwhm}: must be > 0 arcsec")
-        if not sigma > 0:
-            raise GalparamError(f"sigma {sigma}: must be > 0")
-        self.psf_fwhm = float(psf_fwhm)
-        self.sigma = float(sigma)
+        self.psf_fwhm = PARAMETERS["psf_fwhm"].check(psf_fwhm)
+        self.sigma = PARAMETERS["sigma"].check(sigma)
         self.poisson = bool(poisson)
-        self.bounds = np.asarray(bounds, dtype=np.float64)
-        if self.bounds.shape != (5, 2) or not np.all(self.bounds[:, 0] < self.bounds[:, 1]):
-            raise GalparamError("bounds: expected 5 rows of [low, high] with low < high")
+        self.box = box or FitBox.training_prior()
         self.renderer = renderer or Renderer()
-        self.grid = sersic_grid(max(0.3, self.bounds[1, 0] - 0.01), min(6.2, self.bounds[1, 1] + 0.01), grid_size)
+        n_low, n_high = self.box.sersic_n
+        self.grid = sersic_grid(
+            max(SERSIC_N_LIMITS[0], n_low - 0.01), min(SERSIC_N_LIMITS[1], n_high + 0.01), grid_size
+        )
         self.max_iter = int(max_iter)
 
     # -- the model ------------------------------------------------------------------------------
@@ -175,33 +302,47 @@ class LikelihoodFit:
         a, b, t, _, _ = self._bracket_images(theta)
         return (1 - t) * a + t * b
 
-    def _nll_and_gradient(self, theta, image):
+    def model_and_jacobian(self, theta):
+        """The model image at ``theta`` and its derivatives by (flux, n, hlr, g1, g2).
+
+        Analytic in the flux, exact for the interpolation in n; radius and shear by forward
+        differences at the nearer grid value only (one render each): that Jacobian differs from
+        the interpolated model's by O(grid step) and enters the gradient multiplied by the
+        residuals, so the optimum moves by a negligible amount.
+
+        Returns
+        -------
+        model : ndarray of shape (S, S)
+        jacobian : ndarray of shape (5, S, S)
+        """
         flux, n, hlr, g1, g2 = theta
         a, b, t, n0, n1 = self._bracket_images(theta)
         mu = (1 - t) * a + t * b
-        variance = self.sigma**2 + (np.clip(mu, 0.0, None) if self.poisson else 0.0)
-        resid = image - mu
-        nll = float(np.sum(resid**2 / (2 * variance) + 0.5 * np.log(variance)))
-        dnll_dmu = -resid / variance
-        if self.poisson:
-            dnll_dmu += np.where(mu > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
-        grad = np.empty(5)
-        grad[0] = np.sum(dnll_dmu * mu) / flux
-        grad[1] = np.sum(dnll_dmu * (b - a)) / (n1 - n0)
-        # Radius and shear: forward differences at the nearer grid value only (one render each).
-        # The Jacobian differs from the interpolated model's by O(grid step); it enters the
-        # gradient multiplied by the residuals, so the optimum moves by a negligible amount.
+        jac = np.empty((5, *mu.shape))
+        jac[0] = mu / flux
+        jac[1] = (b - a) / (n1 - n0)
         near_n, near = (n0, a) if t < 0.5 else (n1, b)
-        for i in (2, 3, 4):
+        for i in (2, 3, 4):  # the box keeps |g| <= 0.95, so a step of 1e-4 stays drawable
             step = np.array([flux, near_n, hlr, g1, g2])
-            h = _FD_STEPS[i] if theta[i] + _FD_STEPS[i] <= self.bounds[i, 1] else -_FD_STEPS[i]
-            step[i] += h
-            grad[i] = np.sum(dnll_dmu * (self._render(*step) - near)) / h
-        return nll, grad
+            step[i] += _FD_STEPS[i]
+            jac[i] = (self._render(*step) - near) / _FD_STEPS[i]
+        return mu, jac
+
+    def _objective(self, x, image):
+        """NLL and its gradient in the fit variables (flux, n, hlr, u1, u2)."""
+        theta = self.box.to_theta(x)
+        mu, jac = self.model_and_jacobian(theta)
+        nll, grad = nll_and_gradient(image, mu, self.sigma, jac, poisson=self.poisson)
+        _, dg_du = self.box.shear(x[3], x[4])
+        grad_x = grad.copy()
+        grad_x[3:] = grad[3:] @ dg_du
+        return nll, grad_x
 
     # -- fitting --------------------------------------------------------------------------------
     def fit(self, image, init=None, *, psf_image=None) -> LikelihoodFit:
         """Fit ``image``; start from ``init`` (5 values) or from :func:`initial_guess`.
+
+        A start outside the box is moved onto its edge (the shear onto the disc).
 
         Warns
         -----
@@ -215,26 +356,26 @@ class LikelihoodFit:
             raise GalparamError(f"image of shape {image.shape}: expected ({size}, {size})")
         if not np.isfinite(image).all():
             raise GalparamError("the image holds NaN or infinite values")
-        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        lo, hi = self.box.low, self.box.high
         if init is None:
             psf_image = self.renderer.psf_image(self.psf_fwhm) if psf_image is None else psf_image
-            init = initial_guess(image, psf_image, pixel_scale=self.renderer.pixel_scale, bounds=self.bounds)
-        init = np.clip(np.asarray(init, dtype=np.float64), lo, hi)
+            init = initial_guess(image, psf_image, pixel_scale=self.renderer.pixel_scale, box=self.box)
+        x0 = self.box.to_variables(np.asarray(init, dtype=np.float64))
         width = hi - lo
 
-        def objective(x):
-            value, grad = self._nll_and_gradient(lo + x * width, image)
+        def objective(z):
+            value, grad = self._objective(lo + z * width, image)
             return value, grad * width
 
         res = minimize(
             objective,
-            (init - lo) / width,
+            (x0 - lo) / width,
             jac=True,
             method="L-BFGS-B",
             bounds=[(0.0, 1.0)] * 5,
             options={"maxiter": self.max_iter},
         )
-        theta = lo + np.clip(res.x, 0, 1) * width
+        theta = self.box.to_theta(lo + np.clip(res.x, 0, 1) * width)
         self.theta_ = theta
         self.converged_ = bool(res.success)
         self.result_ = FitResult(
@@ -251,17 +392,11 @@ class LikelihoodFit:
         return self
 
 
-def fit_image(image, *, psf_fwhm: float, sigma: float, init=None, **kwargs) -> FitResult:
-    """Fit one image; see :class:`LikelihoodFit` for the keyword arguments."""
-    return LikelihoodFit(psf_fwhm=psf_fwhm, sigma=sigma, **kwargs).fit(image, init).result_
-
-
 __all__ = [
-    "DEFAULT_BOUNDS",
     "ConvergenceWarning",
+    "FitBox",
     "FitResult",
     "LikelihoodFit",
-    "fit_image",
     "initial_guess",
-    "negative_log_likelihood",
+    "nll_and_gradient",
 ]
