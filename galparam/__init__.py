@@ -1,21 +1,65 @@
-"""galparam: neural-network estimators of galaxy parameters, measured against the best possible."""
+"""galparam: neural-network estimators of galaxy parameters, measured against the best possible.
+
+The public API, loaded on first use so that ``import galparam`` costs milliseconds (GalSim,
+TensorFlow and Keras load only when something needs them)::
+
+    import galparam
+    ds = galparam.load_dataset("data/v1-small.npz")
+    estimator = galparam.load_estimator("runs/xception-v1-small")
+    bound = galparam.cramer_rao(theta, psf_fwhm=0.5, sigma=200)
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from galparam.render import LABEL_NAMES  # noqa: E402
+_EXPORTS = {
+    # the physical parameters
+    "LABEL_NAMES": "galparam.parameters",
+    "PARAMETERS": "galparam.parameters",
+    "check_parameters": "galparam.parameters",
+    # the forward model
+    "Renderer": "galparam.render",
+    # specs and data
+    "load_spec": "galparam.specs",
+    "load_experiment": "galparam.specs",
+    "load_search": "galparam.specs",
+    "simulate": "galparam.simulate",
+    "load_dataset": "galparam.data",
+    "load_metadata": "galparam.data",
+    # training and trained models
+    "train": "galparam.train",
+    "RunFolder": "galparam.runs",
+    "load_estimator": "galparam.estimator",
+    # evaluation
+    "cramer_rao": "galparam.evaluate.crb",
+    "dataset_bounds": "galparam.evaluate.crb",
+    "LikelihoodFit": "galparam.evaluate.mle",
+    "run_baseline": "galparam.evaluate.baseline",
+    "estimator_metrics": "galparam.evaluate.metrics",
+    # searches
+    "search_dashboard": "galparam.search.dashboard:dashboard",
+    # the study as steps
+    "Study": "galparam.study",
+    "read_metrics": "galparam.study",
+    # errors
+    "GalparamError": "galparam.errors",
+}
 
-__all__ = ["LABEL_NAMES", "__version__", "load_dataset", "load_estimator"]
+__all__ = ["__version__", *_EXPORTS]
 
 
-def load_dataset(path, **kwargs):
-    """Load and check a galparam dataset (see :func:`galparam.data.load_dataset`)."""
-    from galparam.data import load_dataset as _load
+def __getattr__(name: str):
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module 'galparam' has no attribute {name!r}")
+    module, _, attribute = where.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
+    globals()[name] = value
+    return value
 
-    return _load(path, **kwargs)
 
-
-def load_estimator(run_dir):
-    """Load a finished training run as an estimator (see :func:`galparam.estimator.load_estimator`)."""
-    from galparam.estimator import load_estimator as _load
-
-    return _load(run_dir)
+def __dir__():
+    return sorted(__all__)
