@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.galparam-installed
 
-.PHONY: demo test bench lint format clean reproduce
+.PHONY: demo test test-fast system-packages bench lint format clean reproduce
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m galparam.demo
 
-test: $(STAMP)
+# Everything CI runs: the unit tests, the demo end to end, the notebooks, the browser checks (<= 20 min on 2 cores).
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests
+
+# The unit level, for the development loop (<= 5 min): no demo, notebooks, distributed tuner, AutoKeras or browser.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Debian's chromium and chromium-driver for the browser checks, installed when missing.
+system-packages:
+	@scripts/system-packages
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
@@ -41,14 +50,14 @@ FITS := runs/full/fits
 FIT_IMAGES ?= 1000
 
 data/%.npz: data/%.yaml | $(STAMP)
-	$(BIN)/galparam-simulate $< --jobs $(JOBS)
+	$(BIN)/galparam-simulate run $< --jobs $(JOBS)
 
 reproduce: $(STAMP) $(FULL_DATA:%=data/%.npz)
 	$(BIN)/galparam-search autokeras experiments/search/autokeras-v1.yaml
 	$(BIN)/galparam-search grid experiments/search/grid-v1.yaml
 	$(BIN)/galparam-search tune experiments/search/tune-v1.yaml
 	for s in autokeras-v1 grid-v1 tune-v1; do $(BIN)/galparam-search dashboard experiments/search/$$s-results || exit 1; done
-	for e in $(FULL_RUNS); do $(BIN)/galparam-train experiments/$$e.yaml --resume || exit 1; done
+	for e in $(FULL_RUNS); do $(BIN)/galparam-train run experiments/$$e.yaml --resume || exit 1; done
 	for snr in 60 30; do \
 	    $(BIN)/galparam-evaluate baseline data/test_snr$$snr.npz --n-images $(FIT_IMAGES) --jobs $(JOBS) \
 	        -o $(FITS)/baseline-snr$$snr.csv || exit 1; \

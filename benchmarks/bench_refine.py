@@ -25,7 +25,7 @@ from galparam.estimator import load_estimator
 from galparam.evaluate.baseline import network_starting_points, run_baseline
 from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
-from galparam.render import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES
 from galparam.simulate import simulate
 from galparam.specs import load_experiment, load_spec
 

@@ -21,8 +21,10 @@ import pytest
 from galparam.data import load_dataset
 from galparam.demo import DEMO_EXPERIMENTS, report_files
 from galparam.evaluate.crb import cramer_rao
-from galparam.render import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES
 from galparam.study import BASELINE_IMAGES
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
