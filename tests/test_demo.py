@@ -1,6 +1,6 @@
 """``make demo`` end to end on its own small settings, its report, and the four notebooks.
 
-The demo runs once (about 10 minutes on 2 cores) into a temporary folder; the notebooks are then
+The demo runs once (about 5 minutes on 2 cores) into a temporary folder; the notebooks are then
 executed with papermill at their ``small`` setting against the demo's folder, as a user running
 them after ``make demo`` would: they reuse the demo's datasets, runs and fits (every step resumes)
 and run what the demo does not (the KerasTuner and AutoKeras searches, the network-started fits).
@@ -14,17 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from galparam.data import load_dataset
 from galparam.demo import DEMO_EXPERIMENTS, report_files
-from galparam.evaluate.crb import cramer_rao
 from galparam.parameters import LABEL_NAMES
 from galparam.study import BASELINE_IMAGES
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -62,6 +58,7 @@ def _table(path) -> pd.DataFrame:
     return pd.read_csv(path, comment="#")
 
 
+@pytest.mark.slow
 def test_demo_prints_progress_and_the_headline_table(demo):
     for i in range(1, 7):
         assert f"[{i}/6]" in demo["stderr"]
@@ -72,10 +69,11 @@ def test_demo_prints_progress_and_the_headline_table(demo):
     assert "the demo took" in out
 
 
+@pytest.mark.slow
 def test_demo_report_holds_every_promised_file(demo):
     promised = report_files(demo["reports"])
     assert len(promised) == 12 + 4 + 3 * len(DEMO_EXPERIMENTS) + 1
-    for path in promised:
+    for path in promised:  # the tables' contents and formats: test_report.py
         assert path.is_file() and path.stat().st_size > 0, path
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == PNG_SIGNATURE, path
@@ -83,49 +81,22 @@ def test_demo_report_holds_every_promised_file(demo):
 
             height, width, _ = matplotlib.image.imread(path).shape
             assert height > 200 and width > 200, path
-        elif path.suffix == ".csv":
-            assert len(_table(path)) > 0, path
-            assert path.read_text().startswith("# galparam "), path
-        elif path.suffix == ".tex":
-            assert "\\begin{tabular}" in path.read_text(), path
-        else:
-            assert "| --- |" in path.read_text().replace("|---|", "| --- |"), path
 
 
-def test_demo_validation_table_matches_each_runs_metrics(demo):
-    table = _table(demo["reports"] / "validation.csv").set_index("model")
-    assert sorted(table.index) == sorted(f"{e}-small" for e in DEMO_EXPERIMENTS)
-    for name in table.index:
-        metrics = json.loads((demo["out"] / "runs" / name / "metrics.json").read_text())["labels"]
-        for label in LABEL_NAMES:
-            assert table.loc[name, f"{label} RMSE"] == pytest.approx(metrics[label]["rmse"], rel=1e-5)
-            assert table.loc[name, f"{label} EV"] == pytest.approx(metrics[label]["explained_variance"], rel=1e-5)
-
-
-def test_demo_test_set_table_matches_the_fits_and_the_networks(demo):
-    from galparam.estimator import load_estimator
-
+@pytest.mark.slow
+def test_demo_test_set_table_covers_both_sets_and_every_estimator(demo):
+    """What the demo adds to test_report.py's checks of the numbers: its fits, networks and sets are all there."""
     table = _table(demo["reports"] / "test_sets.csv")
-    assert sorted(set(table.SNR)) == [30, 60]
+    assert sorted(set(table.SNR)) == [30, 60] and len(table) == 2 * len(LABEL_NAMES)
     for snr in (60, 30):
-        ds = load_dataset(demo["out"] / "data" / f"test_snr{snr}-small.npz")
-        truth = ds.label[0].astype(np.float64)
-        crb = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0]), poisson=ds.spec.poisson_noise).std.to_numpy()
         fits = pd.read_csv(demo["out"] / "fits" / f"baseline-snr{snr}.csv")
-        assert len(fits) == BASELINE_IMAGES["small"]
-        estimates = {"baseline": fits[list(LABEL_NAMES)].to_numpy()}
-        for experiment in DEMO_EXPERIMENTS:
-            name = f"{experiment}-small"
-            estimates[name] = load_estimator(demo["out"] / "runs" / name).predict(ds.img[: len(fits)]).to_numpy()
-        rows = table[table.SNR == snr].set_index("parameter")
-        for i, label in enumerate(LABEL_NAMES):
-            assert rows.loc[label, "CRB"] == pytest.approx(crb[i], rel=1e-5)
-            for name, values in estimates.items():
-                error = values[:, i] - truth[i]
-                assert rows.loc[label, f"{name} bias"] == pytest.approx(error.mean(), rel=1e-4, abs=1e-6 * crb[i])
-                assert rows.loc[label, f"{name} std"] == pytest.approx(error.std(ddof=1), rel=1e-4)
+        assert len(fits) == BASELINE_IMAGES["small"] and fits.converged.all()
+    for name in ("baseline", *(f"{e}-small" for e in DEMO_EXPERIMENTS)):
+        assert table[[f"{name} bias", f"{name} std"]].notna().all().all(), name
+    assert (table["CRB"] > 0).all()
 
 
+@pytest.mark.slow
 def test_demo_dataset_and_search_tables_match_their_files(demo):
     datasets = _table(demo["reports"] / "datasets.csv").set_index("dataset")
     assert sorted(datasets.index) == sorted(f"{b}-small" for b in ("v1", "v2", "v3", "test_snr60", "test_snr30"))
@@ -141,6 +112,7 @@ def test_demo_dataset_and_search_tables_match_their_files(demo):
     assert sorted(search.val_loss) == pytest.approx(sorted(t["val_loss"] for t in trials), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_at_the_small_setting(notebook, demo, tmp_path):
     import papermill

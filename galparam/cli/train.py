@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from galparam import runs
 from galparam.cli.common import ArgumentParser, add_overwrite, default_subcommand, load_tensorflow_quietly, run
 
 PROG = "galparam-train"
 COMMANDS = ("run",)
 DESCRIPTION = (
     "Train the Xception regressor or the conditional autoencoder described by an experiment spec "
-    "(experiments/*.yaml). The run folder receives model.keras, scaler.json, the resolved "
-    "experiment.yaml, history.csv, metrics.json (validation RMSE, bias and explained variance per "
-    "parameter, in physical units), checkpoints each epoch, and run.json once the run is complete."
+    f"(experiments/*.yaml). The run folder receives {runs.MODEL_FILE}, {runs.SCALER_FILE}, the resolved "
+    f"{runs.SPEC_FILE}, {runs.HISTORY_FILE}, {runs.METRICS_FILE} (validation RMSE, bias and explained "
+    f"variance per parameter, in physical units), checkpoints each epoch, and {runs.RUN_FILE} once the "
+    "run is complete."
 )
 
 
@@ -44,13 +46,12 @@ def main(argv=None) -> int:
     spec = load_experiment(args.experiment)
     load_tensorflow_quietly()  # only once the spec is known to be valid
     from galparam.parameters import LABEL_NAMES
-    from galparam.runs import RunFolder
     from galparam.train import train
 
     run_dir = train(
         spec, args.output, resume=args.resume, overwrite=args.overwrite, verbose=0 if args.quiet else "auto"
     )
-    folder = RunFolder(run_dir)
+    folder = runs.RunFolder(run_dir)
     metrics = folder.metrics()
     print(f"run complete: {run_dir}")
     print(f"validation ({len(folder.validation_indices())} images)   rmse        bias   explained variance")

@@ -34,7 +34,7 @@ from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
 from galparam.evaluate.mle import FitBox
 from galparam.io import atomic_path, write_text_atomic
-from galparam.parameters import LABEL_NAMES
+from galparam.parameters import LABEL_NAMES, PARAMETERS
 from galparam.render import shared_renderer
 from galparam.runs import RunFolder
 
@@ -231,7 +231,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def _units(label: str) -> str:
-    return {"flux": " [counts]", "hlr": ' ["]'}.get(label, "")
+    unit = PARAMETERS[label].unit
+    return f" [{unit}]" if unit else ""
 
 
 def plot_true_vs_predicted(truth, predicted, snr, title: str, path: Path) -> Path:
