@@ -1,7 +1,14 @@
 """The one forward model: five galaxy parameters and a Moffat PSF → a pixel image.
 
-Simulation, the likelihood fit, Fisher matrices and reconstructions all render through
-:class:`Renderer`; there is no second copy of the galaxy model.
+Simulation, the likelihood fit, Fisher matrices and reconstructions all render through this
+module; there is no second copy of the galaxy model. It offers two renderers of the same image:
+
+* :class:`KSpaceRenderer` (``renderer: kspace``, the default of dataset specs): many galaxies per
+  call, drawn in k-space from GalSim's own per-index Sérsic transforms (:mod:`galparam.kspace`),
+  within 1e-4 of GalSim's peak at a fraction of a millisecond an image;
+* :class:`Renderer` (``renderer: galsim``): GalSim's ``drawImage`` itself, the exact reference.
+
+The rest of this docstring is about the GalSim renderer.
 
 GalSim builds Hankel-transform tables for every new Sérsic index (4 ms at n = 0.5, ~300 ms at
 n = 6 on a 2-core machine) and keeps only the last 100 in its C++ cache, which cannot be enlarged
@@ -20,9 +27,28 @@ from functools import lru_cache
 import galsim
 import numpy as np
 
-from galparam.parameters import LABEL_NAMES, SERSIC_N_LIMITS, check_parameters, sersic_grid
+from galparam.parameters import (
+    LABEL_NAMES,
+    SERSIC_N_LIMITS,
+    ParameterError,
+    check_parameters,
+    first_invalid,
+    sersic_grid,
+)
 
-__all__ = ["LABEL_NAMES", "SERSIC_N_LIMITS", "Renderer", "sersic_grid", "shared_renderer"]
+__all__ = [
+    "LABEL_NAMES",
+    "RENDERERS",
+    "SERSIC_N_LIMITS",
+    "KSpaceRenderer",
+    "Renderer",
+    "renderer_for",
+    "sersic_grid",
+    "shared_renderer",
+]
+
+RENDERERS = ("kspace", "galsim")
+"""The renderers a dataset spec may name: the batched k-space renderer (default) or GalSim's drawImage."""
 
 DEFAULT_STAMP_SIZE = 64
 DEFAULT_PIXEL_SCALE_ARCSEC = 0.23
@@ -153,3 +179,116 @@ def shared_renderer(stamp_size: int, pixel_scale: float, psf_beta: float) -> Ren
     datasets or fits many images builds each Sérsic index once.
     """
     return Renderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
+
+
+BOX_STEP = 8
+"""The k-space renderer pads each galaxy's k-box to a multiple of this (a function of the galaxy alone)."""
+
+
+class KSpaceRenderer:
+    """Draws many galaxies per call in k-space from GalSim's tables (:mod:`galparam.kspace`).
+
+    Parameters
+    ----------
+    stamp_size : int
+        Image side in pixels.
+    pixel_scale : float
+        Arcsec per pixel.
+    psf_beta : float
+        Moffat β of the PSF.
+
+    The tables are loaded from the cache (built from GalSim once per machine and geometry).
+    Sérsic indices are drawable within :attr:`sersic_range` (the tabulated indices).
+    """
+
+    def __init__(
+        self,
+        *,
+        stamp_size: int = DEFAULT_STAMP_SIZE,
+        pixel_scale: float = DEFAULT_PIXEL_SCALE_ARCSEC,
+        psf_beta: float = DEFAULT_PSF_BETA,
+    ):
+        from galparam import kspace
+
+        self.stamp_size = int(stamp_size)
+        self.pixel_scale = float(pixel_scale)
+        self.psf_beta = float(psf_beta)
+        self.tables = kspace.load_tables(stamp=self.stamp_size, pixel_scale=self.pixel_scale, psf_beta=self.psf_beta)
+        self._psf = Renderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
+
+    @property
+    def sersic_range(self) -> tuple[float, float]:
+        """The Sérsic indices this renderer draws (those its tables cover)."""
+        return self.tables.n_range
+
+    def check(self, flux, sersic_n, hlr, g1, g2) -> None:
+        """Refuse parameters outside what can be drawn, naming the first and the accepted range.
+
+        Raises
+        ------
+        ParameterError
+        """
+        columns = np.broadcast_arrays(
+            *(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (flux, sersic_n, hlr, g1, g2))
+        )
+        for values in (*zip(LABEL_NAMES, columns, strict=True), ("g", np.stack(columns[3:], axis=1))):
+            first = first_invalid(*values)
+            if first is not None:
+                check_parameters([c[first] for c in columns])
+        n = np.atleast_1d(np.asarray(sersic_n, dtype=np.float64))
+        lo, hi = self.sersic_range
+        bad = np.flatnonzero((n < lo - 1e-9) | (n > hi + 1e-9))
+        if bad.size:
+            raise ParameterError(
+                f"sersic_n {n[bad[0]]:g} is outside what the k-space renderer draws, [{lo:g}, {hi:g}] "
+                "(renderer: galsim draws GalSim's whole range)"
+            )
+
+    def images(self, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> np.ndarray:
+        """Noiseless, PSF-convolved, pixel-integrated images of many galaxies.
+
+        Parameters
+        ----------
+        flux, sersic_n, hlr, g1, g2, psf_fwhm : array_like of shape (B,) or scalars
+            As in :meth:`Renderer.image` (counts, arcsec).
+
+        Returns
+        -------
+        ndarray of shape (B, stamp_size, stamp_size), float32, counts per pixel. An image depends
+        only on its own parameters, never on the other galaxies of the call.
+
+        Raises
+        ------
+        ParameterError
+            If a parameter is outside what can be drawn.
+        """
+        from galparam import kspace
+
+        self.check(flux, sersic_n, hlr, g1, g2)
+        # k-boxes padded to multiples of 8 draw in fewer, larger groups (exact zeros: same images)
+        return kspace.render_numpy(
+            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float32, box_step=BOX_STEP
+        )
+
+    def image(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
+        """One galaxy (see :meth:`images`)."""
+        from galparam import kspace
+
+        self.check(flux, sersic_n, hlr, g1, g2)
+        return kspace.render_numpy(self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype, box_step=BOX_STEP)[
+            0
+        ]
+
+    def psf_image(self, psf_fwhm: float, *, dtype=np.float32) -> np.ndarray:
+        """The unit-flux PSF image on the same stamp, pixel response included (GalSim draws it)."""
+        return self._psf.psf_image(psf_fwhm, dtype=dtype)
+
+
+@lru_cache(maxsize=8)
+def renderer_for(name: str, stamp_size: int, pixel_scale: float, psf_beta: float):
+    """This process's renderer ``name`` (:data:`RENDERERS`) for a stamp geometry."""
+    if name == "galsim":
+        return shared_renderer(stamp_size, pixel_scale, psf_beta)
+    if name == "kspace":
+        return KSpaceRenderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
+    raise ParameterError(f"renderer {name!r} is not one of {', '.join(RENDERERS)}")

@@ -34,7 +34,7 @@ from galparam.errors import DatasetError, Remedy, SimulationError
 from galparam.io import NpzWriter, atomic_path, write_json_atomic, write_npz_atomic, write_text_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
-from galparam.render import Renderer, shared_renderer
+from galparam.render import KSpaceRenderer, Renderer, renderer_for
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
 PARAM_COLUMNS = (*LABEL_NAMES, "psf_fwhm", "sigma")
@@ -89,6 +89,7 @@ class RenderConfig:
     poisson_noise: bool
     snr_window: tuple | None
     psf_varies: bool
+    renderer: str = "kspace"
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> RenderConfig:
@@ -100,7 +101,12 @@ class RenderConfig:
             spec.poisson_noise,
             spec.snr_window,
             spec.psf_varies,
+            spec.renderer,
         )
+
+    @property
+    def geometry(self) -> tuple:
+        return self.stamp_size, self.pixel_scale, self.psf_beta
 
 
 @dataclass
@@ -115,38 +121,43 @@ class Rendered:
 
 
 class CandidateRenderer:
-    """Renders candidates, applies the SNR window and adds noise to the accepted ones."""
+    """Renders candidates, applies the SNR window and adds noise to the accepted ones.
 
-    def __init__(self, config: RenderConfig, renderer: Renderer | None = None):
+    ``renderer`` is a :class:`~galparam.render.KSpaceRenderer` (all candidates in one call) or a
+    :class:`~galparam.render.Renderer` (GalSim, one candidate at a time, same-index candidates
+    one after another so each profile table is touched once per call).
+    """
+
+    def __init__(self, config: RenderConfig, renderer=None):
         self.config = config
-        self.renderer = renderer or Renderer(
-            stamp_size=config.stamp_size, pixel_scale=config.pixel_scale, psf_beta=config.psf_beta
-        )
+        self.renderer = renderer or renderer_for(config.renderer, *config.geometry)
+
+    def noiseless(self, params: np.ndarray) -> np.ndarray:
+        """(m, S, S) float32 noiseless images of the candidates ``params`` (rows of :data:`PARAM_COLUMNS`)."""
+        if isinstance(self.renderer, KSpaceRenderer):
+            return self.renderer.images(*params[:, :6].T)
+        size = self.config.stamp_size
+        out = np.empty((len(params), size, size), np.float32)
+        for row in np.argsort(params[:, 1], kind="stable"):
+            out[row] = self.renderer.image(*params[row, :6])
+        return out
 
     def __call__(self, indices: np.ndarray, params: np.ndarray) -> Rendered:
         cfg = self.config
-        m, size = len(indices), cfg.stamp_size
-        snr = np.empty(m)
-        clean = {}
-        # Same-index candidates one after another: each profile table is touched once per call.
-        for row in np.argsort(params[:, 1], kind="stable"):
-            flux, n, hlr, g1, g2, psf_fwhm, sigma = params[row]
-            image = self.renderer.image(flux, n, hlr, g1, g2, psf_fwhm)
-            snr[row] = np.sqrt(np.sum(image.astype(np.float64) ** 2)) / sigma
-            if cfg.snr_window is None or cfg.snr_window[0] <= snr[row] <= cfg.snr_window[1]:
-                clean[row] = image
-        accepted = np.zeros(m, dtype=bool)
-        accepted[list(clean)] = True
+        clean = self.noiseless(params)
+        snr = np.sqrt(np.sum(clean.reshape(len(clean), -1).astype(np.float64) ** 2, axis=1)) / params[:, 6]
+        if cfg.snr_window is None:
+            accepted = np.ones(len(params), dtype=bool)
+        else:
+            accepted = (cfg.snr_window[0] <= snr) & (snr <= cfg.snr_window[1])
         rows = np.flatnonzero(accepted)
-        img = np.empty((len(rows), size, size), np.float32)
-        img_nonoise = np.empty_like(img)
+        img = np.empty((len(rows), cfg.stamp_size, cfg.stamp_size), np.float32)
         psf_img = np.empty_like(img) if cfg.psf_varies else None
         for out, row in enumerate(rows):
-            img_nonoise[out] = clean[row]
             img[out] = self.add_noise(int(indices[row]), clean[row], params[row, 6])
             if psf_img is not None:
                 psf_img[out] = self.renderer.psf_image(params[row, 5])
-        return Rendered(accepted, snr, img, img_nonoise, psf_img)
+        return Rendered(accepted, snr, img, clean[rows], psf_img)
 
     def add_noise(self, index: int, image: np.ndarray, sigma: float) -> np.ndarray:
         """Poisson noise on the galaxy counts, then Gaussian read noise of level ``sigma``."""
@@ -158,12 +169,12 @@ class CandidateRenderer:
 
 
 def _render(config: RenderConfig, indices, params) -> Rendered:
-    renderer = shared_renderer(config.stamp_size, config.pixel_scale, config.psf_beta)
-    return CandidateRenderer(config, renderer)(indices, params)
+    return CandidateRenderer(config)(indices, params)
 
 
 class Workers:
-    """``jobs`` worker processes; worker w renders the Sérsic indices assigned to w.
+    """``jobs`` worker processes. With the GalSim renderer worker w renders the Sérsic indices
+    assigned to w; with the k-space renderer each worker draws an equal share of the candidates.
 
     Keeping an index on one worker means each worker builds GalSim's tables for its share of the
     indices only, once for as long as the workers live. Pass one ``Workers`` to several
@@ -179,7 +190,10 @@ class Workers:
         """Render candidates ``params`` of samples ``indices``; results in the order given."""
         if not self._pools:
             return _render(config, indices, params)
-        owner = np.round(params[:, 1] * 1e6).astype(np.int64) % self.jobs
+        if config.renderer == "galsim":
+            owner = np.round(params[:, 1] * 1e6).astype(np.int64) % self.jobs
+        else:
+            owner = np.arange(len(params)) * self.jobs // len(params)
         parts = []
         for w, pool in enumerate(self._pools):
             rows = np.flatnonzero(owner == w)
@@ -211,12 +225,86 @@ class Workers:
         self.close()
 
 
+# -- screening: candidates surely outside the SNR window ------------------------------------------
+SCREEN_MIN_IMAGES = 10_000
+"""Datasets (or shards) at least this large screen their candidates (building the screen costs seconds)."""
+
+
+class SNRScreen:
+    """Which candidates are surely outside the SNR window, so that they need not be drawn.
+
+    A candidate's SNR is ``flux · u / σ`` with ``u`` the norm of its unit-flux image, a function
+    of (n, hlr, |g|, PSF FWHM) that decreases with the radius, the shear and the PSF width. ``u``
+    is tabulated on nodes spanning the spec's prior; a candidate's ``u`` lies between the table's
+    value at the cell corner of smaller radius, shear and PSF (an upper bound) and at the opposite
+    corner (a lower bound), taking the extreme of the two bracketing indices, with a 5 % margin
+    for what the nodes do not see. Candidates whose bounds put the SNR outside the window are
+    rejected without being drawn; every other candidate keeps the exact check, so a dataset's
+    bytes do not depend on the screen (a test compares the bounds with exact norms).
+    """
+
+    MARGIN = 1.05
+    SHEAR_NODES = (0.0, 0.25, 0.45, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+    def __init__(self, spec: DatasetSpec, renderer: KSpaceRenderer):
+        p = spec.priors
+        n_lo, n_hi = p["sersic_n"].low, p["sersic_n"].high
+        self.n = np.unique(np.clip(np.arange(np.floor(n_lo * 4) / 4, n_hi + 0.25, 0.25), *renderer.sersic_range))
+        h_lo, h_hi = p["hlr"].low, p["hlr"].high
+        steps = max(1, int(np.ceil(np.log(h_hi / h_lo) / np.log(1.15)))) if h_hi > h_lo else 0
+        self.hlr = h_lo * (h_hi / h_lo) ** (np.arange(steps + 1) / max(steps, 1))
+        f_lo, f_hi = p["psf_fwhm"].low, p["psf_fwhm"].high
+        self.psf = np.linspace(f_lo, f_hi, 4) if f_hi > f_lo else np.array([f_lo])
+        g_max = self._largest_shear(spec)
+        self.g = np.array([g for g in self.SHEAR_NODES if g < g_max] + [min(g_max, 0.95)])
+        grid = np.meshgrid(self.n, self.hlr, self.psf, self.g, indexing="ij")
+        n, hlr, psf, g = (a.ravel() for a in grid)
+        images = renderer.images(np.ones_like(n), n, hlr, g, np.zeros_like(g), psf)
+        self.u = np.sqrt(np.sum(images.reshape(len(n), -1).astype(np.float64) ** 2, axis=1)).reshape(grid[0].shape)
+        self.window = spec.snr_window
+
+    @staticmethod
+    def _largest_shear(spec: DatasetSpec) -> float:
+        a, b = spec.shear_form
+        pa, pb = spec.priors[a], spec.priors[b]
+        if a == "shear_amplitude":
+            return pa.high
+        return float(np.hypot(max(abs(pa.low), abs(pa.high)), max(abs(pb.low), abs(pb.high))))
+
+    def norm_bounds(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of each candidate's unit-flux image norm ``u``."""
+        n, hlr, g, psf = params[:, 1], params[:, 2], np.hypot(params[:, 3], params[:, 4]), params[:, 5]
+
+        def bracket(nodes, x):
+            hi = np.clip(np.searchsorted(nodes, x, side="left"), 0, len(nodes) - 1)
+            lo = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, len(nodes) - 1)
+            return lo, hi
+
+        (n0, n1), (h0, h1), (p0, p1), (g0, g1) = (
+            bracket(nodes, x) for nodes, x in ((self.n, n), (self.hlr, hlr), (self.psf, psf), (self.g, g))
+        )
+        upper = np.maximum(self.u[n0, h0, p0, g0], self.u[n1, h0, p0, g0]) * self.MARGIN
+        lower = np.minimum(self.u[n0, h1, p1, g1], self.u[n1, h1, p1, g1]) / self.MARGIN
+        return lower, upper
+
+    def surely_outside(self, params: np.ndarray) -> np.ndarray:
+        """True for the candidates whose SNR is surely outside the window (rows of :data:`PARAM_COLUMNS`)."""
+        lower, upper = self.norm_bounds(params)
+        scale = params[:, 0] / params[:, 6]
+        return (scale * upper < self.window[0]) | (scale * lower > self.window[1])
+
+
 # -- parts: chunks and shards --------------------------------------------------------------------
 _PART_KEYS = ("img", "img_nonoise", "params", "snr", "draws")
 
 
-def simulate_chunk(spec: DatasetSpec, start: int, stop: int, workers: Workers, progress=None) -> dict:
-    """Simulate samples ``start`` to ``stop - 1``; returns the arrays of a part."""
+def simulate_chunk(
+    spec: DatasetSpec, start: int, stop: int, workers: Workers, progress=None, screen: SNRScreen | None = None
+) -> dict:
+    """Simulate samples ``start`` to ``stop - 1``; returns the arrays of a part.
+
+    With a ``screen``, candidates surely outside the SNR window are rejected without being drawn.
+    """
     config = RenderConfig.from_spec(spec)
     m = stop - start
     indices = np.arange(start, stop)
@@ -233,7 +321,7 @@ def simulate_chunk(spec: DatasetSpec, start: int, stop: int, workers: Workers, p
     pending = np.arange(m)
     while pending.size:
         params = draw_candidates(spec, indices[pending], attempts[pending])
-        res = workers.render(config, indices[pending], params)
+        res = _render_screened(workers, config, indices[pending], params, screen)
         attempts[pending] += 1
         done = pending[res.accepted]
         out["params"][done] = params[res.accepted]
@@ -252,6 +340,22 @@ def simulate_chunk(spec: DatasetSpec, start: int, stop: int, workers: Workers, p
             )
     out["draws"] = attempts.astype(np.int32)
     return out
+
+
+def _render_screened(workers: Workers, config: RenderConfig, indices, params, screen) -> Rendered:
+    """``workers.render`` of the candidates the screen lets through; the others are rejected."""
+    if screen is None:
+        return workers.render(config, indices, params)
+    keep = ~screen.surely_outside(params)
+    accepted = np.zeros(len(params), dtype=bool)
+    if not keep.any():
+        empty = np.empty((0, config.stamp_size, config.stamp_size), np.float32)
+        return Rendered(accepted, np.full(len(params), np.nan), empty, empty, empty if config.psf_varies else None)
+    res = workers.render(config, indices[keep], params[keep])
+    accepted[keep] = res.accepted
+    snr = np.full(len(params), np.nan)
+    snr[keep] = res.snr
+    return Rendered(accepted, snr, res.img, res.img_nonoise, res.psf_img)
 
 
 def _part_header(spec: DatasetSpec, start: int, stop: int) -> dict:
@@ -530,12 +634,17 @@ def simulate(
         bar.update(accepted)
         bar.set_postfix(rejected=f"{1 - counts['accepted'] / counts['candidates']:.0%}", refresh=False)
 
+    screen = None
+    if todo and spec.renderer == "kspace":  # build or check the table cache once, before any worker starts
+        renderer = renderer_for(spec.renderer, spec.stamp_size, spec.pixel_scale, spec.psf_beta)
+        if spec.snr_window is not None and sum(b - a for a, b, _ in todo) >= SCREEN_MIN_IMAGES:
+            screen = SNRScreen(spec, renderer)
     own_workers = workers is None and bool(todo)
     if own_workers:
         workers = Workers(jobs)
     try:
         for a, b, path in todo:
-            arrays = simulate_chunk(spec, a, b, workers, on_round)
+            arrays = simulate_chunk(spec, a, b, workers, on_round, screen)
             write_npz_atomic(path, {**_part_header(spec, a, b), **arrays})
     finally:
         if own_workers:

@@ -18,6 +18,7 @@ Example (``data/v1.yaml``)::
     sersic_grid_size: 1000
     poisson_noise: true
     snr_window: [10, 100]   # or null for no rejection
+    renderer: kspace        # or galsim (GalSim's drawImage, the exact reference)
     priors:
       flux: {uniform: [3.0e4, 4.0e5]}          # counts
       sersic_n: {discretized: [0.5, 6.0]}      # sersic_grid_size equally spaced values
@@ -43,6 +44,7 @@ import numpy as np
 import yaml
 
 from galparam.errors import SpecError
+from galparam.kspace import N_RANGE as KSPACE_SERSIC_RANGE
 from galparam.parameters import PARAMETERS, sersic_grid
 
 INF = math.inf
@@ -101,6 +103,12 @@ DATASET_SETTINGS = {
     "sersic_grid_size": Setting(int, 1000, "values of a discretized Sérsic prior", low=2, high=1_000_000),
     "poisson_noise": Setting(bool, True, "Poisson noise on the galaxy light"),
     "snr_window": Setting(list, None, "[min, max] SNR kept, or null", raw=True),
+    "renderer": Setting(
+        str,
+        "kspace",
+        "the forward model: kspace (batched, from GalSim's tables) or galsim (drawImage, the exact reference)",
+        choices=("kspace", "galsim"),
+    ),
     "priors": Setting(dict, help="the parameters' priors", raw=True),
 }
 """The keys of a dataset spec."""
@@ -268,6 +276,7 @@ class DatasetSpec:
     sersic_grid_size: int
     poisson_noise: bool
     snr_window: tuple | None
+    renderer: str
     priors: dict = field(repr=False)
     source: str = field(default="<spec>", compare=False)
 
@@ -463,6 +472,13 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
     for name, prior in priors.items():
         if prior.kind == "discretized" and name != "sersic_n":
             raise SpecError(f"{source}: priors.{name}: only sersic_n takes a discretized prior")
+    n_prior = priors["sersic_n"]
+    low, high = KSPACE_SERSIC_RANGE  # the indices the k-space renderer's tables hold
+    if values["renderer"] == "kspace" and not (low <= n_prior.low and n_prior.high <= high):
+        raise SpecError(
+            f"{source}: priors.sersic_n: [{n_prior.low:g}, {n_prior.high:g}] reaches beyond [{low:g}, {high:g}], "
+            "the indices the kspace renderer draws; narrow the prior or set renderer: galsim"
+        )
     if forms[0] == ("g1", "g2"):
         g1, g2 = priors["g1"], priors["g2"]
         g_max = math.hypot(max(abs(g1.low), abs(g1.high)), max(abs(g2.low), abs(g2.high)))

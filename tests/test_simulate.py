@@ -15,12 +15,12 @@ def _arrays(path):
         return {k: z[k] for k in z.files}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny spec with one worker, two workers, and three shards merged."""
+@pytest.fixture(scope="module", params=["kspace", "galsim"])
+def tiny_run(request, tmp_path_factory):
+    """The tiny spec with one worker, two workers, and three shards merged, with each renderer."""
     from conftest import make_spec
 
-    spec = make_spec(size=60)
+    spec = make_spec(size=60, renderer=request.param)
     root = tmp_path_factory.mktemp("sim")
     one = simulate(spec, root / "one.npz", jobs=1, chunk_size=25, progress=False).output
     two = simulate(spec, root / "two.npz", jobs=2, chunk_size=16, progress=False).output
@@ -33,6 +33,21 @@ def test_same_seed_same_bytes_whatever_jobs_chunks_and_shards(tiny_run):
     _, one, two, merged = tiny_run
     assert one.read_bytes() == two.read_bytes() == merged.read_bytes()
     assert one.with_suffix(".csv").read_bytes() == merged.with_suffix(".csv").read_bytes()
+
+
+def test_the_renderers_draw_the_same_galaxies(tmp_path):
+    """Same spec, same seed: the same candidates, within 1e-4 of the peak, hence (nearly always) the same draws."""
+    from conftest import make_spec
+
+    made = {
+        r: load_dataset(simulate(make_spec(size=30, renderer=r), tmp_path / f"{r}.npz", progress=False).output)
+        for r in ("kspace", "galsim")
+    }
+    k, g = made["kspace"], made["galsim"]
+    np.testing.assert_array_equal(k.label, g.label)
+    peak = g.img_nonoise.max(axis=(1, 2), keepdims=True)
+    assert (np.abs(k.img_nonoise - g.img_nonoise) <= 1e-4 * peak).all()
+    np.testing.assert_allclose(k.snr, g.snr, rtol=1e-4)
 
 
 def test_another_seed_other_data(tiny_run, tmp_path):
@@ -142,7 +157,8 @@ def test_fixed_test_set_differs_only_by_noise(tmp_path):
     assert ds.snr[0] == pytest.approx(59.9, abs=0.1)
     galaxy = galsim.Sersic(3.0, half_light_radius=0.3, flux=1e5).shear(g1=-0.069, g2=0.15)
     expected = galsim.Convolve(galaxy, galsim.Moffat(beta=2, fwhm=0.5)).drawImage(nx=64, ny=64, scale=0.23).array
-    np.testing.assert_allclose(ds.img_nonoise[0], expected, atol=1e-6 * expected.max())
+    # the k-space renderer (the default) is within 1e-4 of GalSim's peak; here it is at 3e-6
+    np.testing.assert_allclose(ds.img_nonoise[0], expected, atol=1e-5 * expected.max())
 
 
 def test_existing_output_needs_overwrite(spec_factory, tmp_path):
@@ -176,3 +192,29 @@ def test_merge_rejects_gaps_and_mixed_specs(spec_factory, tmp_path):
     with pytest.raises(SimulationError, match="different specs"):
         merge([s1, other, s3], tmp_path / "m.npz")
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_the_snr_screen_bounds_hold_and_change_no_byte(spec_factory, tmp_path, monkeypatch):
+    """Candidates surely outside the SNR window are rejected undrawn; the bounds must never be wrong."""
+    import galparam.simulate as simulate_module
+    from galparam.render import KSpaceRenderer
+    from galparam.simulate import SNRScreen
+    from galparam.specs import load_spec
+
+    renderer = KSpaceRenderer()
+    for spec in (load_spec(DATA / "v1.yaml"), load_spec(DATA / "v3.yaml")):
+        screen = SNRScreen(spec, renderer)
+        params = draw_candidates(spec, np.arange(3000), np.zeros(3000, dtype=np.int64))
+        lower, upper = screen.norm_bounds(params)
+        images = renderer.images(np.ones(3000), *params[:, 1:6].T)
+        norm = np.sqrt(np.sum(images.reshape(3000, -1).astype(np.float64) ** 2, axis=1))
+        assert ((lower <= norm) & (norm <= upper)).all()
+        snr = params[:, 0] * norm / params[:, 6]
+        inside = (snr >= spec.snr_window[0]) & (snr <= spec.snr_window[1])
+        skipped = screen.surely_outside(params)
+        assert not (skipped & inside).any() and skipped.sum() > 0.3 * (~inside).sum()
+    spec = spec_factory(size=120)
+    plain = simulate(spec, tmp_path / "plain.npz", jobs=1, progress=False).output
+    monkeypatch.setattr(simulate_module, "SCREEN_MIN_IMAGES", 1)
+    screened = simulate(spec, tmp_path / "screened.npz", jobs=2, progress=False).output
+    assert plain.read_bytes() == screened.read_bytes()
