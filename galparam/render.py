@@ -43,6 +43,7 @@ __all__ = [
     "KSpaceRenderer",
     "Renderer",
     "renderer_for",
+    "renderer_provenance",
     "sersic_grid",
     "shared_renderer",
 ]
@@ -292,3 +293,12 @@ def renderer_for(name: str, stamp_size: int, pixel_scale: float, psf_beta: float
     if name == "kspace":
         return KSpaceRenderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
     raise ParameterError(f"renderer {name!r} is not one of {', '.join(RENDERERS)}")
+
+
+def renderer_provenance(name: str, stamp_size: int, pixel_scale: float, psf_beta: float) -> dict:
+    """What drew a dataset: the renderer and, for ``kspace``, its tables' settings and GalSim's version."""
+    if name == "kspace":
+        from galparam import kspace
+
+        return {"renderer": name, **kspace.table_settings(stamp=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)}
+    return {"renderer": name, "galsim": galsim.__version__}

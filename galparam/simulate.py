@@ -34,7 +34,7 @@ from galparam.errors import DatasetError, Remedy, SimulationError
 from galparam.io import NpzWriter, atomic_path, write_json_atomic, write_npz_atomic, write_text_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
-from galparam.render import KSpaceRenderer, Renderer, renderer_for
+from galparam.render import KSpaceRenderer, Renderer, renderer_for, renderer_provenance
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
 PARAM_COLUMNS = (*LABEL_NAMES, "psf_fwhm", "sigma")
@@ -479,6 +479,8 @@ def _write_dataset(path: Path, spec: DatasetSpec, parts: list[Part]) -> None:
         w.add("psf_fwhm", params[:, 5].astype(np.float32))
         w.add("draws", draws)
         w.add("spec", np.array(spec.to_yaml()))
+        provenance = renderer_provenance(spec.renderer, spec.stamp_size, spec.pixel_scale, spec.psf_beta)
+        w.add("renderer", np.array(json.dumps(provenance, sort_keys=True)))
         w.add("spec_name", np.array(spec.name))
         w.add("galparam_version", np.array(__version__))
         w.add("seed", np.int64(spec.seed))

@@ -1,3 +1,5 @@
+import json
+
 import galsim
 import numpy as np
 import pytest
@@ -68,6 +70,10 @@ def test_dataset_contents(tiny_run):
     np.testing.assert_allclose(snr, ds.snr, rtol=1e-5)
     # Provenance, and the metadata table agrees with the arrays.
     assert str(ds.extra["galparam_version"]) and int(ds.extra["seed"]) == 7
+    drawn_by = json.loads(str(ds.extra["renderer"]))
+    assert drawn_by["renderer"] == spec.renderer and drawn_by["galsim"] == galsim.__version__
+    if spec.renderer == "kspace":  # the tables' settings: which cache file drew it
+        assert drawn_by["n_step"] == 0.05 and drawn_by["format"] >= 1
     from galparam.data import load_metadata
 
     table = load_metadata(one)
