@@ -35,6 +35,7 @@ from galparam.parameters import (
     first_invalid,
     sersic_grid,
 )
+from galparam.specs import DATASET_SETTINGS
 
 __all__ = [
     "LABEL_NAMES",
@@ -48,7 +49,7 @@ __all__ = [
     "shared_renderer",
 ]
 
-RENDERERS = ("kspace", "galsim")
+RENDERERS = DATASET_SETTINGS["renderer"].choices
 """The renderers a dataset spec may name: the batched k-space renderer (default) or GalSim's drawImage."""
 
 DEFAULT_STAMP_SIZE = 64
