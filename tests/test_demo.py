@@ -1,6 +1,6 @@
 """``make demo`` end to end on its own small settings, its report, and the four notebooks.
 
-The demo runs once (about 5 minutes on 2 cores) into a temporary folder; the notebooks are then
+The demo runs once (about 3 minutes on 2 cores) into a temporary folder; the notebooks are then
 executed with papermill at their ``small`` setting against the demo's folder, as a user running
 them after ``make demo`` would: they reuse the demo's datasets, runs and fits (every step resumes)
 and run what the demo does not (the KerasTuner and AutoKeras searches, the network-started fits).
