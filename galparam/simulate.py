@@ -263,6 +263,11 @@ class SNRScreen:
         self.u = np.sqrt(np.sum(images.reshape(len(n), -1).astype(np.float64) ** 2, axis=1)).reshape(grid[0].shape)
         self.window = spec.snr_window
 
+    @classmethod
+    def applies(cls, spec: DatasetSpec) -> bool:
+        """Whether the screen can bound this spec's candidates (an SNR window, |g| within its nodes)."""
+        return spec.snr_window is not None and cls._largest_shear(spec) <= cls.SHEAR_NODES[-1]
+
     @staticmethod
     def _largest_shear(spec: DatasetSpec) -> float:
         a, b = spec.shear_form
@@ -639,7 +644,7 @@ def simulate(
     screen = None
     if todo and spec.renderer == "kspace":  # build or check the table cache once, before any worker starts
         renderer = renderer_for(spec.renderer, spec.stamp_size, spec.pixel_scale, spec.psf_beta)
-        if spec.snr_window is not None and sum(b - a for a, b, _ in todo) >= SCREEN_MIN_IMAGES:
+        if SNRScreen.applies(spec) and sum(b - a for a, b, _ in todo) >= SCREEN_MIN_IMAGES:
             screen = SNRScreen(spec, renderer)
     own_workers = workers is None and bool(todo)
     if own_workers:
