@@ -403,12 +403,17 @@ def load_tables(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: flo
             print(f"galparam: the Sérsic table cache {path} is {reason}; rebuilding it", file=sys.stderr)
     if tables is None:
         tables = build_tables(psf_beta=psf_beta, pixel_scale=pixel_scale, stamp=stamp)
-        path.parent.mkdir(parents=True, exist_ok=True)
         from galparam.io import atomic_path
 
-        with atomic_path(path, suffix=".npz") as tmp:
-            arrays = {k: np.asarray(getattr(tables, k)) for k in Tables._SAVED}
-            np.savez(tmp, settings=np.array(json.dumps(settings, sort_keys=True)), **arrays)
+        try:
+            with atomic_path(path, suffix=".npz") as tmp:
+                arrays = {k: np.asarray(getattr(tables, k)) for k in Tables._SAVED}
+                np.savez(tmp, settings=np.array(json.dumps(settings, sort_keys=True)), **arrays)
+        except OSError as exc:  # a read-only home: draw from memory, build again next time
+            print(
+                f"galparam: cannot keep the Sérsic tables in {path.parent} ({exc.strerror}); set {CACHE_ENV}",
+                file=sys.stderr,
+            )
     _LOADED[key] = tables
     return tables
 
