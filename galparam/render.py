@@ -246,17 +246,19 @@ class KSpaceRenderer:
                 "(renderer: galsim draws GalSim's whole range)"
             )
 
-    def images(self, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> np.ndarray:
+    def images(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
         """Noiseless, PSF-convolved, pixel-integrated images of many galaxies.
 
         Parameters
         ----------
         flux, sersic_n, hlr, g1, g2, psf_fwhm : array_like of shape (B,) or scalars
             As in :meth:`Renderer.image` (counts, arcsec).
+        dtype : numpy dtype
+            Arithmetic and output precision: ``np.float32`` (datasets) or ``np.float64``.
 
         Returns
         -------
-        ndarray of shape (B, stamp_size, stamp_size), float32, counts per pixel. An image depends
+        ndarray of shape (B, stamp_size, stamp_size), ``dtype``, counts per pixel. An image depends
         only on its own parameters, never on the other galaxies of the call.
 
         Raises
@@ -268,18 +270,11 @@ class KSpaceRenderer:
 
         self.check(flux, sersic_n, hlr, g1, g2)
         # k-boxes padded to multiples of 8 draw in fewer, larger groups (exact zeros: same images)
-        return kspace.render_numpy(
-            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float32, box_step=BOX_STEP
-        )
+        return kspace.render_numpy(self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype, box_step=BOX_STEP)
 
     def image(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
         """One galaxy (see :meth:`images`)."""
-        from galparam import kspace
-
-        self.check(flux, sersic_n, hlr, g1, g2)
-        return kspace.render_numpy(self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype, box_step=BOX_STEP)[
-            0
-        ]
+        return self.images(flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype)[0]
 
     def psf_image(self, psf_fwhm: float, *, dtype=np.float32) -> np.ndarray:
         """The unit-flux PSF image on the same stamp, pixel response included (GalSim draws it)."""
