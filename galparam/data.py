@@ -396,9 +396,7 @@ def tf_dataset(
     """
     import tensorflow as tf
 
-    names = tuple(dict.fromkeys((inputs,) if isinstance(inputs, str) else inputs)) + tuple(
-        (targets,) if isinstance(targets, str) else targets
-    )
+    names = column_names(inputs, targets)
     indices = np.asarray(indices, dtype=np.int64)
     if not len(indices):
         raise GalparamError("no images to serve")
@@ -417,14 +415,46 @@ def tf_dataset(
         tensors = tf.numpy_function(gather, [idx], [tf.float32] * len(names), stateful=False)
         for tensor, shape in zip(tensors, shapes, strict=True):
             tensor.set_shape((None, *shape))
-        by_name = dict(zip(names, tensors, strict=True))
-
-        def pick(spec):
-            return by_name[spec] if isinstance(spec, str) else {n: by_name[n] for n in spec}
-
-        return pick(inputs), pick(targets)
+        return _structure(names, tensors, inputs, targets)
 
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def column_names(inputs, targets) -> tuple[str, ...]:
+    """The column names of a pipeline: the inputs', then the targets' (a name or a tuple of names each)."""
+    return tuple(dict.fromkeys((inputs,) if isinstance(inputs, str) else inputs)) + tuple(
+        (targets,) if isinstance(targets, str) else targets
+    )
+
+
+def _structure(names, tensors, inputs, targets):
+    by_name = dict(zip(names, tensors, strict=True))
+
+    def pick(spec):
+        return by_name[spec] if isinstance(spec, str) else {n: by_name[n] for n in spec}
+
+    return pick(inputs), pick(targets)
+
+
+def tf_generator_dataset(batches, shapes, inputs, targets):
+    """A ``tf.data`` pipeline of ``(inputs, targets)`` batches that a generator makes.
+
+    Parameters
+    ----------
+    batches : callable
+        Returns a generator of tuples of float32 arrays, one per name of
+        :func:`column_names` ``(inputs, targets)``, each of shape (batch, *shape).
+    shapes : sequence of tuple
+        Each column's shape without the batch axis.
+    inputs, targets : str or tuple of str
+        As in :func:`tf_dataset`.
+    """
+    import tensorflow as tf
+
+    names = column_names(inputs, targets)
+    signature = tuple(tf.TensorSpec((None, *shape), tf.float32) for shape in shapes)
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.map(lambda *tensors: _structure(names, tensors, inputs, targets)).prefetch(tf.data.AUTOTUNE)
 
 
 def with_channel(images) -> np.ndarray:

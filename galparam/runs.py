@@ -7,6 +7,7 @@ A run folder holds::
     scaler.json         label scaling ([-1, 1] for Xception, [0, 1] for the autoencoder)
     image_scaler.json   the autoencoder's noiseless-image scaling
     checkpoints/STAGE/  epoch-NNN.keras each epoch (the last few and the best), state.json, final.keras
+    validation.npz      on the fly (galparam.fresh): the fixed validation set, and its .csv
     history.csv         one row per epoch and stage
     model.keras         the trained model (best validation loss of each stage)
     metrics.json        per label, in physical units, on the validation split
@@ -39,6 +40,7 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
+VALIDATION_FILE = "validation.npz"
 
 RUN_FAMILIES = ("xception", "autoencoder", "autokeras")
 """Families a run folder may hold (``autokeras``: the best model of an AutoKeras search)."""
@@ -81,6 +83,11 @@ class RunFolder:
     @property
     def history_path(self) -> Path:
         return self.path / HISTORY_FILE
+
+    @property
+    def validation_path(self) -> Path:
+        """The fixed validation set of a run trained on the fly."""
+        return self.path / VALIDATION_FILE
 
     @property
     def model_path(self) -> Path:
@@ -241,20 +248,34 @@ def same_experiment(recorded_yaml: str, spec_yaml: str) -> bool:
 
 
 class ExperimentData:
-    """An experiment's dataset (memory-mapped), its train/validation split, and the model inputs it implies.
+    """An experiment's data: its dataset (memory-mapped), the train/validation split, the model inputs.
+
+    A dataset file is split by :func:`galparam.data.split_indices`. On the fly (an experiment's
+    ``dataset: {spec: ..., on_the_fly: true}``), the training images are drawn fresh each epoch
+    (:attr:`fresh`) and the dataset is the fixed validation set, which :meth:`materialize` simulates
+    into the run folder (its first call resumes an interrupted one).
 
     Parameters
     ----------
     spec : ExperimentSpec
         The experiment (its dataset, images, PSF input, image limit and validation fraction).
+    on_the_fly : bool
+        Whether the caller trains on fresh images (galparam-train does; a search trains on a file).
 
     Attributes
     ----------
     dataset : galparam.data.Dataset
+        The dataset file, or on the fly the fixed validation set (after :meth:`materialize`).
     n : int
-        Images used (the first ``n`` of the dataset).
+        Images used (the first ``n`` of the dataset, or on the fly of the spec's samples).
     train, val : ndarray of int
-        Indices of the training and validation images.
+        Indices of the training and validation images in :attr:`dataset` (on the fly, ``train``
+        is empty: :attr:`fresh` draws the training images).
+    fit_rows : ndarray of int
+        The images scalers and normalization layers are fitted on: the training split, or on the
+        fly the fixed set (drawn from the same prior, never trained on).
+    fresh : galparam.fresh.FreshImages or None
+        The fresh training images of an on-the-fly experiment.
     images : ndarray of shape (N, S, S)
         The noisy or noiseless images, as the spec says.
     psf_input : bool
@@ -263,13 +284,28 @@ class ExperimentData:
     Raises
     ------
     GalparamError
-        A missing or invalid dataset (naming how to make it), too few images for the split, a PSF
-        input asked of a dataset whose PSF does not vary, or of the autoencoder.
+        A missing or invalid dataset or dataset spec (naming how to make it), too few images for
+        the split, a PSF input asked of a dataset whose PSF does not vary, or of the autoencoder,
+        on-the-fly data asked of a search.
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, *, on_the_fly: bool = False):
         from galparam.data import load_dataset, split_indices
 
+        self.spec = spec
+        self.image_kind = spec.images
+        self.image_key = "img" if spec.images == "noisy" else "img_nonoise"
+        self.fresh = None
+        self.dataset = None
+        if spec.on_the_fly:
+            if not on_the_fly:
+                raise GalparamError(
+                    f"{spec.source}: dataset: on_the_fly data is for galparam-train; a search trains on a "
+                    f"file: give dataset: {spec.dataset.with_suffix('.npz').name} "
+                    f"(made by galparam-simulate {spec.dataset.name})"
+                )
+            self._plan_fresh(spec)
+            return
         try:
             ds = load_dataset(spec.dataset, mmap=True)
         except GalparamError as exc:
@@ -278,51 +314,130 @@ class ExperimentData:
                 f"; make it with: galparam-simulate {recipe}" if not spec.dataset.exists() and recipe.exists() else ""
             )
             raise GalparamError(f"{spec.source}: dataset: {exc}{hint}") from None
-        self.dataset = ds
+        self.dataset_spec = ds.spec
         self.n = min(len(ds), spec.max_images or len(ds))
         fraction = spec.validation_fraction if spec.validation_fraction is not None else ds.spec.validation_fraction
         self.train, self.val = split_indices(self.n, fraction)
+        self._check_split(fraction)
+        self._resolve_psf_input(ds.psf_varies)
+        self._use(ds)
+        self.fit_rows = self.train
+
+    def _plan_fresh(self, spec) -> None:
+        from galparam.data import split_indices
+        from galparam.fresh import FreshImages
+        from galparam.specs import load_spec
+
+        try:
+            self.dataset_spec = load_spec(spec.dataset)
+        except GalparamError as exc:
+            raise GalparamError(f"{spec.source}: dataset: {exc}") from None
+        self.n = min(self.dataset_spec.size, spec.max_images or self.dataset_spec.size)
+        fraction = (
+            spec.validation_fraction if spec.validation_fraction is not None else self.dataset_spec.validation_fraction
+        )
+        self.train, self.val = split_indices(self.n, fraction)
+        self._check_split(fraction)
+        self._resolve_psf_input(self.dataset_spec.psf_varies)
+        self.fresh = FreshImages(self.dataset_spec, len(self.train), spec.batch_size)
+        self.train, self.val = np.arange(0), np.arange(len(self.val))
+        self.fit_rows = self.val
+
+    def _check_split(self, fraction) -> None:
         if len(self.val) == 0 or len(self.train) < 2:
             raise GalparamError(
-                f"{spec.source}: {self.n} images with validation fraction {fraction} leave "
+                f"{self.spec.source}: {self.n} images with validation fraction {fraction} leave "
                 f"{len(self.train)} to train and {len(self.val)} to validate; both need images"
             )
-        self.image_kind = spec.images
-        self.images = ds.img if spec.images == "noisy" else ds.img_nonoise
+
+    def _resolve_psf_input(self, psf_varies: bool) -> None:
+        spec = self.spec
         if spec.family == "autoencoder" and spec.psf_input is True:
             raise GalparamError(f"{spec.source}: psf_input: the autoencoder takes no PSF input")
-        psf = spec.psf_input if spec.psf_input != "auto" else (ds.psf_varies and spec.family == "xception")
-        if psf and not ds.psf_varies:
+        psf = spec.psf_input if spec.psf_input != "auto" else (psf_varies and spec.family == "xception")
+        if psf and not psf_varies:
             raise GalparamError(
                 f"{spec.source}: psf_input is true but {spec.dataset.name} has one PSF for all images "
                 "(a PSF input needs a dataset whose PSF varies, like v3)"
             )
         self.psf_input = bool(psf)
 
+    def _use(self, ds) -> None:
+        self.dataset = ds
+        self.images = ds.img if self.image_key == "img" else ds.img_nonoise
+
+    def materialize(self, folder, *, progress: bool = True) -> None:
+        """On the fly: simulate (or resume, or open) the fixed validation set in the run ``folder``.
+
+        A dataset file needs nothing; this returns at once.
+        """
+        if self.fresh is None:
+            return
+        from galparam.data import load_dataset
+        from galparam.fresh import validation_spec
+        from galparam.simulate import simulate
+
+        path = RunFolder(Path(folder).resolve()).validation_path
+        wanted = validation_spec(self.dataset_spec, len(self.val))
+        if not path.exists():
+            simulate(wanted, path, progress=progress)
+        ds = load_dataset(path, mmap=True)
+        if ds.spec.digest() != wanted.digest():
+            raise TrainingError(f"{path}: holds another validation set than {self.spec.dataset.name} draws; remove it")
+        self._use(ds)
+
+    @property
+    def spec_digest(self) -> str:
+        """SHA-256 of the dataset's spec (the spec file's, on the fly)."""
+        return self.dataset_spec.digest()
+
+    def column(self, key: str) -> np.ndarray:
+        """The dataset's array ``key``: ``img``, ``img_nonoise``, ``psf_img`` or ``label``."""
+        return getattr(self.dataset, key)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(height, width, 1): the model's input shape."""
-        return (*self.images.shape[1:], 1)
+        size = self.dataset_spec.stamp_size
+        return (size, size, 1)
 
     def describe(self) -> dict:
         """The dataset entry of ``run.json``."""
         path = self.dataset.path
-        return {
+        out = {
             "path": str(path),
-            "name": self.dataset.spec.name,
-            "spec_sha256": self.dataset.spec.digest(),
+            "name": self.dataset_spec.name,
+            "spec_sha256": self.spec_digest,
             "bytes": path.stat().st_size,
-            "images_used": int(self.n),
-            "train": int(len(self.train)),
+            "images_used": int(len(self.dataset) if self.fresh else self.n),
+            "train": int(self.fresh.images_per_epoch if self.fresh else len(self.train)),
             "validation": int(len(self.val)),
         }
+        if self.fresh is not None:
+            out["on_the_fly"] = {
+                "spec": str(self.spec.dataset),
+                "images_per_epoch": self.fresh.images_per_epoch,
+                "seeds": "image j of epoch e: sample j at seed galparam.fresh.epoch_seed(seed, e)",
+            }
+        return out
 
     def adapt_samples(self) -> dict:
-        """Normalization layer name → the training images it is adapted on (a spread sample)."""
+        """Normalization layer name → the images it is adapted on (a spread sample of :attr:`fit_rows`)."""
         from galparam.data import spread_sample, with_channel
 
-        index = np.sort(spread_sample(self.train, ADAPT_SAMPLE))
+        index = np.sort(spread_sample(self.fit_rows, ADAPT_SAMPLE))
         out = {"normalize_image": with_channel(self.images[index])}
         if self.psf_input:
             out["normalize_psf"] = with_channel(self.dataset.psf_img[index])
         return out
+
+    def close(self) -> None:
+        """Stop drawing fresh images (if any)."""
+        if self.fresh is not None:
+            self.fresh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -133,7 +133,12 @@ _AE = ("autoencoder",)
 EXPERIMENT_SETTINGS = {
     "name": Setting(str, help="experiment name (the default run folder is runs/NAME)"),
     "family": Setting(str, help="model family", choices=("xception", "autoencoder")),
-    "dataset": Setting(str, help="npz dataset, relative to the spec's folder"),
+    "dataset": Setting(
+        None,
+        help="npz dataset, or {spec: DATASET.yaml, on_the_fly: true} for fresh images each epoch; "
+        "relative to the spec's folder",
+        raw=True,
+    ),
     "images": Setting(str, "noisy", "train on the noisy or the noiseless images", choices=("noisy", "noiseless")),
     "psf_input": Setting(
         None, "auto", "PSF image as a second input (auto: where the PSF varies)", choices=("auto", True, False)
@@ -547,12 +552,13 @@ class ExperimentSpec:
     loss_weights: tuple
     lr_factor: float
     lr_patience: int
+    on_the_fly: bool = False
     source: str = field(default="<experiment>", compare=False)
 
     def to_dict(self) -> dict:
         """The resolved spec (dataset as an absolute path, hyperparameters inline)."""
         out = {k: getattr(self, k) for k in EXPERIMENT_SETTINGS}
-        out["dataset"] = str(self.dataset)
+        out["dataset"] = {"spec": str(self.dataset), "on_the_fly": True} if self.on_the_fly else str(self.dataset)
         out["stages"] = list(self.stages)
         out["loss_weights"] = list(self.loss_weights)
         return out
@@ -584,7 +590,7 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
         )
 
     base_dir = Path(base_dir)
-    values["dataset"] = (base_dir / values["dataset"]).resolve()
+    values["dataset"], values["on_the_fly"] = _read_dataset(source, values["dataset"], base_dir)
     values["hyperparameters"] = _read_hyperparameters(source, values["hyperparameters"], base_dir)
     stages = values["stages"]
     if (
@@ -603,6 +609,30 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
         raise SpecError(f"{source}: loss_weights: {weights!r} is not [labels, image] with two numbers >= 0")
     values["loss_weights"] = tuple(float(w) for w in weights)
     return ExperimentSpec(source=source, **values)
+
+
+DATASET_SOURCE_KEYS = ("spec", "on_the_fly")
+"""The keys of an experiment's ``dataset`` mapping."""
+
+
+def _read_dataset(source: str, value, base_dir: Path) -> tuple[Path, bool]:
+    """``dataset: FILE.npz`` → (file, False); ``{spec: DATA.yaml, on_the_fly: true}`` → (spec file, True);
+    ``{spec: DATA.yaml, on_the_fly: false}`` → (the spec's dataset file DATA.npz, False)."""
+    if isinstance(value, str) and value:
+        return (base_dir / value).resolve(), False
+    accepted = "a dataset file (data/v1.npz) or {spec: data/v1.yaml, on_the_fly: true}"
+    if not isinstance(value, dict):
+        raise SpecError(f"{source}: dataset: {value!r} is not {accepted}")
+    unknown = sorted(set(map(str, value)) - set(DATASET_SOURCE_KEYS))
+    if unknown:
+        raise SpecError(f"{source}: dataset: unknown key {unknown[0]!r}; accepted: {', '.join(DATASET_SOURCE_KEYS)}")
+    spec, fly = value.get("spec"), value.get("on_the_fly", True)
+    if not isinstance(spec, str) or not spec.endswith((".yaml", ".yml")):
+        raise SpecError(f"{source}: dataset: spec: {spec!r} is not a dataset spec file (.yaml); {accepted}")
+    if not isinstance(fly, bool):
+        raise SpecError(f"{source}: dataset: on_the_fly: {fly!r} is not true or false")
+    path = (base_dir / spec).resolve()
+    return (path, True) if fly else (path.with_suffix(".npz"), False)
 
 
 def _read_hyperparameters(source: str, value, base_dir: Path) -> dict:

@@ -175,6 +175,8 @@ class Study:
         from galparam.specs import load_experiment
 
         spec = load_experiment(self.project / "experiments" / f"{self.name(base)}.yaml")
+        if spec.on_the_fly:  # drawn from the project's dataset spec; there is no file to copy
+            return spec
         return dataclasses.replace(spec, dataset=(self.data_dir / spec.dataset.name).resolve())
 
     def search_spec(self, base: str):
@@ -234,7 +236,8 @@ class Study:
         from galparam.train import train
 
         spec = self.experiment(base)
-        self._needs(spec.dataset)
+        if not spec.on_the_fly:
+            self._needs(spec.dataset)
         run_dir = self.run_dir(base)
         if self.progress:
             _say(f"training {spec.name} ({spec.family}) into {run_dir}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galparam.data import MinMaxScaler, column_range, tf_dataset, with_channel
+from galparam.data import MinMaxScaler, column_names, column_range, tf_dataset, tf_generator_dataset, with_channel
 from galparam.errors import TrainingError
 from galparam.estimator import Estimator
 from galparam.io import atomic_path, write_json_atomic, write_text_atomic
@@ -207,10 +207,10 @@ class Scalers:
 
     @classmethod
     def fit(cls, family: str, data: ExperimentData) -> Scalers:
-        labels = data.dataset.label[data.train]
+        labels = data.dataset.label[data.fit_rows]
         if family == "xception":
             return cls(MinMaxScaler((-1.0, 1.0), names=LABEL_NAMES).fit(labels))
-        low, high = column_range(data.dataset.img_nonoise, data.train)
+        low, high = column_range(data.dataset.img_nonoise, data.fit_rows)
         return cls(
             MinMaxScaler((0.0, 1.0), names=LABEL_NAMES).fit(labels),
             MinMaxScaler((0.0, 1.0), names=["pixel"]).fit([[low], [high]]),
@@ -230,23 +230,19 @@ class Scalers:
 
 
 def _stage_columns(stage: str, data: ExperimentData, scalers: Scalers):
-    """Pipeline columns (model input/output name → array and transform), inputs and targets of a stage."""
-    noisy = (data.images, with_channel)
-    labels = (data.dataset.label, scalers.label.transform)
+    """Pipeline columns (model input/output name → the data's key and a transform), inputs and targets of a stage."""
+    noisy = (data.image_key, with_channel)
+    labels = ("label", scalers.label.transform)
     if stage == "xception":
         if data.psf_input:
-            return (
-                {"image": noisy, "psf": (data.dataset.psf_img, with_channel), "labels": labels},
-                ("image", "psf"),
-                "labels",
-            )
+            return {"image": noisy, "psf": ("psf_img", with_channel), "labels": labels}, ("image", "psf"), "labels"
         return {"image": noisy, "labels": labels}, "image", "labels"
 
     def scale_image(block):
         flat = scalers.image.transform(block.reshape(-1, 1)).reshape(block.shape)
         return with_channel(np.clip(flat, 0.0, 1.0))
 
-    clean = (data.dataset.img_nonoise, scale_image)
+    clean = ("img_nonoise", scale_image)
     if stage == "encoder":
         return {"image": noisy, "labels": labels}, "image", "labels"
     if stage == "decoder":
@@ -257,18 +253,27 @@ def _stage_columns(stage: str, data: ExperimentData, scalers: Scalers):
 def stage_pipelines(stage: str, spec: ExperimentSpec, data: ExperimentData, scalers: Scalers, first_epoch: int = 0):
     """The training and validation ``tf.data`` pipelines of one stage.
 
+    Training images come from the dataset's training split (shuffled each epoch) or, on the fly,
+    fresh from its spec (:mod:`galparam.fresh`); validation images from the fixed split.
+
     Returns
     -------
     train, validation : tf.data.Dataset
     steps, validation_steps : int
     """
     columns, inputs, targets = _stage_columns(stage, data, scalers)
+    arrays = {name: (data.column(key), transform) for name, (key, transform) in columns.items()}
+    val_ds = tf_dataset(arrays, inputs, targets, data.val, spec.batch_size)
+    val_steps = math.ceil(len(data.val) / spec.batch_size)
+    if data.fresh is not None:
+        ordered = {name: columns[name] for name in column_names(inputs, targets)}
+        shapes = [transform(data.column(key)[:1]).shape[1:] for key, transform in ordered.values()]
+        train_ds = tf_generator_dataset(lambda: data.fresh.batches(ordered, first_epoch), shapes, inputs, targets)
+        return train_ds, val_ds, data.fresh.steps_per_epoch, val_steps
     train_ds = tf_dataset(
-        columns, inputs, targets, data.train, spec.batch_size, shuffle_seed=spec.seed, first_epoch=first_epoch
+        arrays, inputs, targets, data.train, spec.batch_size, shuffle_seed=spec.seed, first_epoch=first_epoch
     )
-    val_ds = tf_dataset(columns, inputs, targets, data.val, spec.batch_size)
-    steps = math.ceil(len(data.train) / spec.batch_size), math.ceil(len(data.val) / spec.batch_size)
-    return train_ds, val_ds, *steps
+    return train_ds, val_ds, math.ceil(len(data.train) / spec.batch_size), val_steps
 
 
 def search_pipelines(spec: ExperimentSpec, data: ExperimentData):
@@ -378,12 +383,12 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite:
 
     run = RunFolder(output if output is not None else default_run_dir(spec))
     hp, lr = resolve_hyperparameters(spec)
-    data = ExperimentData(spec)
+    data = ExperimentData(spec, on_the_fly=True)
     state = run.prepare(spec.to_yaml(), source=spec.source, resume=resume, overwrite=overwrite)
     if state == "finished":
-        if run.info()["dataset"]["spec_sha256"] != data.dataset.spec.digest():
+        if run.info()["dataset"]["spec_sha256"] != data.spec_digest:
             raise TrainingError(
-                f"{run.path}: finished on another version of {data.dataset.path.name} (its spec differs); "
+                f"{run.path}: finished on another version of {spec.dataset.name} (its spec differs); "
                 "give another output folder"
             )
         return run.path
@@ -396,8 +401,10 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite:
     stage_names = ("xception",) if spec.family == "xception" else spec.stages
     history = _read_history(run, {s: _read_state(run.stage_dir(s)) for s in stage_names})
     family = _train_xception if spec.family == "xception" else _train_autoencoder
-    hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr})
-    model, estimator, states = family(spec, run, data, strategy, hm, history, verbose)
+    with data:
+        data.materialize(run.path, progress=verbose != 0)
+        hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr})
+        model, estimator, states = family(spec, run, data, strategy, hm, history, verbose)
 
     _save_model(model, run.model_path)
     run.write_metrics(validation_metrics(estimator, data), len(data.val))
