@@ -60,6 +60,7 @@ import sys
 import time
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,8 @@ class Tables:
     sersic_maxk, sersic_stepk : (Nn,) GalSim's maxk and stepk of the unit profile (rad/arcsec).
     psf : (M,) ``Moffat(beta, fwhm=1).kValue(k=s², 0)``.
     psf_maxk, psf_stepk : the unit-FWHM Moffat's maxk and stepk.
+    psf_unit_maxk, psf_unit_stepk : maxk and stepk of ``Moffat(beta, scale_radius=1)``, from which
+        GalSim derives every FWHM's, bit for bit (:func:`galparam.kspace_psf.psf_geometry`).
     psf_beta, pixel_scale, stamp : the geometry the tables were made for.
     rule_n, rule_r, rule_fwhm, rule_N : the grid-size rule: the smallest N meeting the
         tolerances at each (n, major-axis radius, PSF FWHM) node (see `calibrate_grid_rule`).
@@ -123,6 +126,8 @@ class Tables:
     psf_beta: float = PSF_BETA
     pixel_scale: float = SCALE
     stamp: int = STAMP
+    psf_unit_maxk: float = math.nan
+    psf_unit_stepk: float = math.nan
     # the calibrated grid-size rule (`calibrate_grid_rule`); empty: always GalSim's own N
     rule_n: np.ndarray = field(default_factory=lambda: np.zeros(0))
     rule_r: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -195,6 +200,8 @@ class Tables:
         "psf_beta",
         "pixel_scale",
         "stamp",
+        "psf_unit_maxk",
+        "psf_unit_stepk",
         "rule_n",
         "rule_r",
         "rule_fwhm",
@@ -210,7 +217,7 @@ class Tables:
         """Read `save`'s npz (``allow_pickle=False``); spline coefficients are rebuilt lazily."""
         with np.load(path, allow_pickle=False) as z:
             d = {k: z[k] for k in cls._SAVED if k in z.files}
-        for k in ("s_step", "psf_maxk", "psf_stepk", "psf_beta", "pixel_scale"):
+        for k in ("s_step", "psf_maxk", "psf_stepk", "psf_beta", "pixel_scale", "psf_unit_maxk", "psf_unit_stepk"):
             d[k] = float(d[k])
         d["stamp"] = int(d["stamp"])
         return cls(**d)
@@ -294,6 +301,7 @@ def build_tables(
         if verbose:
             print(f"n={n:.3f}: {timing[float(n)] * 1e3:.1f} ms")
     psf = galsim.Moffat(beta=psf_beta, fwhm=1.0)
+    unit_radius = galsim.Moffat(beta=psf_beta, scale_radius=1.0)
     tables = Tables(
         n_nodes=n_nodes,
         s_step=float(s_step),
@@ -303,6 +311,8 @@ def build_tables(
         psf=sample(psf),
         psf_maxk=float(psf.maxk),
         psf_stepk=float(psf.stepk),
+        psf_unit_maxk=float(unit_radius.maxk),
+        psf_unit_stepk=float(unit_radius.stepk),
         psf_beta=float(psf_beta),
         pixel_scale=float(pixel_scale),
         stamp=int(stamp),
@@ -318,7 +328,7 @@ def build_tables(
 # --------------------------------------------------------------------------------------------
 # The table cache on disk
 # --------------------------------------------------------------------------------------------
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped when the tables' content or layout changes: older cache files are then rebuilt."""
 
 CACHE_ENV = "GALPARAM_CACHE"
@@ -375,6 +385,7 @@ def _read_cached(path: Path, settings: dict) -> Tables:
         or tables.psf.shape != (expected_rows,)
         or not np.isfinite(tables.sersic).all()
         or tables.rule_N.size == 0
+        or not np.isfinite([tables.psf_unit_maxk, tables.psf_unit_stepk]).all()
     ):
         raise ValueError("its arrays do not have the expected shapes or values")
     return tables
@@ -815,6 +826,15 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype):
 _PSF_CACHE: dict = {}
 
 
+@lru_cache(maxsize=64)
+def _octant(N: int, H: int, pixel_scale: float):
+    """|k| on the octant ky ≥ kx ≥ 0 of the box, and its flat places in the quadrant ky, kx = 0..H
+    (where |k| is the same): the octant's and their mirror images'."""
+    j, i = np.tril_indices(H + 1)
+    k = _grid(N, H, pixel_scale, np.float64)["k"][H:][j, i]
+    return k, j * (H + 1) + i, i * (H + 1) + j
+
+
 def _psf_pixel(tables, N, H, fwhm, dtype):
     """(B or 1, 2H+1, H+1): Moffat(k·fwhm) · pixel · fold sign. Cached by FWHM value."""
     ufw = np.unique(fwhm)
@@ -828,11 +848,19 @@ def _psf_pixel_one(tables, N, H, fwhm, dtype):
     v = _PSF_CACHE.get(key)
     if v is None:
         g = _grid(N, H, tables.pixel_scale, np.float64)
+        k, lower, upper = _octant(N, H, tables.pixel_scale)
         M = tables.psf.shape[0]
-        pos = np.sqrt(g["k"] * fwhm) / tables.s_step
+        # radial: evaluated on one octant of the box (a third of the time), the same numbers mirrored
+        pos = np.sqrt(k * fwhm) / tables.s_step
         rows = np.minimum(pos.astype(np.int64), M - 1)
-        v = _eval_spline(tables.psf_coef, rows, pos - rows)
-        v = v * g["py"][:, None] * g["px"][None, :]
+        quadrant = np.empty((H + 1) * (H + 1))
+        quadrant[lower] = quadrant[upper] = _eval_spline(tables.psf_coef, rows, pos - rows)
+        quadrant = quadrant.reshape(H + 1, H + 1)
+        v = np.empty((2 * H + 1, H + 1))
+        v[H:] = quadrant
+        v[:H] = quadrant[:0:-1]
+        v *= g["py"][:, None]
+        v *= g["px"][None, :]
         v = v.astype(dtype)
         if len(_PSF_CACHE) > 256:
             _PSF_CACHE.clear()

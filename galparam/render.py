@@ -29,6 +29,7 @@ import numpy as np
 
 from galparam.parameters import (
     LABEL_NAMES,
+    PARAMETERS,
     SERSIC_N_LIMITS,
     ParameterError,
     check_parameters,
@@ -216,7 +217,6 @@ class KSpaceRenderer:
         self.pixel_scale = float(pixel_scale)
         self.psf_beta = float(psf_beta)
         self.tables = kspace.load_tables(stamp=self.stamp_size, pixel_scale=self.pixel_scale, psf_beta=self.psf_beta)
-        self._psf = Renderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
 
     @property
     def sersic_range(self) -> tuple[float, float]:
@@ -276,9 +276,34 @@ class KSpaceRenderer:
         """One galaxy (see :meth:`images`)."""
         return self.images(flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype)[0]
 
+    def psf_images(self, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
+        """Unit-flux PSF images on the same stamp, pixel response included, many per call.
+
+        GalSim's drawing of them (:meth:`Renderer.psf_image`) to ~3e-13 of the peak in float64
+        (:mod:`galparam.kspace_psf`); an image depends only on its own FWHM.
+
+        Parameters
+        ----------
+        psf_fwhm : array_like of shape (B,) or scalar
+            Arcsec.
+        dtype : numpy dtype
+            Output precision.
+
+        Returns
+        -------
+        ndarray of shape (B, stamp_size, stamp_size)
+        """
+        from galparam.kspace_psf import psf_images
+
+        fwhm = np.atleast_1d(np.asarray(psf_fwhm, dtype=np.float64))
+        bad = first_invalid("psf_fwhm", fwhm)
+        if bad is not None:
+            PARAMETERS["psf_fwhm"].check(fwhm[bad])
+        return psf_images(self.tables, fwhm, dtype=dtype)
+
     def psf_image(self, psf_fwhm: float, *, dtype=np.float32) -> np.ndarray:
-        """The unit-flux PSF image on the same stamp, pixel response included (GalSim draws it)."""
-        return self._psf.psf_image(psf_fwhm, dtype=dtype)
+        """One PSF image (see :meth:`psf_images`)."""
+        return self.psf_images(psf_fwhm, dtype=dtype)[0]
 
 
 @lru_cache(maxsize=8)

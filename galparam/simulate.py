@@ -34,7 +34,7 @@ from galparam.errors import DatasetError, Remedy, SimulationError
 from galparam.io import NpzWriter, atomic_path, write_json_atomic, write_npz_atomic, write_text_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
-from galparam.render import KSpaceRenderer, Renderer, renderer_for, renderer_provenance
+from galparam.render import KSpaceRenderer, renderer_for, renderer_provenance
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
 PARAM_COLUMNS = (*LABEL_NAMES, "psf_fwhm", "sigma")
@@ -152,12 +152,20 @@ class CandidateRenderer:
             accepted = (cfg.snr_window[0] <= snr) & (snr <= cfg.snr_window[1])
         rows = np.flatnonzero(accepted)
         img = np.empty((len(rows), cfg.stamp_size, cfg.stamp_size), np.float32)
-        psf_img = np.empty_like(img) if cfg.psf_varies else None
         for out, row in enumerate(rows):
             img[out] = self.add_noise(int(indices[row]), clean[row], params[row, 6])
-            if psf_img is not None:
-                psf_img[out] = self.renderer.psf_image(params[row, 5])
+        psf_img = self.psf_images(params[rows, 5]) if cfg.psf_varies else None
         return Rendered(accepted, snr, img, clean[rows], psf_img)
+
+    def psf_images(self, psf_fwhm: np.ndarray) -> np.ndarray:
+        """(m, S, S) float32 PSF images (one call with the k-space renderer, one each with GalSim)."""
+        if isinstance(self.renderer, KSpaceRenderer):
+            return self.renderer.psf_images(psf_fwhm)
+        size = self.config.stamp_size
+        out = np.empty((len(psf_fwhm), size, size), np.float32)
+        for row, fwhm in enumerate(psf_fwhm):
+            out[row] = self.renderer.psf_image(fwhm)
+        return out
 
     def add_noise(self, index: int, image: np.ndarray, sigma: float) -> np.ndarray:
         """Poisson noise on the galaxy counts, then Gaussian read noise of level ``sigma``."""
@@ -475,7 +483,7 @@ def _write_dataset(path: Path, spec: DatasetSpec, parts: list[Part]) -> None:
         if spec.psf_varies:
             _stream(w, "psf_img", parts, "psf_img", (size, size), np.float32)
         else:
-            renderer = Renderer(stamp_size=size, pixel_scale=spec.pixel_scale, psf_beta=spec.psf_beta)
+            renderer = renderer_for(spec.renderer, size, spec.pixel_scale, spec.psf_beta)
             w.add("psf_img", renderer.psf_image(spec.priors["psf_fwhm"].low)[None])
         w.add("label", params[:, : len(LABEL_NAMES)].astype(np.float32))
         w.add("label_names", np.array(LABEL_NAMES))

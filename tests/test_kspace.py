@@ -10,7 +10,7 @@ import pytest
 from galparam import kspace
 from galparam.errors import GalparamError
 from galparam.parameters import ParameterError
-from galparam.render import KSpaceRenderer
+from galparam.render import KSpaceRenderer, Renderer
 
 CORNERS = [
     # flux, n, hlr, g1, g2, psf_fwhm
@@ -72,6 +72,29 @@ def test_an_image_does_not_depend_on_the_other_galaxies_of_its_batch(renderer):
     for i in (0, 4, len(batch) - 1):
         alone = renderer.images(*batch[i : i + 1].T)
         assert np.array_equal(alone[0], together[i])
+
+
+def test_psf_images_are_galsims_also_at_its_k_box_jumps_and_outside_the_table(renderer):
+    from galparam.kspace_psf import _breaks
+
+    jumps = _breaks(renderer.tables, 0.45, 1.1)[::7]
+    fwhm = np.concatenate(
+        [
+            [0.5, 0.5123, 0.75, 1.0, 0.2, 2.0],
+            jumps,
+            np.nextafter(jumps, 0.0),
+            np.random.default_rng(5).uniform(0.5, 1, 8),
+        ]
+    )
+    ours = renderer.psf_images(fwhm, dtype=np.float64)
+    galsim_psf = Renderer()
+    for image, f in zip(ours, fwhm, strict=True):
+        truth = galsim_psf.psf_image(f, dtype=np.float64)
+        assert np.abs(image - truth).max() <= 1e-10 * truth.max(), f
+    singles = np.stack([renderer.psf_image(f) for f in fwhm[[0, 7, -1]]])
+    assert np.array_equal(singles, renderer.psf_images(fwhm)[[0, 7, -1]])
+    with pytest.raises(ParameterError, match="psf_fwhm"):
+        renderer.psf_images([0.5, -1.0])
 
 
 def test_keras_renderer_gradients_match_finite_differences_of_galsim():

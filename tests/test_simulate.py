@@ -8,7 +8,7 @@ from scipy import stats
 
 from galparam.data import load_dataset
 from galparam.errors import SimulationError
-from galparam.render import Renderer
+from galparam.render import KSpaceRenderer, Renderer
 from galparam.simulate import draw_candidates, merge, simulate
 
 
@@ -141,9 +141,12 @@ def test_varying_psf_stores_each_psf_image(spec_factory, tmp_path):
     spec = spec_factory(size=12, priors={"psf_fwhm": {"uniform": [0.5, 1.0]}})
     ds = load_dataset(simulate(spec, tmp_path / "v3.npz", jobs=2, progress=False).output)
     assert ds.psf_img.shape == (12, 64, 64) and ds.psf_varies
-    renderer = Renderer()
+    drawn_by, galsim_psf = KSpaceRenderer(), Renderer()
     for i in (0, 11):
-        np.testing.assert_array_equal(ds.psf_img[i], renderer.psf_image(float(np.float64(_fwhm(ds, i)))))
+        fwhm = float(np.float64(_fwhm(ds, i)))
+        np.testing.assert_array_equal(ds.psf_img[i], drawn_by.psf_image(fwhm))
+        truth = galsim_psf.psf_image(fwhm)
+        assert np.abs(ds.psf_img[i] - truth).max() <= 1e-6 * truth.max()
     assert len(np.unique(ds.psf_fwhm)) == 12
 
 
