@@ -74,6 +74,36 @@ def test_an_image_does_not_depend_on_the_other_galaxies_of_its_batch(renderer):
         assert np.array_equal(alone[0], together[i])
 
 
+def test_the_jacobian_is_the_exact_derivative_of_the_drawn_model(renderer):
+    cases = np.array(CORNERS + _prior_draws(np.random.default_rng(8), 6, psf_varies=True, continuous_n=True))
+    cases[0, 1] = 5.9  # off the end of the range, where a step up would leave the tables
+    images, jac = renderer.images_and_jacobians(*cases.T)
+    np.testing.assert_array_equal(images, renderer.images(*cases.T, dtype=np.float64))
+    steps = (10.0, 1e-6, 1e-7, 1e-7, 1e-7)
+    for i, step in enumerate(steps):
+        for direction in (1, -1):  # one-sided, on a side where the galaxy keeps its grid
+            moved = cases.copy()
+            moved[:, i] += direction * step
+            drawn, grid = kspace.render_numpy(renderer.tables, *moved.T, dtype=np.float64, box_step=8, return_grid=True)
+            _, same = kspace.render_numpy(renderer.tables, *cases.T, dtype=np.float64, box_step=8, return_grid=True)
+            keep = np.all([a == b for a, b in zip(grid, same, strict=True)], axis=0)
+            assert keep.sum() >= len(cases) - 2  # grid changes are rare at these steps
+            difference = (drawn - images) / (direction * step)
+            for b in np.flatnonzero(keep):
+                scale = np.abs(jac[b, i]).max()
+                assert np.abs(difference[b] - jac[b, i]).max() <= 2e-4 * scale, (i, direction, cases[b])
+
+
+def test_the_vector_jacobian_product_contracts_the_jacobian_exactly(renderer):
+    cases = np.array(CORNERS + _prior_draws(np.random.default_rng(9), 10, psf_varies=True, continuous_n=True))
+    images, jac = renderer.images_and_jacobians(*cases.T)
+    drawn, vjp = renderer.images_and_vjp(*cases.T)
+    np.testing.assert_array_equal(drawn, images)
+    weights = np.random.default_rng(2).normal(size=images.shape)
+    expected = np.einsum("bkij,bij->bk", jac, weights)
+    np.testing.assert_allclose(vjp(weights), expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+
+
 def test_psf_images_are_galsims_also_at_its_k_box_jumps_and_outside_the_table(renderer):
     from galparam.kspace_psf import _breaks
 

@@ -45,6 +45,13 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--dataset", metavar="DATA.npz", help="bound of each image of this dataset instead")
     c.add_argument("--n-images", type=positive_int, help="with --dataset: the first N images")
     c.add_argument("-o", "--output", metavar="BOUNDS.csv", help="with --dataset: where to write the bounds")
+    c.add_argument(
+        "--renderer",
+        choices=("kspace", "galsim"),
+        default=None,
+        help="how the model is differentiated: kspace (exact Jacobian; --dataset's default, many images a call) "
+        "or galsim (central differences of GalSim's images; one galaxy's default)",
+    )
 
     b = sub.add_parser("baseline", help="maximum-likelihood (L-BFGS-B) fits of a dataset's images")
     b.add_argument("dataset", metavar="DATA.npz")
@@ -55,6 +62,12 @@ def build_parser() -> ArgumentParser:
         "--init",
         metavar="MODEL_DIR",
         help="start each fit from this trained model's estimate (the network refined by the likelihood)",
+    )
+    b.add_argument(
+        "--renderer",
+        choices=("kspace", "galsim"),
+        default="kspace",
+        help="the fit's forward model: kspace (batched, exact gradients; default) or galsim (the reference, slow)",
     )
     add_overwrite(b, "start again instead of resuming")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -89,12 +102,19 @@ def _crb(args) -> int:
             raise GalparamError("crb --dataset needs -o BOUNDS.csv")
         ds = load_dataset(args.dataset)
         n = len(ds) if args.n_images is None else min(args.n_images, len(ds))
-        table = dataset_bounds(ds, np.arange(n), poisson=False if args.no_poisson else None)
+        table = dataset_bounds(
+            ds, np.arange(n), poisson=False if args.no_poisson else None, renderer=args.renderer or "kspace"
+        )
         write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
         print(f"wrote {args.output}: the bound of {n} images")
         return 0
     theta = [args.flux, args.sersic_n, args.hlr, args.g1, args.g2]
-    bound = cramer_rao(theta, args.psf_fwhm, args.sigma, poisson=not args.no_poisson)
+    renderer = None
+    if args.renderer == "kspace":
+        from galparam.render import KSpaceRenderer
+
+        renderer = KSpaceRenderer()
+    bound = cramer_rao(theta, args.psf_fwhm, args.sigma, poisson=not args.no_poisson, renderer=renderer)
     if args.json:
         print(json.dumps({k: float(v) for k, v in bound.std.items()}, indent=2))
         return 0
@@ -121,6 +141,7 @@ def _baseline(args) -> int:
         jobs=args.jobs,
         init=init,
         init_source=source,
+        renderer=args.renderer,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )

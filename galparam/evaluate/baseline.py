@@ -28,18 +28,76 @@ from galparam.parameters import LABEL_NAMES
 from galparam.render import shared_renderer
 from galparam.runs import RunFolder
 
-FIT_COLUMNS = ("index", *LABEL_NAMES, "converged", "nll", "iterations", "evaluations", "seconds")
+CORRELATED = (("flux", "sersic_n"), ("flux", "hlr"), ("sersic_n", "hlr"))
+"""Pairs whose correlation a fits file records (strongly correlated at these SNRs)."""
+
+FIT_COLUMNS = (
+    "index",
+    *LABEL_NAMES,
+    *(f"{name}_err" for name in LABEL_NAMES),
+    *(f"corr_{a}_{b}" for a, b in CORRELATED),
+    "converged",
+    "nll",
+    "iterations",
+    "evaluations",
+    "seconds",
+)
+"""The columns of ``fits.csv``: the estimate, its uncertainty (the square root of the inverse
+Fisher matrix's diagonal at the estimate) and correlations, and the fit's work."""
+
+FIT_RENDERERS = ("kspace", "galsim")
+"""``kspace``: batched fits on the k-space model with its exact Jacobian; ``galsim``: one GalSim fit
+at a time (:class:`~galparam.evaluate.mle.LikelihoodFit`, the reference)."""
+
+FIT_BATCH = 32
+"""Images one worker fits side by side (:class:`~galparam.evaluate.batchfit.BatchedFit`)."""
 
 
-def _fit_task(task):
-    index, image, psf_fwhm, sigma, poisson, geometry, box, init = task
-    fitter = LikelihoodFit(
-        psf_fwhm=psf_fwhm, sigma=sigma, poisson=poisson, box=box, renderer=shared_renderer(*geometry)
-    )
+def _row(index, result, covariance) -> list:
+    err = np.sqrt(np.clip(np.diagonal(covariance), 0.0, None))
+    at = {name: i for i, name in enumerate(LABEL_NAMES)}
+    corr = [covariance[at[a], at[b]] / (err[at[a]] * err[at[b]]) for a, b in CORRELATED]
+    return [
+        index,
+        *result.theta.tolist(),
+        *err.tolist(),
+        *(round(float(c), 6) for c in corr),
+        int(result.converged),
+        result.nll,
+        result.iterations,
+        result.evaluations,
+        round(result.seconds, 5),
+    ]
+
+
+def _fit_task(task) -> list[list]:
+    """Rows of one task: a batch of images (k-space) or one image (GalSim)."""
+    indices, images, psf_fwhm, sigma, poisson, geometry, box, init, renderer = task
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the 'converged' column
-        r = fitter.fit(image, init).result_
-    return [index, *r.theta.tolist(), int(r.converged), r.nll, r.iterations, r.evaluations, round(r.seconds, 4)]
+        if renderer == "kspace":
+            from galparam.evaluate.batchfit import BatchedFit
+            from galparam.render import renderer_for
+
+            fitter = BatchedFit(box=box, poisson=poisson, renderer=renderer_for("kspace", *geometry))
+            results = fitter.fit(images, psf_fwhm, sigma, init)
+            return [_row(i, r, r.covariance) for i, r in zip(indices, results, strict=True)]
+        from galparam.evaluate.crb import cramer_rao
+
+        rows = []
+        for b, index in enumerate(indices):
+            fitter = LikelihoodFit(
+                psf_fwhm=psf_fwhm[b], sigma=sigma[b], poisson=poisson, box=box, renderer=shared_renderer(*geometry)
+            )
+            r = fitter.fit(images[b], None if init is None else init[b]).result_
+            try:
+                covariance = cramer_rao(
+                    r.theta, psf_fwhm[b], sigma[b], poisson=poisson, renderer=fitter.renderer
+                ).covariance
+            except GalparamError:
+                covariance = np.full((5, 5), np.nan)
+            rows.append(_row(index, r, covariance))
+        return rows
 
 
 def _read_done(path: Path) -> int:
@@ -68,6 +126,7 @@ def run_baseline(
     jobs: int | None = None,
     init=None,
     init_source: dict | None = None,
+    renderer: str = "kspace",
     overwrite: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -87,6 +146,8 @@ def run_baseline(
         Starting points (e.g. a network's estimates); default :func:`mle.initial_guess`.
     init_source : dict, optional
         Where ``init`` came from (recorded beside the fits, e.g. ``{"init_model": name}``).
+    renderer : {"kspace", "galsim"}
+        The forward model of the fit (:data:`FIT_RENDERERS`).
     overwrite : bool
         Start again instead of resuming an existing file.
     progress : bool
@@ -97,6 +158,8 @@ def run_baseline(
     DataFrame of all rows of ``output``
     """
     jobs = resolve_jobs(jobs)
+    if renderer not in FIT_RENDERERS:
+        raise GalparamError(f"renderer {renderer!r}: accepted {', '.join(FIT_RENDERERS)}", argument="renderer")
     ds = load_dataset(dataset_path)
     output = Path(output)
     total = len(ds) if n_images is None else int(n_images)
@@ -115,6 +178,7 @@ def run_baseline(
         "n_images": total,
         "fit_box": box.to_dict(),
         "init": "given" if init is not None else "adaptive moments",
+        "renderer": renderer,
         **(init_source or {}),
     }
     sidecar = output.with_name(output.name + ".json")
@@ -141,18 +205,20 @@ def run_baseline(
 
     spec = ds.spec
     geometry = (spec.stamp_size, spec.pixel_scale, spec.psf_beta)
+    per_task = FIT_BATCH if renderer == "kspace" else 1
     tasks = (
         (
-            i,
-            ds.img[i].astype(np.float64),
-            float(ds.psf_fwhm[i]),
-            float(ds.sigma[i]),
+            list(range(a, min(a + per_task, total))),
+            ds.img[a : min(a + per_task, total)].astype(np.float64),
+            ds.psf_fwhm[a : min(a + per_task, total)].astype(np.float64),
+            ds.sigma[a : min(a + per_task, total)].astype(np.float64),
             spec.poisson_noise,
             geometry,
             box,
-            None if init is None else init[i],
+            None if init is None else init[a : min(a + per_task, total)],
+            renderer,
         )
-        for i in range(done, total)
+        for a in range(done, total, per_task)
     )
     new_file = done == 0
     with open(output, "a", newline="") as f:
@@ -164,8 +230,8 @@ def run_baseline(
         if jobs > 1:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(jobs) as pool:
-                for row in pool.imap(_fit_task, tasks):
-                    _append(f, writer, row, bar)
+                for rows in pool.imap(_fit_task, tasks):
+                    _append(f, writer, rows, bar)
         else:
             for task in tasks:
                 _append(f, writer, _fit_task(task), bar)
@@ -173,11 +239,11 @@ def run_baseline(
     return pd.read_csv(output)
 
 
-def _append(f, writer, row, bar) -> None:
-    writer.writerow(row)
+def _append(f, writer, rows, bar) -> None:
+    writer.writerows(rows)
     f.flush()
     os.fsync(f.fileno())
-    bar.update(1)
+    bar.update(len(rows))
 
 
 def network_starting_points(run_dir, dataset_path, n_images: int | None = None) -> tuple[np.ndarray, dict]:

@@ -38,38 +38,67 @@ class ConvergenceWarning(UserWarning):
     """The optimizer stopped before meeting its convergence criterion."""
 
 
-def nll_and_gradient(image, model, sigma: float, jacobian=None, *, poisson: bool = True):
-    """Negative log-likelihood of ``image`` given the noiseless ``model``, and its gradient.
+def nll_and_weights(image, model, sigma, *, poisson: bool = True):
+    """Negative log-likelihood of ``image`` given the noiseless ``model``, and ∂NLL/∂μ per pixel.
 
     Each pixel is Gaussian with mean μ_p and variance ``v_p = σ² + max(μ_p, 0)`` (without Poisson
     noise ``σ²``): NLL = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p, up to a constant.
 
     Parameters
     ----------
-    image, model : ndarray of shape (S, S)
+    image, model : ndarray of shape (S, S), or (B, S, S) for many images
         The observed image and the noiseless model, in counts.
-    sigma : float
+    sigma : float, or array of shape (B,)
         Gaussian noise per pixel, counts.
-    jacobian : ndarray of shape (K, S, S), optional
+    poisson : bool
+        Add the model's Poisson variance.
+
+    Returns
+    -------
+    nll : float, or ndarray of shape (B,)
+    weights : ndarray like ``model``
+        ∂NLL/∂μ_p: the gradient by any parameter θ is Σ_p weights_p ∂μ_p/∂θ.
+    """
+    model = np.asarray(model)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if model.ndim == 3:
+        sigma = np.broadcast_to(sigma, model.shape[:1])[:, None, None]
+    positive = np.clip(model, 0.0, None)
+    variance = sigma**2 + (positive if poisson else 0.0)
+    resid = image - model
+    nll = np.sum(resid**2 / (2 * variance) + 0.5 * np.log(variance), axis=(-2, -1))
+    nll = float(nll) if model.ndim == 2 else nll
+    weights = -resid / variance
+    if poisson:
+        weights += np.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
+    return nll, weights
+
+
+def nll_and_gradient(image, model, sigma: float, jacobian=None, *, poisson: bool = True):
+    """Negative log-likelihood of ``image`` given the noiseless ``model``, and its gradient.
+
+    See :func:`nll_and_weights` for the likelihood.
+
+    Parameters
+    ----------
+    image, model : ndarray of shape (S, S), or (B, S, S) for many images
+        The observed image and the noiseless model, in counts.
+    sigma : float, or array of shape (B,)
+        Gaussian noise per pixel, counts.
+    jacobian : ndarray of shape (K, S, S), or (B, K, S, S), optional
         ∂μ/∂θ_k of the model by each of K parameters.
     poisson : bool
         Add the model's Poisson variance.
 
     Returns
     -------
-    nll : float
-    gradient : ndarray of shape (K,), or None without ``jacobian``
+    nll : float, or ndarray of shape (B,)
+    gradient : ndarray of shape (K,) or (B, K), or None without ``jacobian``
     """
-    positive = np.clip(model, 0.0, None)
-    variance = sigma**2 + (positive if poisson else 0.0)
-    resid = image - model
-    nll = float(np.sum(resid**2 / (2 * variance) + 0.5 * np.log(variance)))
+    nll, weights = nll_and_weights(image, model, sigma, poisson=poisson)
     if jacobian is None:
         return nll, None
-    dnll_dmu = -resid / variance
-    if poisson:
-        dnll_dmu += np.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
-    return nll, np.tensordot(jacobian, dnll_dmu, axes=([1, 2], [0, 1]))
+    return nll, np.einsum("...kij,...ij->...k", jacobian, weights)
 
 
 @dataclass(frozen=True)
@@ -224,6 +253,9 @@ def initial_guess(image, psf_image, *, pixel_scale: float, box: FitBox | None = 
 
 @dataclass
 class FitResult:
+    """One fit: the estimate, whether L-BFGS-B converged, the NLL there, its work and time, and
+    (batched fits) the inverse Fisher matrix at the estimate."""
+
     theta: np.ndarray
     converged: bool
     nll: float
@@ -231,6 +263,7 @@ class FitResult:
     evaluations: int
     seconds: float
     message: str
+    covariance: np.ndarray | None = None
 
 
 class LikelihoodFit:
@@ -399,4 +432,5 @@ __all__ = [
     "LikelihoodFit",
     "initial_guess",
     "nll_and_gradient",
+    "nll_and_weights",
 ]

@@ -1,0 +1,231 @@
+"""Maximum-likelihood fits of many images at once on the k-space forward model.
+
+Each image is still its own bounded L-BFGS-B problem (``scipy.optimize.minimize``, the same
+stopping rule as :class:`~galparam.evaluate.mle.LikelihoodFit`), but the problems run side by side
+in threads and every round of their value-and-gradient requests is answered by one call of the
+batched renderer (:func:`galparam.kspace.render_numpy` with its exact Jacobian). The likelihood is
+:func:`~galparam.evaluate.mle.nll_and_gradient`'s, within the :class:`~galparam.evaluate.mle.FitBox`.
+
+The variables are measured in units of the bound: each is divided by its Cramér–Rao standard
+deviation at the start point, so a unit step is about one standard deviation whatever the
+parameter's units, and L-BFGS-B's first steps (identity Hessian) stay near the start instead of
+leaping to a corner of the box. At the estimate, the inverse Fisher matrix gives each fit's
+uncertainty and the correlations of its parameters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from scipy.optimize import minimize
+
+from galparam.errors import GalparamError
+from galparam.evaluate.crb import covariances, fisher_matrices
+from galparam.evaluate.mle import ConvergenceWarning, FitBox, FitResult, initial_guess, nll_and_weights
+from galparam.parameters import PARAMETERS
+
+__all__ = ["BatchedFit"]
+
+
+class _Rounds:
+    """Collects the value-and-gradient requests of the running fits; the last to ask answers all
+    of them with one batched evaluation."""
+
+    def __init__(self, evaluate, running: int):
+        self.evaluate = evaluate
+        self.running = running
+        self.pending: dict = {}
+        self.answers: dict = {}
+        self.error = None
+        self.rounds = 0
+        self.cond = threading.Condition()
+
+    def ask(self, key, x):
+        with self.cond:
+            self.pending[key] = x
+            self._answer_if_all_asked()
+            while key not in self.answers and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            return self.answers.pop(key)
+
+    def finished(self) -> None:
+        with self.cond:
+            self.running -= 1
+            self._answer_if_all_asked()
+
+    def _answer_if_all_asked(self) -> None:
+        if self.pending and len(self.pending) >= self.running:
+            keys = list(self.pending)
+            try:
+                results = self.evaluate(keys, np.array([self.pending[k] for k in keys]))
+            except Exception as exc:  # every waiting fit raises it
+                self.error = exc
+                self.cond.notify_all()
+                return
+            self.pending.clear()
+            self.answers.update(zip(keys, results, strict=True))
+            self.rounds += 1
+            self.cond.notify_all()
+
+
+class BatchedFit:
+    """Fits (flux, sersic_n, hlr, g1, g2) to many images by maximum likelihood, side by side.
+
+    Parameters
+    ----------
+    box : FitBox, optional
+        Where to search (default the training prior; for a dataset :meth:`FitBox.from_spec`).
+    poisson : bool
+        Whether the images have Poisson noise on the galaxy light.
+    renderer : galparam.render.KSpaceRenderer, optional
+        The forward model (its stamp and pixel scale must match the images).
+    max_iter : int
+        L-BFGS-B iterations at most, per image.
+    """
+
+    def __init__(self, *, box: FitBox | None = None, poisson: bool = True, renderer=None, max_iter: int = 200):
+        from galparam.render import KSpaceRenderer
+
+        self.box = box or FitBox.training_prior()
+        self.poisson = bool(poisson)
+        self.renderer = renderer or KSpaceRenderer()
+        self.max_iter = int(max_iter)
+
+    # -- the batched model ------------------------------------------------------------------------
+    def model_and_jacobian(self, theta, psf_fwhm):
+        """Model images (B, S, S) and their derivatives (B, 5, S, S) by (flux, n, hlr, g1, g2), float64."""
+        theta = np.asarray(theta, dtype=np.float64)
+        return self.renderer.images_and_jacobians(*theta.T, psf_fwhm)
+
+    def _variables_jacobian(self, x, jac_theta):
+        """Derivatives by the fit variables (flux, n, hlr, u1, u2) from those by θ."""
+        out = jac_theta.copy()
+        for b in range(len(x)):
+            _, dg_du = self.box.shear(x[b, 3], x[b, 4])
+            out[b, 3:] = np.tensordot(dg_du.T, jac_theta[b, 3:], axes=1)
+        return out
+
+    def _variables_gradient(self, x, grad_theta):
+        """A gradient by the fit variables (flux, n, hlr, u1, u2) from that by θ."""
+        out = grad_theta.copy()
+        for b in range(len(x)):
+            _, dg_du = self.box.shear(x[b, 3], x[b, 4])
+            out[b, 3:] = grad_theta[b, 3:] @ dg_du
+        return out
+
+    def bounds(self, theta, psf_fwhm, sigma) -> np.ndarray:
+        """(B, 5, 5) inverse Fisher matrices at ``theta`` (NaN where the image does not constrain θ)."""
+        mu, jac = self.model_and_jacobian(theta, psf_fwhm)
+        return covariances(fisher_matrices(mu, jac, sigma, poisson=self.poisson))
+
+    # -- fitting --------------------------------------------------------------------------------
+    def fit(self, images, psf_fwhm, sigma, init=None, *, psf_images=None) -> list[FitResult]:
+        """Fit each image; start from ``init`` (B, 5) or from :func:`initial_guess` (adaptive moments).
+
+        Parameters
+        ----------
+        images : ndarray of shape (B, S, S)
+            The observed images, counts.
+        psf_fwhm, sigma : array_like of shape (B,) or scalars
+            Each image's PSF FWHM (arcsec) and Gaussian noise (counts).
+        init : ndarray of shape (B, 5), optional
+            Starting points (a start outside the box is moved onto its edge).
+        psf_images : ndarray of shape (B, S, S), optional
+            The PSF images the moment-based start needs (default: drawn).
+
+        Returns
+        -------
+        list of FitResult
+            One per image, in order, each with its ``covariance`` (the inverse Fisher matrix at
+            the estimate) and ``seconds`` (the call's time shared equally).
+
+        Warns
+        -----
+        ConvergenceWarning
+            Once, with the count, if some fits stopped without converging.
+        """
+        t0 = time.perf_counter()
+        images = np.asarray(images, dtype=np.float64)
+        size = self.renderer.stamp_size
+        if images.ndim != 3 or images.shape[1:] != (size, size):
+            raise GalparamError(f"images of shape {images.shape}: expected (N, {size}, {size})")
+        B = len(images)
+        if not np.isfinite(images).all():
+            bad = int(np.flatnonzero(~np.isfinite(images).reshape(B, -1).all(axis=1))[0])
+            raise GalparamError(f"image {bad} holds NaN or infinite values")
+        psf_fwhm = np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (B,)).copy()
+        sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (B,)).copy()
+        for name, values in (("psf_fwhm", psf_fwhm), ("sigma", sigma)):
+            for value in np.unique(values):
+                PARAMETERS[name].check(value)
+        if init is None:
+            if psf_images is None:
+                psf_images = self.renderer.psf_images(psf_fwhm)
+            scale = self.renderer.pixel_scale
+            init = np.array(
+                [initial_guess(images[b], psf_images[b], pixel_scale=scale, box=self.box) for b in range(B)]
+            )
+        init = np.asarray(init, dtype=np.float64)
+        if init.shape != (B, 5) or not np.isfinite(init).all():
+            raise GalparamError(f"starting points of shape {init.shape}: expected ({B}, 5) finite values")
+
+        lo, hi = self.box.low, self.box.high
+        x0 = np.array([self.box.to_variables(t) for t in init])
+        # each variable in units of its bound at the start (the box's width where unconstrained)
+        mu, jac = self.model_and_jacobian(self._thetas(x0), psf_fwhm)
+        cov = covariances(fisher_matrices(mu, self._variables_jacobian(x0, jac), sigma, poisson=self.poisson))
+        unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+        unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
+
+        def evaluate(keys, z):
+            rows = np.array(keys)
+            x = x0[rows] + z * unit[rows]
+            model, vjp = self.renderer.images_and_vjp(*self._thetas(x).T, psf_fwhm[rows])
+            nll, weights = nll_and_weights(images[rows], model, sigma[rows], poisson=self.poisson)
+            grad = self._variables_gradient(x, vjp(weights))
+            return [(float(v), g * unit[r]) for v, g, r in zip(nll, grad, rows, strict=True)]
+
+        rounds = _Rounds(evaluate, B)
+
+        def solve(b):
+            try:
+                return minimize(
+                    lambda z: rounds.ask(b, z),
+                    np.zeros(5),
+                    jac=True,
+                    method="L-BFGS-B",
+                    bounds=list(zip((lo - x0[b]) / unit[b], (hi - x0[b]) / unit[b], strict=True)),
+                    options={"maxiter": self.max_iter},
+                )
+            finally:
+                rounds.finished()
+
+        with ThreadPoolExecutor(max_workers=B) as pool:
+            solutions = list(pool.map(solve, range(B)))
+        x = np.array(
+            [
+                x0[b] + np.clip(s.x, (lo - x0[b]) / unit[b], (hi - x0[b]) / unit[b]) * unit[b]
+                for b, s in enumerate(solutions)
+            ]
+        )
+        x = np.clip(x, lo, hi)
+        theta = self._thetas(x)
+        covariance = self.bounds(theta, psf_fwhm, sigma)
+        seconds = (time.perf_counter() - t0) / B
+        results = [
+            FitResult(theta[b], bool(s.success), float(s.fun), int(s.nit), int(s.nfev), seconds, str(s.message), c)
+            for b, (s, c) in enumerate(zip(solutions, covariance, strict=True))
+        ]
+        failed = sum(not r.converged for r in results)
+        if failed:
+            warnings.warn(f"{failed} of {B} fits did not converge", ConvergenceWarning, stacklevel=2)
+        return results
+
+    def _thetas(self, x) -> np.ndarray:
+        return np.array([self.box.to_theta(row) for row in x])
