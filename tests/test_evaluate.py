@@ -290,7 +290,9 @@ def test_batched_fit_recovers_noiseless_truth_and_reports_its_bound():
     results = fitter.fit(images, 0.5, 200.0)
     for r, truth in zip(results, truths, strict=True):
         bound = cramer_rao(truth, 0.5, 200.0, poisson=False, renderer=kspace)
-        assert r.converged and np.all(np.abs(r.theta - truth) < 0.02 * bound.std), (r.theta, truth)
+        # L-BFGS-B's stopping rule leaves a few hundredths of the bound along the flux-index-radius
+        # degeneracy (where the likelihood is flattest)
+        assert r.converged and np.all(np.abs(r.theta - truth) < 0.05 * bound.std), (r.theta, truth)
         std = np.sqrt(np.diag(r.covariance))
         np.testing.assert_allclose(std, bound.std, rtol=0.02)
         np.testing.assert_allclose(r.covariance / np.outer(std, std), bound.correlation, atol=0.02)
@@ -310,6 +312,11 @@ def test_batched_fit_reaches_the_galsim_fits_maximum_and_a_started_fit_the_plain
         assert np.all(np.abs(plain[b].theta - reference.theta_) < 0.05 * bound), (b, plain[b].theta, reference.theta_)
         assert np.all(np.abs(started[b].theta - plain[b].theta) < 0.05 * bound), b
         assert started[b].nll == pytest.approx(plain[b].nll, abs=1e-3)
+    # a start far worse than the moments' one is not taken: it cannot make the fit slower
+    corner = np.tile([box.flux[1], box.sersic_n[1], box.hlr[1], 0.5, 0.0], (n, 1))
+    poor = BatchedFit(box=box).fit(images, 0.5, ds.sigma[:n], init=corner)
+    assert not any(r.from_init for r in poor)
+    assert [r.iterations for r in poor] == [r.iterations for r in plain]
 
 
 def test_batched_fit_reports_non_convergence_and_rejects_bad_input():

@@ -147,8 +147,13 @@ def _baseline(args) -> int:
     )
     print(
         f"wrote {args.output}: {len(fits)} fits, {int(fits['converged'].sum())} converged, "
-        f"median {fits['seconds'].median():.2f} s per image"
+        f"median {fits['seconds'].median():.3f} s per image, {fits['iterations'].median():g} iterations"
     )
+    if args.init:
+        print(
+            f"{int(fits['from_init'].sum())} of {len(fits)} fits started from {Path(args.init).name}'s estimate "
+            "(the others from adaptive moments, where the network's estimate was less likely)"
+        )
     return 0
 
 

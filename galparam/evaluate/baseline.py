@@ -41,9 +41,11 @@ FIT_COLUMNS = (
     "iterations",
     "evaluations",
     "seconds",
+    "from_init",
 )
 """The columns of ``fits.csv``: the estimate, its uncertainty (the square root of the inverse
-Fisher matrix's diagonal at the estimate) and correlations, and the fit's work."""
+Fisher matrix's diagonal at the estimate) and correlations, the fit's work, and whether it
+started from the given starting point (``--init``) rather than the moments' one."""
 
 FIT_RENDERERS = ("kspace", "galsim")
 """``kspace``: batched fits on the k-space model with its exact Jacobian; ``galsim``: one GalSim fit
@@ -67,6 +69,7 @@ def _row(index, result, covariance) -> list:
         result.iterations,
         result.evaluations,
         round(result.seconds, 5),
+        int(result.from_init),
     ]
 
 
@@ -90,6 +93,7 @@ def _fit_task(task) -> list[list]:
                 psf_fwhm=psf_fwhm[b], sigma=sigma[b], poisson=poisson, box=box, renderer=shared_renderer(*geometry)
             )
             r = fitter.fit(images[b], None if init is None else init[b]).result_
+            r.from_init = init is not None  # the GalSim path takes the given start as it is
             try:
                 covariance = cramer_rao(
                     r.theta, psf_fwhm[b], sigma[b], poisson=poisson, renderer=fitter.renderer

@@ -126,7 +126,7 @@ class BatchedFit:
 
     # -- fitting --------------------------------------------------------------------------------
     def fit(self, images, psf_fwhm, sigma, init=None, *, psf_images=None) -> list[FitResult]:
-        """Fit each image; start from ``init`` (B, 5) or from :func:`initial_guess` (adaptive moments).
+        """Fit each image; start from :func:`initial_guess` (adaptive moments) or from ``init``.
 
         Parameters
         ----------
@@ -135,7 +135,8 @@ class BatchedFit:
         psf_fwhm, sigma : array_like of shape (B,) or scalars
             Each image's PSF FWHM (arcsec) and Gaussian noise (counts).
         init : ndarray of shape (B, 5), optional
-            Starting points (a start outside the box is moved onto its edge).
+            Starting points, e.g. a network's estimates (a start outside the box is moved onto
+            its edge). Each is used where its likelihood is higher than at the moments' start.
         psf_images : ndarray of shape (B, S, S), optional
             The PSF images the moment-based start needs (default: drawn).
 
@@ -164,24 +165,33 @@ class BatchedFit:
         for name, values in (("psf_fwhm", psf_fwhm), ("sigma", sigma)):
             for value in np.unique(values):
                 PARAMETERS[name].check(value)
-        if init is None:
-            if psf_images is None:
-                psf_images = self.renderer.psf_images(psf_fwhm)
-            scale = self.renderer.pixel_scale
-            init = np.array(
-                [initial_guess(images[b], psf_images[b], pixel_scale=scale, box=self.box) for b in range(B)]
-            )
-        init = np.asarray(init, dtype=np.float64)
-        if init.shape != (B, 5) or not np.isfinite(init).all():
-            raise GalparamError(f"starting points of shape {init.shape}: expected ({B}, 5) finite values")
+        if init is not None:
+            init = np.asarray(init, dtype=np.float64)
+            if init.shape != (B, 5) or not np.isfinite(init).all():
+                raise GalparamError(f"starting points of shape {init.shape}: expected ({B}, 5) finite values")
+        if psf_images is None:
+            psf_images = self.renderer.psf_images(psf_fwhm)
+        scale = self.renderer.pixel_scale
+        moments = np.array([initial_guess(images[b], psf_images[b], pixel_scale=scale, box=self.box) for b in range(B)])
 
         lo, hi = self.box.low, self.box.high
-        x0 = np.array([self.box.to_variables(t) for t in init])
+        x0 = np.array([self.box.to_variables(t) for t in moments])
+        from_init = np.zeros(B, dtype=bool)
+        if init is not None:
+            # a given start (a network's estimate) is taken where it is likelier than the moments'
+            # one: a poor estimate cannot make the fit slower than a plain one
+            given = np.array([self.box.to_variables(t) for t in init])
+            nll_given, _ = nll_and_weights(images, self._model(given, psf_fwhm), sigma, poisson=self.poisson)
+            nll_moments, _ = nll_and_weights(images, self._model(x0, psf_fwhm), sigma, poisson=self.poisson)
+            from_init = nll_given <= nll_moments
+            x0[from_init] = given[from_init]
         # each variable in units of its bound at the start (the box's width where unconstrained)
         mu, jac = self.model_and_jacobian(self._thetas(x0), psf_fwhm)
-        cov = covariances(fisher_matrices(mu, self._variables_jacobian(x0, jac), sigma, poisson=self.poisson))
+        jac_x = self._variables_jacobian(x0, jac)
+        cov = covariances(fisher_matrices(mu, jac_x, sigma, poisson=self.poisson))
         unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
+        x0 = self._scoring_step(images, sigma, psf_fwhm, x0, mu, jac_x, cov)
 
         def evaluate(keys, z):
             rows = np.array(keys)
@@ -219,13 +229,38 @@ class BatchedFit:
         covariance = self.bounds(theta, psf_fwhm, sigma)
         seconds = (time.perf_counter() - t0) / B
         results = [
-            FitResult(theta[b], bool(s.success), float(s.fun), int(s.nit), int(s.nfev), seconds, str(s.message), c)
+            FitResult(
+                theta[b],
+                bool(s.success),
+                float(s.fun),
+                int(s.nit),
+                int(s.nfev),
+                seconds,
+                str(s.message),
+                c,
+                from_init[b],
+            )
             for b, (s, c) in enumerate(zip(solutions, covariance, strict=True))
         ]
         failed = sum(not r.converged for r in results)
         if failed:
             warnings.warn(f"{failed} of {B} fits did not converge", ConvergenceWarning, stacklevel=2)
         return results
+
+    def _scoring_step(self, images, sigma, psf_fwhm, x0, mu, jac_x, cov) -> np.ndarray:
+        """The start moved by one Fisher-scoring step, −F⁻¹∇NLL (clipped into the box), where that
+        lowers the NLL: near the maximum it lands within a fraction of the bound of it, which
+        L-BFGS-B (starting from an identity Hessian) would take several iterations to learn."""
+        nll0, weights = nll_and_weights(images, mu, sigma, poisson=self.poisson)
+        grad = np.einsum("bkij,bij->bk", jac_x, weights)
+        step = -np.einsum("bij,bj->bi", np.nan_to_num(cov), grad)
+        x1 = np.clip(x0 + step, self.box.low, self.box.high)
+        nll1, _ = nll_and_weights(images, self._model(x1, psf_fwhm), sigma, poisson=self.poisson)
+        better = np.isfinite(nll1) & (nll1 < nll0)
+        return np.where(better[:, None], x1, x0)
+
+    def _model(self, x, psf_fwhm) -> np.ndarray:
+        return self.renderer.images(*self._thetas(x).T, psf_fwhm, dtype=np.float64)
 
     def _thetas(self, x) -> np.ndarray:
         return np.array([self.box.to_theta(row) for row in x])

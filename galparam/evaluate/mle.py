@@ -254,7 +254,8 @@ def initial_guess(image, psf_image, *, pixel_scale: float, box: FitBox | None = 
 @dataclass
 class FitResult:
     """One fit: the estimate, whether L-BFGS-B converged, the NLL there, its work and time, and
-    (batched fits) the inverse Fisher matrix at the estimate."""
+    (batched fits) the inverse Fisher matrix at the estimate and whether it started from the
+    given starting point."""
 
     theta: np.ndarray
     converged: bool
@@ -264,6 +265,7 @@ class FitResult:
     seconds: float
     message: str
     covariance: np.ndarray | None = None
+    from_init: bool = False
 
 
 class LikelihoodFit:
