@@ -965,11 +965,15 @@ def _box_vjp(image, flux, stored, shear, weights_on_box, N, stamp, g, phase):
 
     def vjp(weights):
         weights = np.asarray(weights, dtype=np.float64)
-        grid = np.zeros((len(weights), N, N))
-        grid[:, place[:, None], place[None, :]] = weights
-        adjoint = sfft.ifft2(grid)
-        adjoint *= phase[:, None] * phase[None, :]
-        on_box = 2 * adjoint.real[:, ky][:, :, kx]
+        # ifft2 of w embedded in the N×N grid, pruned: along x on the stamp's rows only, keeping
+        # the box's columns, then along y on those columns only, keeping the box's rows
+        rows = np.zeros((len(weights), stamp, N))
+        rows[:, :, place] = weights
+        along_x = sfft.ifft(rows, axis=2)[:, :, kx] * phase[kx]
+        columns = np.zeros((len(weights), N, len(kx)), dtype=along_x.dtype)
+        columns[:, place] = along_x
+        adjoint = sfft.ifft(columns, axis=1)[:, ky] * phase[ky][:, None]
+        on_box = 2 * adjoint.real
         on_box *= weights_on_box
         dn = np.einsum("byx,byx->b", stored[:, 0], on_box)
         a = np.einsum("byx,byx->b", stored[:, 1], on_box)
