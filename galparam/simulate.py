@@ -170,10 +170,21 @@ class CandidateRenderer:
     def add_noise(self, index: int, image: np.ndarray, sigma: float) -> np.ndarray:
         """Poisson noise on the galaxy counts, then Gaussian read noise of level ``sigma``."""
         rng = np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(index, _STREAM_NOISE)))
-        light = image.astype(np.float64)
-        if self.config.poisson_noise:
-            light = rng.poisson(np.clip(light, 0.0, None)).astype(np.float64)
-        return (light + rng.normal(0.0, sigma, size=image.shape)).astype(np.float32)
+        return add_noise(image, sigma, rng, poisson=self.config.poisson_noise)
+
+
+def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator, *, poisson: bool = True) -> np.ndarray:
+    """A noisy copy of a noiseless image, as every galparam dataset has it: Poisson noise on the
+    galaxy's counts (if ``poisson``), then Gaussian read noise of standard deviation ``sigma``.
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``image``
+    """
+    light = image.astype(np.float64)
+    if poisson:
+        light = rng.poisson(np.clip(light, 0.0, None)).astype(np.float64)
+    return (light + rng.normal(0.0, sigma, size=image.shape)).astype(np.float32)
 
 
 def _render(config: RenderConfig, indices, params) -> Rendered:

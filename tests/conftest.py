@@ -126,3 +126,21 @@ def tiny_grid(datasets, tmp_path_factory):
     spec = search_from_dict(grid_spec_dict(datasets), source=str(folder / "g.yaml"))
     run_grid(spec, folder / "results", progress=False)
     return {"spec": spec, "results": folder / "results"}
+
+
+def train_killed_in_epoch_2(spec, folder, monkeypatch):
+    """Train ``spec`` into ``folder`` and kill the run at the end of its second epoch (before that
+    epoch's checkpoint): what a resumed run must continue from."""
+    import galparam.train as train_module
+
+    original = train_module._EpochCheckpoint.end_epoch
+
+    def killed_in_epoch_2(self, model, epoch, logs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(self, model, epoch, logs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module._EpochCheckpoint, "end_epoch", killed_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train(spec, folder, verbose=0)

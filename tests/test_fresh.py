@@ -5,9 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_XCEPTION, make_spec
+from conftest import TINY_XCEPTION, make_spec, train_killed_in_epoch_2
 
-import galparam.train as train_module
 from galparam import load_estimator
 from galparam.cli.common import run
 from galparam.cli.train import main as train_main
@@ -116,17 +115,7 @@ def test_on_the_fly_training_validates_on_a_fixed_set_and_resumes_exactly(tmp_pa
     history = pd.read_csv(whole / "history.csv")
     assert np.isfinite(history.val_loss).all() and len(history) == 2
 
-    original = train_module._EpochCheckpoint.end_epoch
-
-    def killed_in_epoch_2(self, model, epoch, logs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        original(self, model, epoch, logs)
-
-    monkeypatch.setattr(train_module._EpochCheckpoint, "end_epoch", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, tmp_path / "resumed", verbose=0)
-    monkeypatch.setattr(train_module._EpochCheckpoint, "end_epoch", original)
+    train_killed_in_epoch_2(spec, tmp_path / "resumed", monkeypatch)
     train(spec, tmp_path / "resumed", resume=True, verbose=0)
     resumed = pd.read_csv(tmp_path / "resumed" / "history.csv")
     np.testing.assert_allclose(resumed.loss, history.loss, rtol=1e-5)

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, TINY_XCEPTION, tiny_experiment
+from conftest import ROOT, TINY_XCEPTION, tiny_experiment, train_killed_in_epoch_2
 
-import galparam.train as train_module
 from galparam import load_estimator
 from galparam.cli.common import run
 from galparam.cli.evaluate import main as evaluate_main
@@ -74,17 +73,7 @@ def test_same_seed_same_model_and_resume_is_exact(datasets, tiny_run, tmp_path, 
     spec = experiment(datasets["fixed"])  # the shared run's experiment: same seed, same model
     whole = tiny_run
 
-    original = train_module._EpochCheckpoint.end_epoch
-
-    def killed_in_epoch_2(self, model, epoch, logs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        original(self, model, epoch, logs)
-
-    monkeypatch.setattr(train_module._EpochCheckpoint, "end_epoch", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, tmp_path / "resumed", verbose=0)
-    monkeypatch.setattr(train_module._EpochCheckpoint, "end_epoch", original)
+    train_killed_in_epoch_2(spec, tmp_path / "resumed", monkeypatch)
     assert not (tmp_path / "resumed" / "run.json").exists()
     with pytest.raises(
         GalparamError, match=r"not a finished galparam run, no run.json \(an unfinished run: train it again with resume"
