@@ -34,12 +34,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_refine.py
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check galparam tests benchmarks notebooks
-	$(BIN)/ruff check galparam tests benchmarks notebooks
+	$(BIN)/ruff format --check galparam tests benchmarks notebooks scripts
+	$(BIN)/ruff check galparam tests benchmarks notebooks scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format galparam tests benchmarks notebooks
-	$(BIN)/ruff check --fix galparam tests benchmarks notebooks
+	$(BIN)/ruff format galparam tests benchmarks notebooks scripts
+	$(BIN)/ruff check --fix galparam tests benchmarks notebooks scripts
 
 # The reference's study at full scale, for a machine with a GPU (the README gives each step's expected
 # time). Every step resumes when run again: `make reproduce` after an interruption continues.

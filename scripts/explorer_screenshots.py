@@ -1,6 +1,6 @@
 """Screenshots of the explorer's two pages for the README, in Debian's headless chromium.
 
-    python scripts/explorer_screenshots.py --dataset data/v1-small.npz --runs RUN_DIR -o docs/img
+python scripts/explorer_screenshots.py --dataset data/v1-small.npz --runs RUN_DIR -o docs/img
 """
 
 from __future__ import annotations
