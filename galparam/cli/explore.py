@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -89,10 +88,9 @@ def main(argv=None) -> int:
         "minimal",
     ]
     print(f"galparam explorer: http://{args.host}:{port}  (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+    # this process becomes the server: a signal that stops galparam-explore stops the app, and no
+    # server outlives it
+    os.execve(sys.executable, command, env)
 
 
 def entry_point() -> None:
