@@ -33,7 +33,8 @@ __all__ = ["BatchedFit"]
 
 class _Rounds:
     """Collects the value-and-gradient requests of the running fits; the last to ask answers all
-    of them with one batched evaluation."""
+    of them with one batched evaluation. ``running`` counts the fits under way (the first wave at
+    the start; :meth:`started` adds each fit begun when another finished)."""
 
     def __init__(self, evaluate, running: int):
         self.evaluate = evaluate
@@ -53,6 +54,10 @@ class _Rounds:
             if self.error is not None:
                 raise self.error
             return self.answers.pop(key)
+
+    def started(self) -> None:
+        with self.cond:
+            self.running += 1
 
     def finished(self) -> None:
         with self.cond:
@@ -125,7 +130,7 @@ class BatchedFit:
         return covariances(fisher_matrices(mu, jac, sigma, poisson=self.poisson))
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, images, psf_fwhm, sigma, init=None, *, psf_images=None) -> list[FitResult]:
+    def fit(self, images, psf_fwhm, sigma, init=None, *, psf_images=None, concurrency: int = 32) -> list[FitResult]:
         """Fit each image; start from :func:`initial_guess` (adaptive moments) or from ``init``.
 
         Parameters
@@ -139,6 +144,9 @@ class BatchedFit:
             its edge). Each is used where its likelihood is higher than at the moments' start.
         psf_images : ndarray of shape (B, S, S), optional
             The PSF images the moment-based start needs (default: drawn).
+        concurrency : int
+            Fits under way at once: each round evaluates up to this many images together, and a
+            fit that finishes hands its place to the next image.
 
         Returns
         -------
@@ -201,9 +209,12 @@ class BatchedFit:
             grad = self._variables_gradient(x, vjp(weights))
             return [(float(v), g * unit[r]) for v, g, r in zip(nll, grad, rows, strict=True)]
 
-        rounds = _Rounds(evaluate, B)
+        wave = min(B, int(concurrency))
+        rounds = _Rounds(evaluate, wave)
 
         def solve(b):
+            if b >= wave:  # begun in the place of a finished fit
+                rounds.started()
             try:
                 return minimize(
                     lambda z: rounds.ask(b, z),
@@ -216,7 +227,7 @@ class BatchedFit:
             finally:
                 rounds.finished()
 
-        with ThreadPoolExecutor(max_workers=B) as pool:
+        with ThreadPoolExecutor(max_workers=wave) as pool:
             solutions = list(pool.map(solve, range(B)))
         x = np.array(
             [
