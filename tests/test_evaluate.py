@@ -323,7 +323,7 @@ def test_batched_fit_reports_non_convergence_and_rejects_bad_input():
     kspace = KSpaceRenderer()
     images = kspace.images(*np.tile(TRUTH, (2, 1)).T, 0.5, dtype=np.float64)
     with pytest.warns(ConvergenceWarning, match="2 of 2 fits did not converge"):
-        results = BatchedFit(renderer=kspace, max_iter=1).fit(images, 0.5, 200.0)
+        results = BatchedFit(renderer=kspace, max_iter=1, scoring_steps=0).fit(images, 0.5, 200.0)
     assert not any(r.converged for r in results)
     fitter = BatchedFit(renderer=kspace)
     with pytest.raises(GalparamError, match=r"images of shape \(2, 32, 32\): expected \(N, 64, 64\)"):
