@@ -31,7 +31,7 @@ from galparam.parameters import PARAMETERS
 __all__ = ["BatchedFit"]
 
 
-SCORING_STEPS = 3
+SCORING_STEPS = 4
 """Fisher-scoring steps tried from the start before L-BFGS-B (each kept only if it lowers the NLL)."""
 
 
@@ -294,6 +294,15 @@ class BatchedFit:
         x1 = np.clip(x0 + step, self.box.low, self.box.high)
         nll1, _ = nll_and_weights(images, self._model(x1, psf_fwhm), sigma, poisson=self.poisson)
         better = np.isfinite(nll1) & (nll1 < nll0)
+        retry = np.flatnonzero(~better)
+        if len(retry):  # a full step that overshoots (far from the maximum): half of it
+            half = np.clip(x0[retry] + step[retry] / 2, self.box.low, self.box.high)
+            nll_half, _ = nll_and_weights(
+                images[retry], self._model(half, psf_fwhm[retry]), sigma[retry], poisson=self.poisson
+            )
+            kept = np.isfinite(nll_half) & (nll_half < nll0[retry])
+            x1[retry] = np.where(kept[:, None], half, x0[retry])
+            better[retry] = kept
         return np.where(better[:, None], x1, x0), better
 
     def _model(self, x, psf_fwhm) -> np.ndarray:
