@@ -224,14 +224,9 @@ class BatchedFit:
                 images[rows], sigma[rows], psf_fwhm[rows], x0[rows], mu, jac_x, cov
             )
         mu, jac = self.model_and_jacobian(self._thetas(x0), psf_fwhm)
-        fisher = fisher_matrices(mu, self._variables_jacobian(x0, jac), sigma, poisson=self.poisson)
-        unit = np.sqrt(np.diagonal(covariances(fisher), axis1=1, axis2=2))
+        cov = covariances(fisher_matrices(mu, self._variables_jacobian(x0, jac), sigma, poisson=self.poisson))
+        unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
-        # L-BFGS-B minimizes the NLL less its value at the start: its relative-reduction test then
-        # measures reductions against the likelihood's own changes (~1 near the maximum), not
-        # against the ~2e4 of ½·Σ log v, which would stop it hundredths of a bound short along the
-        # flux-index-radius degeneracy
-        offset, _ = nll_and_weights(images, mu, sigma, poisson=self.poisson)
 
         def evaluate(keys, z):
             rows = np.array(keys)
@@ -239,7 +234,7 @@ class BatchedFit:
             model, vjp = self.renderer.images_and_vjp(*self._thetas(x).T, psf_fwhm[rows])
             nll, weights = nll_and_weights(images[rows], model, sigma[rows], poisson=self.poisson)
             grad = self._variables_gradient(x, vjp(weights))
-            return [(float(v - offset[r]), g * unit[r]) for v, g, r in zip(nll, grad, rows, strict=True)]
+            return [(float(v), g * unit[r]) for v, g, r in zip(nll, grad, rows, strict=True)]
 
         wave = min(B, int(concurrency))
         rounds = _Rounds(evaluate, wave)
@@ -275,7 +270,7 @@ class BatchedFit:
             FitResult(
                 theta[b],
                 bool(s.success),
-                float(s.fun + offset[b]),
+                float(s.fun),
                 int(s.nit),
                 int(s.nfev),
                 seconds,
