@@ -649,6 +649,9 @@ def _grid(N: int, H: int, pixel_scale: float, dtype):
             kxy=(2 * ky[:, None] * kx[None, :]).astype(dtype),
             kyy=np.broadcast_to(ky[:, None] ** 2, (len(my), len(mx))).astype(dtype),
             k=np.hypot(ky[:, None], kx[None, :]).astype(dtype),
+            # kx² ∓ ky²: the shear derivatives' terms of the quadratic form
+            kdiff=(kx[None, :] ** 2 - ky[:, None] ** 2).astype(dtype),
+            ksum=(kx[None, :] ** 2 + ky[:, None] ** 2).astype(dtype),
             px=_pixel_factor(mx, N, half_zero=True).astype(dtype),
             py=_pixel_factor(my, N).astype(dtype),
             phase=np.exp(1j * np.pi * np.arange(N) / N),
@@ -835,7 +838,7 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
     * ``"vjp"``: a function of weight images w (B, S, S) → Σ_pixels w·∂image/∂θ (B, 5), the
       same derivatives contracted in k-space (one FFT instead of four: a likelihood's gradient).
     """
-    jacobian = derivatives is not None
+    derive = derivatives is not None
     dtype = np.dtype(dtype).type
     B = flux.shape[0]
     g = _grid(N, H, tables.pixel_scale, dtype)
@@ -857,7 +860,7 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
     # float32 position never reaches the clip and the result does not depend on the chunk)
     kmax2 = (g["kxx"].max() + g["kyy"].max()) * np.maximum(cxx, cyy).astype(np.float64) * 2
     rows_needed = np.minimum(M, np.ceil(kmax2**0.25).astype(np.int64) + 3)
-    if jacobian:
+    if derive:
         w_n = n_weight_derivatives(u) * (flux / tables.n_step)[:, None]
         # ∂p/∂θ for the table position p = Q^¼ of the quadratic form Q = hh·[...]:
         #   ∂p/∂hlr = p/(2·hlr);  ∂p/∂g = (∂Q/∂g)/(4p³) with
@@ -871,14 +874,13 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
             "hh2g2": 2 * hh * g2,
             "half_over_hlr": 0.5 / hlr,
         }
-        kdiff, ksum = g["kxx"] - g["kyy"], g["kxx"] + g["kyy"]
 
     folded = 5 if derivatives == "jacobian" else 1  # the image, ∂/∂n, ∂/∂hlr, ∂/∂g1, ∂/∂g2 (∂/∂flux = image/flux)
     P = np.zeros((folded, B, N, N), dtype=dtype)
     # vjp: per galaxy, ∂F/∂n, S1 = F'(p)·p and S2 = F'(p)·p/(4Q) on the box (PSF and box mask
     # are applied to the adjoint weights instead)
     stored = np.empty((B, 3, 2 * H + 1, H + 1), dtype) if derivatives == "vjp" else None
-    step = max(1, CHUNK_POINTS // (g["kxy"].size * (3 if jacobian else 1)))
+    step = max(1, CHUNK_POINTS // (g["kxy"].size * (3 if derive else 1)))
     for a in range(0, B, step):
         b = min(B, a + step)
         c = b - a
@@ -887,10 +889,10 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
         pos = cxx[a:b, None, None] * g["kxx"]
         pos += cxy[a:b, None, None] * g["kxy"]
         pos += cyy[a:b, None, None] * g["kyy"]
-        quadratic = pos.copy() if jacobian else None
+        quadratic = pos.copy() if derive else None
         np.sqrt(pos, out=pos)
         np.sqrt(pos, out=pos)  # the table position s / s_step
-        position = pos.copy() if jacobian else None
+        position = pos.copy() if derive else None
         rows = pos.astype(np.int32)
         np.minimum(rows, m - 1, out=rows)
         pos -= rows  # now the fraction t
@@ -898,7 +900,7 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
         cf = np.take(gal, rows, axis=0)  # np.take is ~5× faster than gal[rows]
         F = _horner(cf, pos)
         values = [F]
-        if jacobian:
+        if derive:
             dF_dn = _eval_spline(_blend(coef, coef_d2, j[a:b], w_n[a:b], m, dtype), rows, pos)
             slope = cf[..., 3] * (3 * pos)  # ∂F/∂p = c1 + 2·c2·t + 3·c3·t²
             slope += 2 * cf[..., 2]
@@ -912,10 +914,10 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
             else:
                 sh = {key: v[a:b, None, None] for key, v in shear.items()}
                 d_g1 = sh["a1"] * quadratic
-                d_g1 += sh["hh2"] * kdiff
-                d_g1 += sh["hh2g1"] * ksum
+                d_g1 += sh["hh2"] * g["kdiff"]
+                d_g1 += sh["hh2g1"] * g["ksum"]
                 d_g2 = sh["a2"] * quadratic
-                d_g2 += sh["hh2g2"] * ksum
+                d_g2 += sh["hh2g2"] * g["ksum"]
                 d_g2 += sh["hh2"] * g["kxy"]
                 values += [dF_dn, s1 * sh["half_over_hlr"], s2 * d_g1, s2 * d_g2]
         del cf
@@ -930,7 +932,7 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
     cdt = np.complex128 if dtype == np.float64 else np.complex64
     phase = g["phase"].astype(cdt)
     image = _hermitian_inverse(P[0], N, tables.stamp, phase)
-    if not jacobian:
+    if not derive:
         return image
     if stored is not None:
         weights_on_box = psfpix * (_box_mask(g, h) if np.any(h < H) else 1.0)
@@ -961,7 +963,6 @@ def _box_vjp(image, flux, stored, shear, weights_on_box, N, stamp, g, phase):
 
     place = np.r_[N - stamp // 2 : N, 0 : stamp // 2]
     ky, kx = g["my"] % N, g["mx"] % N
-    kdiff, ksum = g["kxx"] - g["kyy"], g["kxx"] + g["kyy"]
 
     def vjp(weights):
         weights = np.asarray(weights, dtype=np.float64)
@@ -978,7 +979,7 @@ def _box_vjp(image, flux, stored, shear, weights_on_box, N, stamp, g, phase):
         dn = np.einsum("byx,byx->b", stored[:, 0], on_box)
         a = np.einsum("byx,byx->b", stored[:, 1], on_box)
         x = stored[:, 2] * on_box
-        bd, bs, bxy = (np.einsum("byx,yx->b", x, term) for term in (kdiff, ksum, g["kxy"]))
+        bd, bs, bxy = (np.einsum("byx,yx->b", x, term) for term in (g["kdiff"], g["ksum"], g["kxy"]))
         out = np.empty((len(weights), 5))
         out[:, 0] = np.einsum("bij,bij->b", weights, image) / flux
         out[:, 1] = dn

@@ -290,7 +290,7 @@ class ExperimentData:
     """
 
     def __init__(self, spec, *, on_the_fly: bool = False):
-        from galparam.data import load_dataset, split_indices
+        from galparam.data import load_dataset
 
         self.spec = spec
         self.image_kind = spec.images
@@ -315,16 +315,12 @@ class ExperimentData:
             )
             raise GalparamError(f"{spec.source}: dataset: {exc}{hint}") from None
         self.dataset_spec = ds.spec
-        self.n = min(len(ds), spec.max_images or len(ds))
-        fraction = spec.validation_fraction if spec.validation_fraction is not None else ds.spec.validation_fraction
-        self.train, self.val = split_indices(self.n, fraction)
-        self._check_split(fraction)
+        self._split(len(ds))
         self._resolve_psf_input(ds.psf_varies)
         self._use(ds)
         self.fit_rows = self.train
 
     def _plan_fresh(self, spec) -> None:
-        from galparam.data import split_indices
         from galparam.fresh import FreshImages
         from galparam.specs import load_spec
 
@@ -332,18 +328,23 @@ class ExperimentData:
             self.dataset_spec = load_spec(spec.dataset)
         except GalparamError as exc:
             raise GalparamError(f"{spec.source}: dataset: {exc}") from None
-        self.n = min(self.dataset_spec.size, spec.max_images or self.dataset_spec.size)
-        fraction = (
-            spec.validation_fraction if spec.validation_fraction is not None else self.dataset_spec.validation_fraction
-        )
-        self.train, self.val = split_indices(self.n, fraction)
-        self._check_split(fraction)
+        self._split(self.dataset_spec.size)
         self._resolve_psf_input(self.dataset_spec.psf_varies)
         self.fresh = FreshImages(self.dataset_spec, len(self.train), spec.batch_size)
         self.train, self.val = np.arange(0), np.arange(len(self.val))
         self.fit_rows = self.val
 
-    def _check_split(self, fraction) -> None:
+    def _split(self, available: int) -> None:
+        """The first ``n`` of ``available`` images (``max_images``), split by the experiment's
+        validation fraction or the dataset spec's."""
+        from galparam.data import split_indices
+
+        spec = self.spec
+        self.n = min(available, spec.max_images or available)
+        fraction = spec.validation_fraction
+        if fraction is None:
+            fraction = self.dataset_spec.validation_fraction
+        self.train, self.val = split_indices(self.n, fraction)
         if len(self.val) == 0 or len(self.train) < 2:
             raise GalparamError(
                 f"{self.spec.source}: {self.n} images with validation fraction {fraction} leave "

@@ -213,18 +213,24 @@ class BatchedFit:
         # Fisher-scoring steps from the start while they lower the NLL, then each variable in
         # units of its bound there (the box's width where unconstrained)
         moving = np.ones(B, dtype=bool)
+        cov = np.empty((B, 5, 5))
+        current = np.zeros(B, dtype=bool)  # cov is the inverse Fisher matrix at x0
         for _ in range(self.scoring_steps):
             rows = np.flatnonzero(moving)
             if not len(rows):
                 break
             mu, jac = self.model_and_jacobian(self._thetas(x0[rows]), psf_fwhm[rows])
             jac_x = self._variables_jacobian(x0[rows], jac)
-            cov = covariances(fisher_matrices(mu, jac_x, sigma[rows], poisson=self.poisson))
+            cov[rows] = covariances(fisher_matrices(mu, jac_x, sigma[rows], poisson=self.poisson))
             x0[rows], moving[rows] = self._scoring_step(
-                images[rows], sigma[rows], psf_fwhm[rows], x0[rows], mu, jac_x, cov
+                images[rows], sigma[rows], psf_fwhm[rows], x0[rows], mu, jac_x, cov[rows]
             )
-        mu, jac = self.model_and_jacobian(self._thetas(x0), psf_fwhm)
-        cov = covariances(fisher_matrices(mu, self._variables_jacobian(x0, jac), sigma, poisson=self.poisson))
+            current[rows] = ~moving[rows]  # a rejected step leaves x0 where its matrix was taken
+        stale = np.flatnonzero(~current)
+        if len(stale):
+            mu, jac = self.model_and_jacobian(self._thetas(x0[stale]), psf_fwhm[stale])
+            jac_x = self._variables_jacobian(x0[stale], jac)
+            cov[stale] = covariances(fisher_matrices(mu, jac_x, sigma[stale], poisson=self.poisson))
         unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
 
