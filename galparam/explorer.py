@@ -8,7 +8,7 @@ widgets only; every number and image it shows comes from here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,7 @@ class Point:
 
 @dataclass
 class View:
-    """A drawn point: its images, SNR, bound, and each loaded run's estimate."""
+    """A drawn point: its images, its SNR and the bound there."""
 
     point: Point
     noiseless: np.ndarray
@@ -77,7 +77,6 @@ class View:
     snr: float
     in_window: bool
     bound: object  # galparam.evaluate.crb.Bound
-    estimates: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def draw(point: Point, renderer=None, *, window=TRAINING_SNR_WINDOW) -> View:
