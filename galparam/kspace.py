@@ -340,13 +340,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "galparam")
 
 
-def table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: float = PSF_BETA) -> dict:
-    """Everything a table file depends on: GalSim's version, the geometry and the table settings."""
-    import galsim
+def galsim_version() -> str | None:
+    """The installed GalSim's version, or None where GalSim is not installed (drawing then needs a
+    table file made elsewhere: :func:`load_tables`)."""
+    try:
+        import galsim
+    except ImportError:
+        return None
+    return galsim.__version__
 
+
+def table_settings(
+    *, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: float = PSF_BETA, galsim: str | None = None
+) -> dict:
+    """Everything a table file depends on: GalSim's version, the geometry and the table settings.
+
+    ``galsim`` defaults to the installed version; where GalSim is not installed it is the version
+    that made the cached tables of this geometry (see :func:`resolve_table_settings`).
+    """
+    if galsim is None:
+        return resolve_table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta)
     return {
         "format": FORMAT_VERSION,
-        "galsim": galsim.__version__,
+        "galsim": galsim,
         "stamp": int(stamp),
         "pixel_scale": float(pixel_scale),
         "psf_beta": float(psf_beta),
@@ -355,6 +371,45 @@ def table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: 
         "s_max": S_MAX,
         "s_step": S_STEP,
     }
+
+
+def resolve_table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: float = PSF_BETA, folder=None):
+    """The settings of the tables this process draws from: the installed GalSim's, or without
+    GalSim those of the cache file made for this geometry by the newest GalSim.
+
+    Raises
+    ------
+    GalparamError
+        GalSim is not installed and no cache file holds tables of this geometry.
+    """
+    version = galsim_version()
+    if version is not None:
+        return table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, galsim=version)
+    wanted = table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, galsim="")
+    found = []
+    folder = Path(folder or cache_dir())
+    for path in sorted(folder.glob("sersic-tables-*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                recorded = json.loads(str(z["settings"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue
+        if isinstance(recorded, dict) and {**recorded, "galsim": ""} == wanted:
+            found.append(recorded)
+    if not found:
+        from galparam.errors import GalparamError
+
+        raise GalparamError(
+            f"GalSim is not installed and {folder} holds no Sérsic tables for a {stamp}-pixel stamp of "
+            f"{pixel_scale:g} arcsec, Moffat beta {psf_beta:g} (table format {FORMAT_VERSION}); install GalSim "
+            f"to build them, or copy the sersic-tables-*.npz that `galparam-simulate tables` names on a "
+            f"machine with GalSim into {folder} (or set {CACHE_ENV})"
+        )
+    return max(found, key=lambda r: _version_key(r["galsim"]))
+
+
+def _version_key(version: str):
+    return tuple(int(p) if p.isdigit() else 0 for p in str(version).replace("-", ".").split("."))
 
 
 def _settings_key(settings: dict) -> str:
@@ -401,7 +456,7 @@ def load_tables(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: flo
     A cache file that is truncated, made for other settings or another GalSim version, or holds
     bad values is rebuilt, with one notice line on stderr; it is never trusted.
     """
-    settings = table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta)
+    settings = resolve_table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, folder=folder)
     path = cache_path(settings, folder)
     key = str(path)
     if key in _LOADED:
@@ -413,6 +468,12 @@ def load_tables(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: flo
         except ValueError as reason:
             print(f"galparam: the Sérsic table cache {path} is {reason}; rebuilding it", file=sys.stderr)
     if tables is None:
+        if galsim_version() is None:
+            from galparam.errors import GalparamError
+
+            raise GalparamError(
+                f"the Sérsic table cache {path} cannot be used and GalSim is not installed to rebuild it"
+            )
         tables = build_tables(psf_beta=psf_beta, pixel_scale=pixel_scale, stamp=stamp)
         from galparam.io import atomic_path
 

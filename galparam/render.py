@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import galsim
 import numpy as np
 
+from galparam.errors import GalparamError
 from galparam.parameters import (
     LABEL_NAMES,
     PARAMETERS,
@@ -37,6 +38,9 @@ from galparam.parameters import (
     sersic_grid,
 )
 from galparam.specs import DATASET_SETTINGS
+
+if TYPE_CHECKING:
+    import galsim
 
 __all__ = [
     "LABEL_NAMES",
@@ -86,6 +90,7 @@ class Renderer:
         self.pixel_scale = float(pixel_scale)
         self.psf_beta = float(psf_beta)
         self.max_profiles = int(max_profiles)
+        self._galsim = require_galsim("the GalSim renderer (renderer: galsim)")
         self._unit_sersic: OrderedDict[float, galsim.Sersic] = OrderedDict()
         self._psf: OrderedDict[float, galsim.Moffat] = OrderedDict()
 
@@ -94,7 +99,7 @@ class Renderer:
         n = float(n)
         prof = self._unit_sersic.get(n)
         if prof is None:
-            prof = galsim.Sersic(n, half_light_radius=1.0, flux=1.0)
+            prof = self._galsim.Sersic(n, half_light_radius=1.0, flux=1.0)
             self._unit_sersic[n] = prof
             if len(self._unit_sersic) > self.max_profiles:
                 self._unit_sersic.popitem(last=False)
@@ -133,7 +138,7 @@ class Renderer:
         fwhm = float(fwhm)
         prof = self._psf.get(fwhm)
         if prof is None:
-            prof = galsim.Moffat(beta=self.psf_beta, fwhm=fwhm)
+            prof = self._galsim.Moffat(beta=self.psf_beta, fwhm=fwhm)
             self._psf[fwhm] = prof
             if len(self._psf) > 8:
                 self._psf.popitem(last=False)
@@ -141,7 +146,7 @@ class Renderer:
 
     # -- images ---------------------------------------------------------------------------------
     def _draw(self, obj, dtype) -> np.ndarray:
-        image = galsim.Image(self.stamp_size, self.stamp_size, scale=self.pixel_scale, dtype=dtype)
+        image = self._galsim.Image(self.stamp_size, self.stamp_size, scale=self.pixel_scale, dtype=dtype)
         obj.drawImage(image=image)
         return image.array
 
@@ -161,7 +166,7 @@ class Renderer:
         -------
         ndarray of shape (stamp_size, stamp_size), in counts per pixel
         """
-        obj = galsim.Convolve(self.galaxy(flux, sersic_n, hlr, g1, g2), self.psf(psf_fwhm))
+        obj = self._galsim.Convolve(self.galaxy(flux, sersic_n, hlr, g1, g2), self.psf(psf_fwhm))
         return self._draw(obj, dtype)
 
     def psf_image(self, psf_fwhm: float, *, dtype=np.float32) -> np.ndarray:
@@ -361,8 +366,24 @@ def renderer_for(name: str, stamp_size: int, pixel_scale: float, psf_beta: float
 
 def renderer_provenance(name: str, stamp_size: int, pixel_scale: float, psf_beta: float) -> dict:
     """What drew a dataset: the renderer and, for ``kspace``, its tables' settings and GalSim's version."""
-    if name == "kspace":
-        from galparam import kspace
+    from galparam import kspace
 
-        return {"renderer": name, **kspace.table_settings(stamp=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)}
-    return {"renderer": name, "galsim": galsim.__version__}
+    if name == "kspace":
+        return {
+            "renderer": name,
+            **kspace.resolve_table_settings(stamp=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta),
+        }
+    return {"renderer": name, "galsim": kspace.galsim_version()}
+
+
+def require_galsim(what: str):
+    """The ``galsim`` module, or a one-line :class:`~galparam.errors.GalparamError` saying that
+    ``what`` needs GalSim (the k-space renderer draws without it, from its table cache)."""
+    try:
+        import galsim
+    except ImportError:
+        raise GalparamError(
+            f"{what} needs GalSim, which is not installed here; install galsim, or draw with the k-space "
+            "renderer (renderer: kspace) from its table cache"
+        ) from None
+    return galsim

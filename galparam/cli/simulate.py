@@ -1,4 +1,5 @@
-"""``galparam-simulate``: make a dataset from a spec (``run``), or merge shards (``merge``)."""
+"""``galparam-simulate``: make a dataset from a spec (``run``), merge shards (``merge``), or make
+the k-space renderer's table file (``tables``)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ Simulate datasets of PSF-blurred, noisy Sérsic galaxies from YAML specs (see da
   galparam-simulate data/v1.yaml                       the same ("run" may be left out)
   galparam-simulate run data/v1.yaml --shard 1/4       one of four parts, for another machine
   galparam-simulate merge data/v1.shard-*-of-4.npz -o data/v1.npz
+  galparam-simulate tables --copy-to DIR               the renderer's tables, for a machine without GalSim
 
 Sample i depends only on (seed, i): the same seed gives the same bytes whatever --jobs or --shard.
 An interrupted run resumes from the chunks saved in OUT.npz.parts/ when started again; OUT.npz
 appears only when complete, and an existing one is replaced only with --overwrite.
-Every option: galparam-simulate run --help, galparam-simulate merge --help.
+Every option: galparam-simulate run --help, galparam-simulate merge --help, galparam-simulate tables --help.
 """
 
 RUN_DESCRIPTION = """\
@@ -37,7 +39,12 @@ and OUT.csv (one row of drawn values per image) from a dataset spec.
 """
 
 MERGE_DESCRIPTION = "Join the shard files of one spec into the dataset a single run writes, byte for byte."
-COMMANDS = ("run", "merge")
+TABLES_DESCRIPTION = """\
+Make (once, ~30 s, with GalSim) and name the file of GalSim's Sérsic and PSF tables that the k-space
+renderer draws from. A machine without GalSim draws, trains, fits and evaluates given this file in
+its cache folder (~/.cache/galparam, or $GALPARAM_CACHE): copy it there with --copy-to.
+"""
+COMMANDS = ("run", "merge", "tables")
 
 
 def build_parser() -> ArgumentParser:
@@ -64,11 +71,43 @@ def build_parser() -> ArgumentParser:
     m.add_argument("parts", nargs="+", metavar="PART.npz", help="shard files written with --shard")
     m.add_argument("-o", "--output", metavar="OUT.npz", required=True, help="the dataset to write")
     add_overwrite(m, "replace an existing output")
+    t = sub.add_parser("tables", help="make and name the k-space renderer's table file", description=TABLES_DESCRIPTION)
+    t.add_argument("--stamp-size", type=positive_int, default=64, help="stamp side, pixels (default: %(default)s)")
+    t.add_argument("--pixel-scale", type=float, default=0.23, help="arcsec per pixel (default: %(default)s)")
+    t.add_argument("--psf-beta", type=float, default=2.0, help="Moffat beta of the PSF (default: %(default)s)")
+    t.add_argument("--copy-to", metavar="DIR", help="also copy the file into DIR (a cache folder to carry)")
     return p
+
+
+def _tables(args) -> int:
+    import shutil
+    from pathlib import Path
+
+    from galparam import kspace
+    from galparam.errors import GalparamError
+    from galparam.io import atomic_path
+
+    if not (args.pixel_scale > 0 and args.psf_beta > 1):
+        raise GalparamError(
+            f"--pixel-scale {args.pixel_scale:g} and --psf-beta {args.psf_beta:g}: a scale > 0 and a beta > 1 are accepted"
+        )
+    geometry = dict(stamp=args.stamp_size, pixel_scale=args.pixel_scale, psf_beta=args.psf_beta)
+    kspace.load_tables(**geometry)
+    path = kspace.cache_path(kspace.resolve_table_settings(**geometry))
+    print(path)
+    if args.copy_to:
+        target = Path(args.copy_to) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target, suffix=".npz") as tmp:
+            shutil.copyfile(path, tmp)
+        print(target)
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(default_subcommand(argv, COMMANDS, "run"))
+    if args.command == "tables":
+        return _tables(args)
     if args.command == "merge":
         out = merge(args.parts, args.output, overwrite=args.overwrite)
         print(f"wrote {out} and {out.with_suffix('.csv')}")
