@@ -342,6 +342,15 @@ def spread_sample(indices, size: int) -> np.ndarray:
     return indices[np.linspace(0, len(indices) - 1, size).round().astype(np.int64)]
 
 
+def epoch_order(indices, epoch: int, shuffle_seed: int | None) -> np.ndarray:
+    """An epoch's images in the order they are served: ``indices`` as they are without a
+    ``shuffle_seed``, else a permutation drawn from ``(shuffle_seed, epoch)``."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if shuffle_seed is None:
+        return indices
+    return np.random.default_rng([shuffle_seed, epoch]).permutation(indices)
+
+
 def index_batches(indices, batch_size: int, *, shuffle_seed: int | None = None, first_epoch: int = 0):
     """Yield the index batches of one epoch (no shuffling), or of every epoch from ``first_epoch`` on.
 
@@ -351,7 +360,7 @@ def index_batches(indices, batch_size: int, *, shuffle_seed: int | None = None, 
     indices = np.asarray(indices, dtype=np.int64)
     epoch = first_epoch
     while True:
-        order = indices if shuffle_seed is None else np.random.default_rng([shuffle_seed, epoch]).permutation(indices)
+        order = epoch_order(indices, epoch, shuffle_seed)
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
         if shuffle_seed is None:
@@ -415,9 +424,54 @@ def tf_dataset(
         tensors = tf.numpy_function(gather, [idx], [tf.float32] * len(names), stateful=False)
         for tensor, shape in zip(tensors, shapes, strict=True):
             tensor.set_shape((None, *shape))
-        return _structure(names, tensors, inputs, targets)
+        return structure_batch(names, tensors, inputs, targets)
 
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def batches(
+    columns: dict,
+    inputs,
+    targets,
+    indices,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    first_epoch: int = 0,
+):
+    """The ``(inputs, targets)`` batches Keras's ``fit`` and ``evaluate`` take, on any backend.
+
+    Under TensorFlow, :func:`tf_dataset`; on other backends (JAX) an
+    :class:`~galparam.pipelines.ArrayBatches` (give ``fit`` its ``callbacks``, and both
+    ``steps_per_epoch`` and ``validation_steps``). The batches are the same on every backend.
+    Arguments as :func:`tf_dataset`.
+    """
+    from galparam import backend
+
+    if backend.is_tensorflow():
+        return tf_dataset(
+            columns, inputs, targets, indices, batch_size, shuffle_seed=shuffle_seed, first_epoch=first_epoch
+        )
+    from galparam.pipelines import ArrayBatches
+
+    if not len(indices):
+        raise GalparamError("no images to serve")
+    return ArrayBatches(
+        columns, inputs, targets, indices, batch_size, shuffle_seed=shuffle_seed, first_epoch=first_epoch
+    )
+
+
+def generator_batches(batches, shapes, inputs, targets, *, steps: int, first_epoch: int = 0):
+    """:func:`tf_generator_dataset` under TensorFlow; on other backends a
+    :class:`~galparam.pipelines.StreamBatches` of the generator's batches (``steps`` an epoch,
+    the first of epoch ``first_epoch``). Other arguments as :func:`tf_generator_dataset`."""
+    from galparam import backend
+
+    if backend.is_tensorflow():
+        return tf_generator_dataset(batches, shapes, inputs, targets)
+    from galparam.pipelines import StreamBatches
+
+    return StreamBatches(batches(), steps, inputs, targets, first_epoch=first_epoch)
 
 
 def column_names(inputs, targets) -> tuple[str, ...]:
@@ -427,7 +481,8 @@ def column_names(inputs, targets) -> tuple[str, ...]:
     )
 
 
-def _structure(names, tensors, inputs, targets):
+def structure_batch(names, tensors, inputs, targets):
+    """``(inputs, targets)`` of one batch: a tensor per name, or a dict where a tuple of names is given."""
     by_name = dict(zip(names, tensors, strict=True))
 
     def pick(spec):
@@ -454,7 +509,7 @@ def tf_generator_dataset(batches, shapes, inputs, targets):
     names = column_names(inputs, targets)
     signature = tuple(tf.TensorSpec((None, *shape), tf.float32) for shape in shapes)
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    return dataset.map(lambda *tensors: _structure(names, tensors, inputs, targets)).prefetch(tf.data.AUTOTUNE)
+    return dataset.map(lambda *tensors: structure_batch(names, tensors, inputs, targets)).prefetch(tf.data.AUTOTUNE)
 
 
 def with_channel(images) -> np.ndarray:

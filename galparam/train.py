@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galparam.data import MinMaxScaler, column_names, column_range, tf_dataset, tf_generator_dataset, with_channel
+from galparam import backend
+from galparam.data import MinMaxScaler, batches, column_names, column_range, generator_batches, with_channel
 from galparam.errors import TrainingError
 from galparam.estimator import Estimator
 from galparam.io import atomic_path, write_json_atomic, write_text_atomic
@@ -38,20 +39,6 @@ def default_run_dir(spec: ExperimentSpec) -> Path:
     return Path("runs") / spec.name
 
 
-def _strategy(name: str | None):
-    import os
-
-    import tensorflow as tf
-
-    if name is None:
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if "TF_CONFIG" not in os.environ:
-        raise TrainingError("strategy multi_worker needs TF_CONFIG describing the cluster (see tf.distribute)")
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
 def _save_model(model, path: Path) -> None:
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
@@ -67,7 +54,17 @@ class _EpochCheckpoint:
     with the same best loss, patience count and learning rate as one that never stopped.
     """
 
-    def __init__(self, stage: str, run: RunFolder, state: dict, spec: ExperimentSpec, history, *, plateau: bool):
+    def __init__(
+        self,
+        stage: str,
+        run: RunFolder,
+        state: dict,
+        spec: ExperimentSpec,
+        history,
+        *,
+        plateau: bool,
+        deadline: float | None = None,
+    ):
         import keras
 
         outer = self
@@ -89,6 +86,7 @@ class _EpochCheckpoint:
             plateau,
         )
         self.dir = run.stage_dir(stage)
+        self.deadline = deadline
         self.diverged = False
         self._start = time.perf_counter()
 
@@ -115,6 +113,11 @@ class _EpochCheckpoint:
         self.history.append(row)
         _write_history(self.run, self.history)
         s["epochs_done"] = done
+        patience_out = bool(self.spec.patience) and s["wait"] >= self.spec.patience
+        # another epoch as long as this one would end past the deadline: stop at a whole epoch
+        if self.deadline is not None and not patience_out and done < self.spec.epochs:
+            if time.monotonic() + (time.perf_counter() - self._start) > self.deadline:
+                s["stopped_by_deadline"] = True
         write_json_atomic(self.dir / "state.json", s)
         keep = {f"epoch-{s['best_epoch']:03d}.keras"} | {
             f"epoch-{e:03d}.keras" for e in range(done - self.spec.keep_checkpoints + 1, done + 1)
@@ -122,7 +125,7 @@ class _EpochCheckpoint:
         for old in self.dir.glob("epoch-*.keras"):
             if old.name not in keep:
                 old.unlink()
-        if self.spec.patience and s["wait"] >= self.spec.patience:
+        if patience_out or s.get("stopped_by_deadline"):
             model.stop_training = True
 
 
@@ -151,7 +154,7 @@ def _read_state(stage_dir: Path) -> dict:
     return {"epochs_done": 0, "best": math.inf, "best_epoch": 0, "wait": 0, "lr_wait": 0, "done": False}
 
 
-def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=False, verbose="auto"):
+def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=False, verbose="auto", deadline=None):
     """Train one stage to its end (or load it if it finished), returning the model with its best weights."""
     import keras
 
@@ -166,8 +169,9 @@ def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=
     with strategy.scope():
         model = keras.models.load_model(stage_dir / f"epoch-{start:03d}.keras") if start else build()
     if start < spec.epochs:
+        state.pop("stopped_by_deadline", None)  # a resumed stage has a new deadline, or none
         train_ds, val_ds, steps, val_steps = datasets(start)
-        checkpoint = _EpochCheckpoint(stage, run, state, spec, history, plateau=plateau)
+        checkpoint = _EpochCheckpoint(stage, run, state, spec, history, plateau=plateau, deadline=deadline)
         if verbose:
             print(f"stage {stage}: epochs {start + 1}..{spec.epochs}", flush=True)
         model.fit(
@@ -177,7 +181,9 @@ def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=
             initial_epoch=start,
             steps_per_epoch=steps,
             validation_steps=val_steps,
-            callbacks=[keras.callbacks.TerminateOnNaN(), checkpoint.callback],
+            shuffle=False,  # the pipelines shuffle, reproducibly; Keras would reorder a PyDataset's batches
+            # a non-TensorFlow pipeline learns each epoch's number from its callbacks
+            callbacks=[keras.callbacks.TerminateOnNaN(), checkpoint.callback, *getattr(train_ds, "callbacks", [])],
             verbose=verbose,
         )
         if checkpoint.diverged:
@@ -251,26 +257,34 @@ def _stage_columns(stage: str, data: ExperimentData, scalers: Scalers):
 
 
 def stage_pipelines(stage: str, spec: ExperimentSpec, data: ExperimentData, scalers: Scalers, first_epoch: int = 0):
-    """The training and validation ``tf.data`` pipelines of one stage.
+    """The training and validation pipelines of one stage (``tf.data`` under TensorFlow, see
+    :func:`galparam.data.batches`).
 
     Training images come from the dataset's training split (shuffled each epoch) or, on the fly,
     fresh from its spec (:mod:`galparam.fresh`); validation images from the fixed split.
 
     Returns
     -------
-    train, validation : tf.data.Dataset
+    train, validation : tf.data.Dataset or iterator of batches
     steps, validation_steps : int
     """
     columns, inputs, targets = _stage_columns(stage, data, scalers)
     arrays = {name: (data.column(key), transform) for name, (key, transform) in columns.items()}
-    val_ds = tf_dataset(arrays, inputs, targets, data.val, spec.batch_size)
+    val_ds = batches(arrays, inputs, targets, data.val, spec.batch_size)
     val_steps = math.ceil(len(data.val) / spec.batch_size)
     if data.fresh is not None:
         ordered = {name: columns[name] for name in column_names(inputs, targets)}
         shapes = [transform(data.column(key)[:1]).shape[1:] for key, transform in ordered.values()]
-        train_ds = tf_generator_dataset(lambda: data.fresh.batches(ordered, first_epoch), shapes, inputs, targets)
+        train_ds = generator_batches(
+            lambda: data.fresh.batches(ordered, first_epoch),
+            shapes,
+            inputs,
+            targets,
+            steps=data.fresh.steps_per_epoch,
+            first_epoch=first_epoch,
+        )
         return train_ds, val_ds, data.fresh.steps_per_epoch, val_steps
-    train_ds = tf_dataset(
+    train_ds = batches(
         arrays, inputs, targets, data.train, spec.batch_size, shuffle_seed=spec.seed, first_epoch=first_epoch
     )
     return train_ds, val_ds, math.ceil(len(data.train) / spec.batch_size), val_steps
@@ -285,7 +299,7 @@ def search_pipelines(spec: ExperimentSpec, data: ExperimentData):
 # ----------------------------------------------------------------------------- families
 
 
-def _train_xception(spec, run, data, strategy, hm, history, verbose):
+def _train_xception(spec, run, data, strategy, hm, history, verbose, deadline):
     scalers = Scalers.for_run(run, "xception", data)
     model = _run_stage(
         "xception",
@@ -296,12 +310,13 @@ def _train_xception(spec, run, data, strategy, hm, history, verbose):
         lambda first: stage_pipelines("xception", spec, data, scalers, first),
         history,
         verbose=verbose,
+        deadline=deadline,
     )
     estimator = Estimator(model, "xception", scalers.label, psf_input=data.psf_input)
     return model, estimator, {"xception": _read_state(run.stage_dir("xception"))}
 
 
-def _train_autoencoder(spec, run, data, strategy, hm, history, verbose):
+def _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline):
     import keras_tuner
 
     from galparam.models.autoencoder import build_autoencoder
@@ -325,6 +340,7 @@ def _train_autoencoder(spec, run, data, strategy, hm, history, verbose):
             history,
             plateau=stage == "joint",
             verbose=verbose,
+            deadline=deadline,
         )
         if stage == "joint":
             trained = {"encoder": model.get_layer("encoder"), "decoder": model.get_layer("decoder")}
@@ -350,7 +366,15 @@ def validation_metrics(estimator: Estimator, data: ExperimentData) -> dict:
     return {name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}
 
 
-def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite: bool = False, verbose="auto") -> Path:
+def train(
+    spec: ExperimentSpec,
+    output=None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose="auto",
+    deadline: float | None = None,
+) -> Path:
     """Train an experiment into a run folder (see :mod:`galparam.runs` for what it holds).
 
     Parameters
@@ -366,6 +390,10 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite:
         Remove a run that is in ``output`` and train from scratch.
     verbose : {"auto", 0, 1, 2}
         Keras' progress output.
+    deadline : float, optional
+        A :func:`time.monotonic` time: a stage begins no epoch that would end past it (judged by
+        the epoch before), and finishes with its best epoch so far, as early stopping does
+        (``stopped_by_deadline`` in ``run.json``'s stages). Each stage trains at least one epoch.
 
     Returns
     -------
@@ -379,11 +407,10 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite:
         or invalid dataset, a PSF input without PSF images, too few images, a folder in the way.
         During training: a loss that turns NaN.
     """
-    import tensorflow as tf
-
     run = RunFolder(output if output is not None else default_run_dir(spec))
     hp, lr = resolve_hyperparameters(spec)
     data = ExperimentData(spec, on_the_fly=True)
+    strategy = backend.strategy(spec.strategy)
     state = run.prepare(spec.to_yaml(), source=spec.source, resume=resume, overwrite=overwrite)
     if state == "finished":
         if run.info()["dataset"]["spec_sha256"] != data.spec_digest:
@@ -392,8 +419,7 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite:
                 "give another output folder"
             )
         return run.path
-    strategy = _strategy(spec.strategy)
-    tf.config.experimental.enable_op_determinism()
+    backend.make_deterministic()
     started = time.perf_counter()
     if state == "new":
         run.path.mkdir(parents=True, exist_ok=True)
@@ -404,7 +430,7 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite:
     with data:
         data.materialize(run.path, progress=verbose != 0)
         hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr})
-        model, estimator, states = family(spec, run, data, strategy, hm, history, verbose)
+        model, estimator, states = family(spec, run, data, strategy, hm, history, verbose, deadline)
 
     _save_model(model, run.model_path)
     run.write_metrics(validation_metrics(estimator, data), len(data.val))
@@ -416,7 +442,12 @@ def train(spec: ExperimentSpec, output=None, *, resume: bool = False, overwrite:
         model=model,
         learning_rate=lr,
         stages={
-            s: {"epochs": st["epochs_done"], "best_epoch": st["best_epoch"], "best_val_loss": st["best"]}
+            s: {
+                "epochs": st["epochs_done"],
+                "best_epoch": st["best_epoch"],
+                "best_val_loss": st["best"],
+                "stopped_by_deadline": bool(st.get("stopped_by_deadline", False)),
+            }
             for s, st in states.items()
         },
         seconds_this_session=round(time.perf_counter() - started, 1),

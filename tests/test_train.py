@@ -43,6 +43,7 @@ def test_xception_learns_noiseless_images(datasets, tmp_path):
     assert metrics["hlr"]["explained_variance"] > 0.3
 
 
+@pytest.mark.backends
 def test_run_folder_is_complete_and_usable_alone(datasets, tiny_run):
     run = RunFolder(tiny_run)
     for path in (run.model_path, run.scaler_path, run.spec_path, run.history_path, run.metrics_path, run.info_path):
@@ -69,6 +70,7 @@ def test_run_folder_is_complete_and_usable_alone(datasets, tiny_run):
     assert load_experiment(run.spec_path).dataset == datasets["fixed"].resolve()
 
 
+@pytest.mark.backends
 def test_same_seed_same_model_and_resume_is_exact(datasets, tiny_run, tmp_path, monkeypatch):
     spec = experiment(datasets["fixed"])  # the shared run's experiment: same seed, same model
     whole = tiny_run
@@ -120,6 +122,7 @@ def test_overwrite_replaces_a_run_and_the_console_names_its_flags(datasets, tmp_
     np.testing.assert_allclose(again.val_loss, first.val_loss, rtol=1e-6)
 
 
+@pytest.mark.backends
 def test_psf_input_model(datasets, tmp_path):
     run = train(experiment(datasets["varying"], epochs=1), tmp_path / "run", verbose=0)
     info = json.loads((run / "run.json").read_text())
@@ -133,6 +136,7 @@ def test_psf_input_model(datasets, tmp_path):
         estimator.predict(np.zeros((2, 32, 32)), ds.psf_img[:2])
 
 
+@pytest.mark.backends
 def test_autoencoder_stages_each_lower_their_loss(datasets, tmp_path):
     spec = experiment(
         datasets["fixed"], family="autoencoder", hyperparameters=TINY_AUTOENCODER, epochs=3, learning_rate=3e-3
@@ -147,10 +151,10 @@ def test_autoencoder_stages_each_lower_their_loss(datasets, tmp_path):
     ds = load_dataset(datasets["fixed"])
     predicted = estimator.predict(ds.img[:5])
     assert predicted.shape == (5, 5)
-    image = estimator.reconstruct(ds.label[:5])
-    assert image.shape == (5, 64, 64)
+    image = estimator.reconstruct(ds.label[:60])
+    assert image.shape == (60, 64, 64)
     # The decoder learned the forward model's scale: reconstructed fluxes track the true ones.
-    assert np.corrcoef(image.sum(axis=(1, 2)), ds.label[:5, 0])[0, 1] > 0.5
+    assert np.corrcoef(image.sum(axis=(1, 2)), ds.label[:60, 0])[0, 1] > 0.5
 
 
 @pytest.mark.parametrize(
@@ -201,6 +205,7 @@ def test_hyperparameters_from_a_search_json(datasets, tmp_path):
         experiment_from_dict({**spec.to_dict(), "hyperparameters": "missing.json"}, base_dir=tmp_path)
 
 
+@pytest.mark.backends
 def test_predict_console_writes_a_csv_for_any_npz(datasets, tiny_run, tmp_path, capsys):
     ds = load_dataset(datasets["fixed"])
     own = tmp_path / "mine.npz"

@@ -64,7 +64,15 @@ def run_autokeras(spec: SearchSpec, output, *, overwrite: bool = False, verbose=
     -------
     dict
         The best trial's hyperparameters and ``val_loss`` (also in ``best_hyperparameters.json``).
+
+    Raises
+    ------
+    TrainingError
+        On a Keras backend other than TensorFlow (AutoKeras needs ``tf.data``).
     """
+    from galparam.backend import require_tensorflow
+
+    require_tensorflow("the AutoKeras search (galparam-search autokeras)")
     import autokeras as ak
     import keras
 

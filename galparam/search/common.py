@@ -66,7 +66,8 @@ def fit_arguments(experiment, pipelines, *, restore_best: bool = False) -> dict:
     import keras
 
     train_ds, val_ds, steps, val_steps = pipelines(0)
-    callbacks = [keras.callbacks.TerminateOnNaN()]
+    # a non-TensorFlow pipeline learns each epoch's number from its callbacks
+    callbacks = [keras.callbacks.TerminateOnNaN(), *getattr(train_ds, "callbacks", [])]
     if experiment.patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=experiment.patience, restore_best_weights=restore_best))
     return {
@@ -76,4 +77,5 @@ def fit_arguments(experiment, pipelines, *, restore_best: bool = False) -> dict:
         "steps_per_epoch": steps,
         "validation_steps": val_steps,
         "callbacks": callbacks,
+        "shuffle": False,  # the pipelines shuffle, reproducibly; Keras would reorder a PyDataset's batches
     }

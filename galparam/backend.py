@@ -1,0 +1,89 @@
+"""What differs between Keras's backends, in one place.
+
+galparam's models, losses and training loop are written in Keras layers and ``keras.ops``, so they
+run on TensorFlow (the default) and on JAX (``KERAS_BACKEND=jax``, for example on a borrowed GPU
+without TensorFlow). Three things are backend-specific:
+
+* the input pipeline: ``tf.data`` under TensorFlow, prefetched Python batches otherwise
+  (:func:`galparam.data.batches`);
+* distribution: ``tf.distribute`` strategies exist under TensorFlow only (:func:`strategy`);
+* determinism: TensorFlow's kernels must be asked for it; JAX's are deterministic.
+
+Nothing here imports TensorFlow unless the backend is TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from galparam.errors import TrainingError
+
+TENSORFLOW = "tensorflow"
+
+
+def name() -> str:
+    """The Keras backend of this process: ``"tensorflow"``, ``"jax"``, … (``KERAS_BACKEND``)."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def is_tensorflow() -> bool:
+    """Whether the models run on TensorFlow (and ``tf.data``, ``tf.distribute`` are there)."""
+    return name() == TENSORFLOW
+
+
+class _OneDevice:
+    """A stand-in for ``tf.distribute``'s default strategy: builds models as they are."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def strategy(kind: str | None):
+    """The distribution strategy of an experiment's ``strategy`` setting.
+
+    Parameters
+    ----------
+    kind : {None, "mirrored", "multi_worker"}
+        None: one device (TensorFlow's default strategy, or a plain scope on other backends).
+
+    Raises
+    ------
+    TrainingError
+        A ``tf.distribute`` strategy on another backend, or ``multi_worker`` without ``TF_CONFIG``.
+    """
+    import os
+
+    if kind is not None and not is_tensorflow():
+        raise TrainingError(
+            f"strategy {kind} needs Keras's TensorFlow backend (this process runs on {name()}); "
+            "leave strategy unset to train on one device"
+        )
+    if not is_tensorflow():
+        return _OneDevice()
+    import tensorflow as tf
+
+    if kind is None:
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if "TF_CONFIG" not in os.environ:
+        raise TrainingError("strategy multi_worker needs TF_CONFIG describing the cluster (see tf.distribute)")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def make_deterministic() -> None:
+    """Ask for run-to-run identical kernels (TensorFlow's op determinism; JAX's are already)."""
+    if is_tensorflow():
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def require_tensorflow(what: str) -> None:
+    """Refuse ``what`` (a one-line :class:`TrainingError`) where the backend is not TensorFlow."""
+    if not is_tensorflow():
+        raise TrainingError(f"{what} runs on Keras's TensorFlow backend only (this process runs on {name()})")
