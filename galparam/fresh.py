@@ -103,14 +103,32 @@ class FreshImages:
     batch_size : int
         Images per batch (an epoch's last batch may be smaller).
     prefetch : int
-        Chunks drawn ahead of the one being trained on; 0 draws in this process, when asked.
+        Chunks drawn ahead of the one being trained on, beyond one per drawing process; 0 draws
+        in this process, when asked.
+    processes : int, optional
+        Drawing processes (default: every core but one, at least one: a GPU's training needs
+        many cores drawing; on a 2-core machine one draws while the other trains). The images
+        do not depend on it.
 
-    Use it as a context manager (or call :meth:`close`) so the drawing process ends with it.
+    Use it as a context manager (or call :meth:`close`) so the drawing processes end with it.
     """
 
-    def __init__(self, spec: DatasetSpec, images_per_epoch: int, batch_size: int, *, prefetch: int = 2):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        images_per_epoch: int,
+        batch_size: int,
+        *,
+        prefetch: int = 2,
+        processes: int | None = None,
+    ):
+        from galparam.jobs import available_cores
+
         if images_per_epoch < 1 or batch_size < 1:
             raise ValueError("images_per_epoch and batch_size must be positive")
+        self.processes = max(1, available_cores() - 1) if processes is None else int(processes)
+        if self.processes < 1:
+            raise ValueError("processes must be at least 1")
         self.spec = spec
         self.images_per_epoch = int(images_per_epoch)
         self.batch_size = int(batch_size)
@@ -143,12 +161,12 @@ class FreshImages:
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=_yield_to_training
+                self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_yield_to_training
             )
         pending = deque()
         try:
             while True:
-                while len(pending) <= self.prefetch:
+                while len(pending) < self.prefetch + self.processes:
                     epoch, start, stop = next(tasks)
                     pending.append((epoch, self._pool.submit(draw, self.epoch_spec(epoch), start, stop, keys)))
                 epoch, future = pending.popleft()
@@ -183,7 +201,7 @@ class FreshImages:
                 )
 
     def close(self) -> None:
-        """Stop the drawing process (chunks drawn ahead are dropped)."""
+        """Stop the drawing processes (chunks drawn ahead are dropped)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
