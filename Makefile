@@ -4,20 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.galparam-installed
 
-.PHONY: demo test test-fast system-packages bench lint format clean reproduce
+.PHONY: demo test test-fast system-packages bench lint format clean reproduce gpu-study
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,jax]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m galparam.demo
 
-# Everything CI runs: the unit tests, the demo end to end, the notebooks, the browser checks (<= 20 min on 2 cores).
+# Everything CI runs: the unit tests, the demo end to end, the notebooks, the browser checks, then the
+# backend-dependent tests again on Keras's JAX backend (<= 20 min on 2 cores).
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m backends tests
 
 # The unit level, for the development loop (<= 5 min): no demo, notebooks, distributed tuner, AutoKeras or browser.
 test-fast: $(STAMP)
@@ -32,6 +34,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluate.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_refine.py
+	$(BIN)/python benchmarks/bench_backends.py
+
+# The full-scale study on one GPU in under 9 minutes (Keras on JAX, no TensorFlow or GalSim needed there):
+# docs/gpu-study.md. OUT is the folder for its tables; GPU_STUDY_FLAGS=--toy runs it at toy size on a CPU.
+# On a machine without .venv (a borrowed GPU): make gpu-study GPU_STUDY_PYTHON=python3 (nothing is installed).
+OUT ?= gpu-study
+GPU_STUDY_PYTHON ?= $(BIN)/python
+gpu-study: $(if $(filter $(BIN)/python,$(GPU_STUDY_PYTHON)),$(STAMP))
+	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(GPU_STUDY_PYTHON) benchmarks/gpu_study.py $(OUT) $(GPU_STUDY_FLAGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check galparam tests benchmarks notebooks scripts

@@ -133,7 +133,8 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _markdown(table: pd.DataFrame, header: list[str]) -> str:
+def markdown_table(table: pd.DataFrame, header=()) -> str:
+    """``table`` as a Markdown table with fixed number formats, ``header`` lines as HTML comments above it."""
     lines = [f"<!-- {h} -->" for h in header]
     cols = list(table.columns)
     lines.append("| " + " | ".join(cols) + " |")
@@ -172,7 +173,7 @@ def write_tables(folder: Path, stem: str, table: pd.DataFrame, header: list[str]
     csv_text = "".join(f"# {h}\n" for h in header) + table.to_csv(index=False, lineterminator="\n", float_format="%.6g")
     outputs = {
         folder / f"{stem}.csv": csv_text,
-        folder / f"{stem}.md": _markdown(table, header),
+        folder / f"{stem}.md": markdown_table(table, header),
         folder / f"{stem}.tex": _latex(table, header, caption),
     }
     for path, text in outputs.items():
