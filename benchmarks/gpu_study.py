@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -51,6 +52,7 @@ SCALES = {
         batch_size=128,
         hyperparameters=None,  # the experiment's own
         reserve_s=150.0,  # what steps 3-5 are given after the training's deadline
+        min_step_s=20.0,  # a step after the training starts only with this much time left
     ),
     "toy": dict(
         train_images=256,
@@ -62,6 +64,7 @@ SCALES = {
         batch_size=32,
         hyperparameters={"conv2d_num_filters": 4, "sep_num_filters": 8, "num_residual_blocks": 1},
         reserve_s=0.0,
+        min_step_s=0.0,
     ),
 }
 
@@ -86,6 +89,10 @@ class Clock:
 
     def say(self, message: str) -> None:
         print(f"[{self.elapsed:7.1f} s] {message}", flush=True)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a time limit outside the budget): the tables so far are written, then the study stops."""
 
 
 def parse_args(argv=None):
@@ -145,8 +152,9 @@ def write_specs(work: Path, scale: dict, batch_size: int, toy: bool):
 
 
 class Study:
-    def __init__(self, args):
+    def __init__(self, args, env: dict):
         self.args = args
+        self.env = env
         self.toy = args.toy
         self.scale = SCALES["toy" if args.toy else "full"]
         self.batch_size = args.batch_size or self.scale["batch_size"]
@@ -167,7 +175,15 @@ class Study:
             {"step": step, "seconds": round(seconds, 2), "images": images, "images/s": round(images / seconds, 1)}
         )
         self.clock.say(f"{step}: {seconds:.1f} s ({images / seconds:,.0f} images/s)")
+        self.write()
         return result
+
+    def has_time(self, step: str) -> bool:
+        """Whether ``step`` may start (else it is listed as not finished)."""
+        if self.clock.left() > self.scale["min_step_s"]:
+            return True
+        self.skip(step)
+        return False
 
     def skip(self, step: str) -> None:
         self.unfinished.append(step)
@@ -233,6 +249,7 @@ class Study:
         if stage.get("stopped_by_deadline"):
             self.unfinished.append(f"training stopped by the budget after {epochs} epochs, before early stopping")
         self.clock.say(f"trained {epochs} epochs in {seconds:.0f} s (best epoch {stage['best_epoch']})")
+        self.write()
         metrics = run.metrics()
         self.validation = pd.DataFrame(
             {
@@ -252,11 +269,12 @@ class Study:
 
         ds = load_dataset(path)
         truth = ds.label.astype(np.float64)
-        if self.clock.left() <= 0:
-            self.skip(f"evaluation at SNR {snr}")
+        if not self.has_time(f"evaluation at SNR {snr}"):
             return
         estimator = load_estimator(run_dir)
         predicted = self.timed(f"predict SNR {snr}", len(ds), lambda: estimator.predict(ds.img).to_numpy())
+        if not self.has_time(f"bounds and fits at SNR {snr}"):
+            return
         cov = self.timed(
             f"bounds SNR {snr}",
             len(ds),
@@ -293,8 +311,7 @@ class Study:
         from galparam.parameters import LABEL_NAMES
 
         name = "network-started fits" if init is not None else "fits"
-        if self.clock.left() <= 0:
-            self.skip(f"{name} at SNR {snr}")
+        if not self.has_time(f"{name} at SNR {snr}"):
             return None
         fits = self.timed(
             f"{name} SNR {snr}",
@@ -313,9 +330,11 @@ class Study:
         return fits[list(LABEL_NAMES)].to_numpy(), fits["index"].to_numpy()
 
     # -- output -----------------------------------------------------------------------------
-    def write(self, out: Path, env: dict) -> None:
+    def write(self, done: bool = False) -> None:
+        """Write the tables so far (after every step, so a study stopped from outside still reports)."""
         from galparam.io import write_text_atomic
 
+        out, env = self.args.output, self.env
         out.mkdir(parents=True, exist_ok=True)
         tables = {
             "validation.csv": self.validation,
@@ -332,7 +351,8 @@ class Study:
             "elapsed_s": round(self.clock.elapsed, 1),
             "batch_size": self.batch_size,
             "environment": env,
-            "finished": not self.unfinished,
+            "finished": done and not self.unfinished,
+            "running": not done,
             "not_finished": self.unfinished,
             "notes": self.notes,
             "run": {k: self.run_info.get(k) for k in ("name", "stages", "learning_rate", "hyperparameters")},
@@ -365,14 +385,23 @@ class Study:
         if status["notes"]:
             lines += ["## Notes", ""] + [f"- {item}" for item in status["notes"]] + [""]
         lines += ["## Not finished", ""]
-        lines += [f"- {item}" for item in status["not_finished"]] or ["Every step finished."]
+        lines += [f"- {item}" for item in status["not_finished"]]
+        if status["running"]:
+            lines.append("Still running: these are the tables of the steps done so far.")
+        elif not status["not_finished"]:
+            lines.append("Every step finished.")
         return "\n".join(lines) + "\n"
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    study = Study(args)
     env = environment()
+    study = Study(args, env)
+    signal.signal(signal.SIGTERM, _terminate)
     study.clock.say(
         f"galparam GPU study, {'toy' if args.toy else 'full'} scale, backend {env['backend']}, {env.get('devices', '')}"
     )
@@ -380,17 +409,20 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         study.run(work)
+    except Terminated:
+        study.unfinished.append("stopped by SIGTERM (a time limit outside --budget-s)")
+        return 143
     except BaseException as exc:
         study.unfinished.append(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         raise
     finally:
-        study.write(args.output, env)
+        study.write(done=True)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    study.clock.say(
-        f"wrote {args.output}/study.md"
-        + ("" if not study.unfinished else f"; not finished: {'; '.join(study.unfinished)}")
-    )
+        study.clock.say(
+            f"wrote {args.output}/study.md"
+            + ("" if not study.unfinished else f"; not finished: {'; '.join(study.unfinished)}")
+        )
     return 0
 
 

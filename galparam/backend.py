@@ -76,7 +76,9 @@ def strategy(kind: str | None):
 
 
 def make_deterministic() -> None:
-    """Ask for run-to-run identical kernels (TensorFlow's op determinism; JAX's are already)."""
+    """Ask for run-to-run identical kernels: TensorFlow's op determinism. JAX's CPU kernels are
+    deterministic already; on a GPU, XLA's are only with ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``
+    set before the process starts (galparam does not set it: it costs speed)."""
     if is_tensorflow():
         import tensorflow as tf
 

@@ -340,6 +340,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "galparam")
 
 
+@lru_cache(maxsize=1)
 def galsim_version() -> str | None:
     """The installed GalSim's version, or None where GalSim is not installed (drawing then needs a
     table file made elsewhere: :func:`load_tables`)."""
@@ -385,9 +386,20 @@ def resolve_table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, ps
     version = galsim_version()
     if version is not None:
         return table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, galsim=version)
+    return _find_cached(stamp, pixel_scale, psf_beta, Path(folder or cache_dir()))[0]
+
+
+_FOUND: dict = {}
+
+
+def _find_cached(stamp, pixel_scale, psf_beta, folder: Path) -> tuple[dict, Path]:
+    """Without GalSim: the settings and file of the cached tables of a geometry (newest GalSim's),
+    looked for once per process and folder."""
+    key = (int(stamp), float(pixel_scale), float(psf_beta), str(folder))
+    if key in _FOUND and _FOUND[key][1].exists():
+        return _FOUND[key]
     wanted = table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, galsim="")
     found = []
-    folder = Path(folder or cache_dir())
     for path in sorted(folder.glob("sersic-tables-*.npz")):
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -395,7 +407,7 @@ def resolve_table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, ps
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             continue
         if isinstance(recorded, dict) and {**recorded, "galsim": ""} == wanted:
-            found.append(recorded)
+            found.append((recorded, path))
     if not found:
         from galparam.errors import GalparamError
 
@@ -405,7 +417,8 @@ def resolve_table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, ps
             f"to build them, or copy the sersic-tables-*.npz that `galparam-simulate tables` names on a "
             f"machine with GalSim into {folder} (or set {CACHE_ENV})"
         )
-    return max(found, key=lambda r: _version_key(r["galsim"]))
+    _FOUND[key] = max(found, key=lambda item: _version_key(item[0]["galsim"]))
+    return _FOUND[key]
 
 
 def _version_key(version: str):
@@ -456,8 +469,11 @@ def load_tables(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: flo
     A cache file that is truncated, made for other settings or another GalSim version, or holds
     bad values is rebuilt, with one notice line on stderr; it is never trusted.
     """
-    settings = resolve_table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, folder=folder)
-    path = cache_path(settings, folder)
+    if galsim_version() is None:  # the file found in the cache, under whatever name it was copied
+        settings, path = _find_cached(stamp, pixel_scale, psf_beta, Path(folder or cache_dir()))
+    else:
+        settings = resolve_table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta)
+        path = cache_path(settings, folder)
     key = str(path)
     if key in _LOADED:
         return _LOADED[key]

@@ -394,6 +394,7 @@ def train(
         A :func:`time.monotonic` time: a stage begins no epoch that would end past it (judged by
         the epoch before), and finishes with its best epoch so far, as early stopping does
         (``stopped_by_deadline`` in ``run.json``'s stages). Each stage trains at least one epoch.
+        The run is then finished: ``resume`` returns it as it is.
 
     Returns
     -------

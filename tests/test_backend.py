@@ -170,6 +170,9 @@ def test_tables_are_found_without_galsim_and_missing_ones_say_what_to_do(tmp_pat
     installed = kspace.resolve_table_settings()
     monkeypatch.setattr(kspace, "galsim_version", lambda: None)
     assert kspace.resolve_table_settings(folder=tmp_path / "carried") == installed
+    copied.rename(copied.with_name("sersic-tables-carried.npz"))  # any name the glob finds
+    tables = kspace.load_tables(folder=tmp_path / "carried")
+    assert tables.sersic.shape == kspace.load_tables().sersic.shape
     with pytest.raises(
         GalparamError, match="GalSim is not installed and .* holds no Sérsic tables.*galparam-simulate tables"
     ):
@@ -237,3 +240,26 @@ def test_the_gpu_study_stops_cleanly_when_its_budget_is_spent(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "--budget-s -1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_gpu_study_stopped_from_outside_leaves_its_tables_so_far(tmp_path):
+    import signal
+
+    study = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_study.py"), "--toy", str(tmp_path / "out")],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in study.stdout:
+        if "training" in line:  # both test sets drawn, their timings written
+            break
+    study.send_signal(signal.SIGTERM)
+    assert study.wait(timeout=120) == 143
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert not status["finished"] and not status["running"]
+    assert any("SIGTERM" in item for item in status["not_finished"])
+    timing = pd.read_csv(tmp_path / "out" / "timing.csv")
+    assert list(timing.step) == ["draw test set SNR 60", "draw test set SNR 30"]
