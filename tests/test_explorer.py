@@ -152,6 +152,7 @@ def test_the_served_app_in_headless_chromium(datasets, tmp_path):
     if not (shutil.which("chromium") and driver_path):
         pytest.fail("Debian's chromium and chromium-driver are needed (make test installs them: make system-packages)")
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -181,7 +182,8 @@ def test_the_served_app_in_headless_chromium(datasets, tmp_path):
         browser = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
             browser.get(f"http://127.0.0.1:{port}")
-            wait = WebDriverWait(browser, 90)
+            # Streamlit redraws as it runs: an element found may be replaced before it is read
+            wait = WebDriverWait(browser, 90, ignored_exceptions=(StaleElementReferenceException,))
 
             def snr_text(driver):
                 for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stMarkdownContainer']"):

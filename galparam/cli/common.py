@@ -85,7 +85,9 @@ def load_tensorflow_quietly() -> None:
     file descriptor 2 at import, whatever ``TF_CPP_MIN_LOG_LEVEL``; they are not the user's
     business. Call it once the inputs are known to be good, before anything imports Keras.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # unset, or JAX's "1" (JAX sets it when imported, and processes it starts inherit it): quiet
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") in (None, "", "1"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     sys.stderr.flush()
