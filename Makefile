@@ -21,7 +21,7 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m backends tests
 
-# The unit level, for the development loop (<= 5 min): no demo, notebooks, distributed tuner, AutoKeras or browser.
+# The unit level, for the development loop (<= 5 min): no demo, notebooks, distributed tuner, AutoKeras, browser or GPU study.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 

@@ -115,6 +115,7 @@ def test_strategies_and_determinism_follow_the_backend():
 
 
 @pytest.mark.backends
+@pytest.mark.slow  # trains
 def test_a_deadline_stops_training_at_a_whole_epoch_with_the_best_weights(datasets, tmp_path):
     from galparam.runs import RunFolder
     from galparam.train import train
@@ -223,6 +224,7 @@ def test_the_toy_gpu_study_runs_on_jax_without_tensorflow_or_galsim(tmp_path):
     assert len(pd.read_csv(out / "history.csv")) == 2
 
 
+@pytest.mark.slow
 def test_the_gpu_study_stops_cleanly_when_its_budget_is_spent(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_study.py"), "--toy", str(tmp_path), "--budget-s", "0.001"],
