@@ -4,8 +4,8 @@ galparam's models, losses and training loop are written in Keras layers and ``ke
 run on TensorFlow (the default) and on JAX (``KERAS_BACKEND=jax``, for example on a borrowed GPU
 without TensorFlow). Three things are backend-specific:
 
-* the input pipeline: ``tf.data`` under TensorFlow, prefetched Python batches otherwise
-  (:func:`galparam.data.batches`);
+* the input pipeline: ``tf.data`` under TensorFlow, ``keras.utils.PyDataset``\\ s otherwise
+  (:func:`galparam.data.batches`, :mod:`galparam.pipelines`);
 * distribution: ``tf.distribute`` strategies exist under TensorFlow only (:func:`strategy`);
 * determinism: TensorFlow's kernels must be asked for it; JAX's are deterministic.
 
@@ -57,12 +57,12 @@ def strategy(kind: str | None):
     """
     import os
 
-    if kind is not None and not is_tensorflow():
-        raise TrainingError(
-            f"strategy {kind} needs Keras's TensorFlow backend (this process runs on {name()}); "
-            "leave strategy unset to train on one device"
-        )
     if not is_tensorflow():
+        if kind is not None:
+            raise TrainingError(
+                f"strategy {kind} needs Keras's TensorFlow backend (this process runs on {name()}); "
+                "leave strategy unset to train on one device"
+            )
         return _OneDevice()
     import tensorflow as tf
 

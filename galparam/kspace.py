@@ -360,7 +360,7 @@ def table_settings(
     that made the cached tables of this geometry (see :func:`resolve_table_settings`).
     """
     if galsim is None:
-        return resolve_table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta)
+        return table_file(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta)[0]
     return {
         "format": FORMAT_VERSION,
         "galsim": galsim,
@@ -374,19 +374,29 @@ def table_settings(
     }
 
 
-def resolve_table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: float = PSF_BETA, folder=None):
-    """The settings of the tables this process draws from: the installed GalSim's, or without
-    GalSim those of the cache file made for this geometry by the newest GalSim.
+def table_file(
+    *, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: float = PSF_BETA, folder=None
+) -> tuple[dict, Path]:
+    """The settings and the file of the tables :func:`load_tables` reads: the installed GalSim's
+    (the file may not exist yet), or without GalSim the cache file made for this geometry by the
+    newest GalSim, under whatever name it was copied.
 
     Raises
     ------
     GalparamError
         GalSim is not installed and no cache file holds tables of this geometry.
     """
+    folder = Path(folder or cache_dir())
     version = galsim_version()
-    if version is not None:
-        return table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, galsim=version)
-    return _find_cached(stamp, pixel_scale, psf_beta, Path(folder or cache_dir()))[0]
+    if version is None:
+        return _find_cached(stamp, pixel_scale, psf_beta, folder)
+    settings = table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, galsim=version)
+    return settings, cache_path(settings, folder)
+
+
+def resolve_table_settings(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: float = PSF_BETA, folder=None):
+    """The settings of the tables this process draws from (:func:`table_file`'s)."""
+    return table_file(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, folder=folder)[0]
 
 
 _FOUND: dict = {}
@@ -469,11 +479,7 @@ def load_tables(*, stamp: int = STAMP, pixel_scale: float = SCALE, psf_beta: flo
     A cache file that is truncated, made for other settings or another GalSim version, or holds
     bad values is rebuilt, with one notice line on stderr; it is never trusted.
     """
-    if galsim_version() is None:  # the file found in the cache, under whatever name it was copied
-        settings, path = _find_cached(stamp, pixel_scale, psf_beta, Path(folder or cache_dir()))
-    else:
-        settings = resolve_table_settings(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta)
-        path = cache_path(settings, folder)
+    settings, path = table_file(stamp=stamp, pixel_scale=pixel_scale, psf_beta=psf_beta, folder=folder)
     key = str(path)
     if key in _LOADED:
         return _LOADED[key]

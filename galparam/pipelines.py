@@ -15,6 +15,8 @@ from collections import OrderedDict
 import keras
 import numpy as np
 
+from galparam.errors import GalparamError
+
 
 class EpochBatches(keras.utils.PyDataset):
     """The batches of one epoch at a time; the epoch is set by :attr:`callbacks` at each epoch's start.
@@ -60,6 +62,8 @@ class ArrayBatches(EpochBatches):
         from galparam.data import column_names
 
         indices = np.asarray(indices, dtype=np.int64)
+        if not len(indices):
+            raise GalparamError("no images to serve")
         super().__init__(-(-len(indices) // batch_size), first_epoch)
         self.columns, self.inputs, self.targets = columns, inputs, targets
         self.names = column_names(inputs, targets)
@@ -67,16 +71,12 @@ class ArrayBatches(EpochBatches):
         self._order = (None, None)
 
     def __getitem__(self, i: int):
-        from galparam.data import epoch_order, structure_batch
+        from galparam.data import epoch_order, gather_batch, structure_batch
 
         if self._order[0] != self.epoch:
             self._order = (self.epoch, epoch_order(self.indices, self.epoch, self.shuffle_seed))
-        # sorted: faster reads from a memory map; the order inside a batch does not matter
-        idx = np.sort(self._order[1][i * self.batch_size : (i + 1) * self.batch_size])
-        tensors = [
-            np.ascontiguousarray(self.columns[n][1](self.columns[n][0][idx]), dtype=np.float32) for n in self.names
-        ]
-        return structure_batch(self.names, tensors, self.inputs, self.targets)
+        idx = self._order[1][i * self.batch_size : (i + 1) * self.batch_size]
+        return structure_batch(self.names, gather_batch(self.columns, self.names, idx), self.inputs, self.targets)
 
 
 class StreamBatches(EpochBatches):

@@ -93,7 +93,7 @@ def _tables(args) -> int:
         )
     geometry = dict(stamp=args.stamp_size, pixel_scale=args.pixel_scale, psf_beta=args.psf_beta)
     kspace.load_tables(**geometry)
-    path = kspace.cache_path(kspace.resolve_table_settings(**geometry))
+    path = kspace.table_file(**geometry)[1]
     print(path)
     if args.copy_to:
         target = Path(args.copy_to) / path.name
