@@ -281,6 +281,11 @@ class MinMaxScaler:
         values = np.asarray(values, dtype=np.float64)
         return ((values - self.data_min_) * self._scale() + self.feature_range[0]).astype(np.float32)
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) with ``transform(v) == v * scale + offset`` (for a Keras ``Rescaling`` layer)."""
+        scale = self._scale()
+        return scale, self.feature_range[0] - self.data_min_ * scale
+
     def inverse_transform(self, scaled) -> np.ndarray:
         scaled = np.asarray(scaled, dtype=np.float64)
         return (scaled - self.feature_range[0]) / self._scale() + self.data_min_

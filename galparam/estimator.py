@@ -19,8 +19,24 @@ from galparam.data import MinMaxScaler, with_channel
 from galparam.errors import GalparamError
 from galparam.parameters import LABEL_NAMES
 from galparam.runs import RunFolder
+from galparam.specs import DENOISER_FAMILIES
 
 _CHUNK = 8192  # images converted to a tensor at a time
+
+
+def _check_image_stack(images, image_shape, what: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or images.shape[1:] != tuple(image_shape):
+        raise GalparamError(
+            f"{what} have shape {images.shape}; this model takes (N, {image_shape[0]}, {image_shape[1]})"
+        )
+    if not np.isfinite(images).all():
+        raise GalparamError(f"{what} hold NaN or infinite values")
+    return images
 
 
 class Estimator:
@@ -38,30 +54,24 @@ class Estimator:
         The autoencoder's noiseless-image scaling (for :meth:`reconstruct`).
     psf_input : bool
         Whether the model takes the PSF image.
+    denoiser : Denoiser, optional
+        A two-stage run's first stage: images are restored by it before the network sees them.
     """
 
-    def __init__(self, model, family: str, label_scaler: MinMaxScaler, image_scaler=None, *, psf_input=False):
+    def __init__(
+        self, model, family: str, label_scaler: MinMaxScaler, image_scaler=None, *, psf_input=False, denoiser=None
+    ):
         self.model = model
         self.family = family
         self.label_scaler = label_scaler
         self.image_scaler = image_scaler
         self.psf_input = bool(psf_input)
+        self.denoiser = denoiser
         self._net = model.get_layer("encoder") if family == "autoencoder" else model
         self.image_shape = tuple(self._net.inputs[0].shape[1:3])
 
     def _check_images(self, images, what: str) -> np.ndarray:
-        images = np.asarray(images)
-        if images.ndim == 2:
-            images = images[None]
-        if images.ndim == 4 and images.shape[-1] == 1:
-            images = images[..., 0]
-        if images.ndim != 3 or images.shape[1:] != self.image_shape:
-            raise GalparamError(
-                f"{what} have shape {images.shape}; this model takes (N, {self.image_shape[0]}, {self.image_shape[1]})"
-            )
-        if not np.isfinite(images).all():
-            raise GalparamError(f"{what} hold NaN or infinite values")
-        return images
+        return _check_image_stack(images, self.image_shape, what)
 
     def predict_scaled(self, images, psf_images=None, *, batch_size: int = 256) -> np.ndarray:
         """The network's raw outputs (labels in the scaler's range); see :meth:`predict`."""
@@ -78,10 +88,14 @@ class Estimator:
             raise GalparamError("this model takes no PSF input; call predict without psf_images")
         out = []
         for start in range(0, len(images), _CHUNK):
-            x = with_channel(images[start : start + _CHUNK])
+            chunk = images[start : start + _CHUNK]
+            if self.denoiser is not None:
+                chunk = self.denoiser.denoise(chunk, batch_size=batch_size)
+            x = with_channel(chunk)
             if self.psf_input:
                 x = {"image": x, "psf": with_channel(psf_images[start : start + _CHUNK])}
-            out.append(np.asarray(self._net.predict(x, batch_size=batch_size, verbose=0)))
+            y = self._net.predict(x, batch_size=batch_size, verbose=0)
+            out.append(np.asarray(y["labels"] if isinstance(y, dict) else y))  # a joint model's two outputs
         return np.concatenate(out) if out else np.empty((0, len(LABEL_NAMES)), np.float32)
 
     def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
@@ -118,33 +132,165 @@ class Estimator:
         return self.image_scaler.inverse_transform(images.reshape(-1, 1)).reshape(images.shape).astype(np.float32)
 
 
-def load_estimator(run_dir) -> Estimator:
-    """Load a finished training run folder as an :class:`Estimator`.
+class Denoiser:
+    """A trained denoiser (EDSR, RDN) with its image scaling: noisy images in, restored ones out, in counts.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Input ``image``, output ``denoised``, both in the image scaler's units.
+    image_scaler : MinMaxScaler
+        The run's noiseless-image scaling (counts → [0, 1] over the training split's range).
+    name, family, model_sha256 : str
+        What the run was (recorded by the runs that use it).
+    """
+
+    def __init__(self, model, image_scaler: MinMaxScaler, *, name="", family="", model_sha256=""):
+        self.model = model
+        self.image_scaler = image_scaler
+        self.name, self.family, self.model_sha256 = name, family, model_sha256
+        self.image_shape = tuple(model.inputs[0].shape[1:3])
+
+    def scale(self, images) -> np.ndarray:
+        """Counts → the model's units (float32, with the channel axis)."""
+        images = np.asarray(images)
+        return with_channel(self.image_scaler.transform(images.reshape(-1, 1)).reshape(images.shape))
+
+    def unscale(self, scaled) -> np.ndarray:
+        """The model's units → counts (float32, without the channel axis)."""
+        scaled = np.asarray(scaled)[..., 0]
+        return self.image_scaler.inverse_transform(scaled.reshape(-1, 1)).reshape(scaled.shape).astype(np.float32)
+
+    def denoise(self, images, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Restore noisy images.
+
+        Parameters
+        ----------
+        images : array_like of shape (N, S, S) or (N, S, S, 1)
+            Noisy images in counts, as the denoiser's training images.
+        batch_size : int
+            Images per forward pass.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        ndarray of shape (N, S, S), float32, counts
+
+        Raises
+        ------
+        GalparamError
+            On a wrong image size or NaN values.
+        """
+        images = _check_image_stack(images, self.image_shape, "images")
+        out = np.empty(images.shape, np.float32)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(images), unit="img", desc="denoise", disable=not progress) as bar:
+            for start in range(0, len(images), _CHUNK):
+                chunk = images[start : start + _CHUNK]
+                scaled = self.model.predict(self.scale(chunk), batch_size=batch_size, verbose=0)
+                out[start : start + len(chunk)] = self.unscale(scaled)
+                bar.update(len(chunk))
+        return out
+
+    def describe(self, run_dir) -> dict:
+        """The ``denoiser`` entry of a run that uses it."""
+        return {
+            "run": str(Path(run_dir).resolve()),
+            "name": self.name,
+            "family": self.family,
+            "model_sha256": self.model_sha256,
+        }
+
+
+def _load_model(run: RunFolder):
+    import keras
+
+    if not run.model_path.exists():
+        raise GalparamError(f"{run.path}: {run.model_path.name} is missing")
+    try:
+        return keras.models.load_model(run.model_path, compile=False)
+    except (ValueError, OSError) as exc:
+        raise GalparamError(f"{run.model_path}: cannot be loaded ({str(exc).splitlines()[0]})") from None
+
+
+def load_denoiser(run_dir, *, expected_sha256: str | None = None) -> Denoiser:
+    """Load a finished denoiser run (family ``edsr`` or ``rdn``).
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The denoiser's run folder.
+    expected_sha256 : str, optional
+        The SHA-256 its model must have (what a two-stage run recorded): a denoiser trained again
+        since is refused.
 
     Raises
     ------
     GalparamError
-        If the folder is missing, unfinished, or not a galparam run.
+        If the folder is missing, unfinished, not a denoiser, or its model changed.
     """
-    import keras
+    run = RunFolder(run_dir)
+    try:
+        info = run.info()
+    except GalparamError as exc:
+        raise GalparamError(f"denoiser: {exc}") from None
+    if info["family"] not in DENOISER_FAMILIES:
+        raise GalparamError(
+            f"denoiser: {run.path} is a run of family {info['family']}; a denoiser is a run of {' or '.join(DENOISER_FAMILIES)}"
+        )
+    sha = run.model_sha256() if run.model_path.exists() else ""
+    if sha != info.get("model_sha256"):
+        raise GalparamError(f"denoiser: {run.model_path}: differs from the model its run.json records (altered?)")
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise GalparamError(
+            f"denoiser: {run.path} has changed since this run used it (model SHA-256 {sha[:12]}…, "
+            f"recorded {expected_sha256[:12]}…); train this run again on it"
+        )
+    return Denoiser(
+        _load_model(run),
+        MinMaxScaler.load(run.image_scaler_path),
+        name=info["name"],
+        family=info["family"],
+        model_sha256=sha,
+    )
 
+
+def load_estimator(run_dir) -> Estimator:
+    """Load a finished training run folder as an :class:`Estimator`.
+
+    A two-stage run (an Xception trained on a denoiser's images) loads its denoiser too, from
+    the folder it recorded, and checks that it is the same model.
+
+    Raises
+    ------
+    GalparamError
+        If the folder is missing, unfinished, or not a galparam run; if it is a denoiser's (load
+        it with :func:`load_denoiser`); if a two-stage run's denoiser is missing or changed.
+    """
     run = RunFolder(run_dir)
     info = run.info()
+    if info["family"] in DENOISER_FAMILIES:
+        raise GalparamError(
+            f"{run.path}: a {info['family']} denoiser restores images and estimates no parameters; "
+            "load it with galparam.estimator.load_denoiser, or give a run that names it as its denoiser"
+        )
     if info["family"] == "autokeras":
         import autokeras  # noqa: F401  (registers the layers of AutoKeras' exported models)
-    if not run.model_path.exists():
-        raise GalparamError(f"{run.path}: {run.model_path.name} is missing")
-    try:
-        model = keras.models.load_model(run.model_path, compile=False)
-    except (ValueError, OSError) as exc:
-        raise GalparamError(f"{run.model_path}: cannot be loaded ({str(exc).splitlines()[0]})") from None
+    model = _load_model(run)
     image_scaler = MinMaxScaler.load(run.image_scaler_path) if info["family"] == "autoencoder" else None
+    denoiser = None
+    recorded = info.get("denoiser")
+    if recorded is not None and not info.get("joint", False):
+        denoiser = load_denoiser(recorded["run"], expected_sha256=recorded["model_sha256"])
     return Estimator(
         model,
         info["family"],
         MinMaxScaler.load(run.scaler_path),
         image_scaler,
         psf_input=info.get("psf_input", False),
+        denoiser=denoiser,
     )
 
 

@@ -4,13 +4,16 @@ experiment's data it was trained on.
 A run folder holds::
 
     experiment.yaml     the resolved spec (written first: the folder is a run from then on)
-    scaler.json         label scaling ([-1, 1] for Xception, [0, 1] for the autoencoder)
-    image_scaler.json   the autoencoder's noiseless-image scaling
+    scaler.json         label scaling ([-1, 1] for Xception, [0, 1] for the autoencoder; none for a denoiser)
+    image_scaler.json   the noiseless-image scaling of the autoencoder and the denoisers
+    denoised-SHA.npy    an Xception on a denoiser's images: the dataset's images it restored
+                        (SHA: the first 12 hex digits of the denoiser model's SHA-256)
     checkpoints/STAGE/  epoch-NNN.keras each epoch (the last few and the best), state.json, final.keras
     validation.npz      on the fly (galparam.fresh): the fixed validation set, and its .csv
     history.csv         one row per epoch and stage
     model.keras         the trained model (best validation loss of each stage)
-    metrics.json        per label, in physical units, on the validation split
+    metrics.json        per label, in physical units, on the validation split (a denoiser:
+                        residual RMS, PSNR and SSIM of its images and of the noisy ones)
     run.json            written last: the run is complete only when it exists
 
 Training (:mod:`galparam.train`), the AutoKeras export (:mod:`galparam.search.automl`), the
@@ -42,7 +45,7 @@ METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
 VALIDATION_FILE = "validation.npz"
 
-RUN_FAMILIES = ("xception", "autoencoder", "autokeras")
+RUN_FAMILIES = ("xception", "autoencoder", "autokeras", "edsr", "rdn")
 """Families a run folder may hold (``autokeras``: the best model of an AutoKeras search)."""
 
 ADAPT_SAMPLE = 10_000
@@ -101,6 +104,10 @@ class RunFolder:
     def info_path(self) -> Path:
         return self.path / RUN_FILE
 
+    def denoised_path(self, denoiser_sha256: str) -> Path:
+        """The dataset's images as restored by the denoiser whose model has this SHA-256."""
+        return self.path / f"denoised-{denoiser_sha256[:12]}.npy"
+
     def stage_dir(self, stage: str) -> Path:
         """Checkpoints and ``state.json`` of one training stage."""
         return self.path / CHECKPOINTS / stage
@@ -134,8 +141,13 @@ class RunFolder:
         return info
 
     def metrics(self) -> dict:
-        """Validation metrics per label (``metrics.json``'s ``labels``)."""
+        """Validation metrics per label (``metrics.json``'s ``labels``; empty for a denoiser)."""
         return json.loads(self.metrics_path.read_text())["labels"]
+
+    def restoration_metrics(self) -> dict:
+        """A denoiser's validation metrics: ``{"noisy": {...}, "denoised": {...}}`` of residual
+        RMS, PSNR and SSIM (``metrics.json``'s ``images``; empty for other runs)."""
+        return json.loads(self.metrics_path.read_text()).get("images", {})
 
     def validation_indices(self, info: dict | None = None) -> np.ndarray:
         """Indices, in the run's dataset, of the images it was validated on (the split's tail)."""
@@ -193,11 +205,15 @@ class RunFolder:
             raise TrainingError(f"{self.path}: exists and is not a galparam run; give another output folder")
         return "new"
 
-    def write_metrics(self, labels: dict, n_images: int) -> None:
-        """``metrics.json``: per-label validation metrics (name → {rmse, bias, ...})."""
+    def write_metrics(self, labels: dict, n_images: int, *, images: dict | None = None) -> None:
+        """``metrics.json``: per-label validation metrics (name → {rmse, bias, ...}), and a
+        denoiser's restoration metrics (``images``, see :meth:`restoration_metrics`)."""
         from galparam.io import write_json_atomic
 
-        write_json_atomic(self.metrics_path, {"split": "validation", "n_images": int(n_images), "labels": labels})
+        out = {"split": "validation", "n_images": int(n_images), "labels": labels}
+        if images is not None:
+            out["images"] = images
+        write_json_atomic(self.metrics_path, out)
 
     def write_info(
         self, *, name: str, family: str, data: ExperimentData, hyperparameters: dict, model, **extra
@@ -278,6 +294,8 @@ class ExperimentData:
         The fresh training images of an on-the-fly experiment.
     images : ndarray of shape (N, S, S)
         The noisy or noiseless images, as the spec says.
+    denoised : ndarray of shape (n, S, S) or None
+        With a ``denoiser``: the first :attr:`n` images as it restored them (:meth:`use_denoised`).
     psf_input : bool
         Whether the model takes the PSF image as a second input.
 
@@ -297,6 +315,12 @@ class ExperimentData:
         self.image_key = "img" if spec.images == "noisy" else "img_nonoise"
         self.fresh = None
         self.dataset = None
+        self.denoised = None
+        if spec.on_the_fly and getattr(spec, "denoiser", None) is not None:
+            raise GalparamError(
+                f"{spec.source}: denoiser: needs a dataset file (its images are restored once, before training); "
+                "on-the-fly images are not"
+            )
         if spec.on_the_fly:
             if not on_the_fly:
                 raise GalparamError(
@@ -353,8 +377,8 @@ class ExperimentData:
 
     def _resolve_psf_input(self, psf_varies: bool) -> None:
         spec = self.spec
-        if spec.family == "autoencoder" and spec.psf_input is True:
-            raise GalparamError(f"{spec.source}: psf_input: the autoencoder takes no PSF input")
+        if spec.family != "xception" and spec.psf_input is True:
+            raise GalparamError(f"{spec.source}: psf_input: the {spec.family} family takes no PSF input")
         psf = spec.psf_input if spec.psf_input != "auto" else (psf_varies and spec.family == "xception")
         if psf and not psf_varies:
             raise GalparamError(
@@ -366,6 +390,15 @@ class ExperimentData:
     def _use(self, ds) -> None:
         self.dataset = ds
         self.images = ds.img if self.image_key == "img" else ds.img_nonoise
+
+    def use_denoised(self, denoised: np.ndarray) -> None:
+        """Give the first :attr:`n` images as restored by a denoiser (:attr:`denoised`): the
+        Xception's normalization adapts on them, and a two-stage run trains on them."""
+        if len(denoised) < self.n or denoised.shape[1:] != self.images.shape[1:]:
+            raise GalparamError(
+                f"denoised images of shape {denoised.shape} for {self.n} images of {self.images.shape[1:]}"
+            )
+        self.denoised = denoised
 
     def materialize(self, folder, *, progress: bool = True) -> None:
         """On the fly: simulate (or resume, or open) the fixed validation set in the run ``folder``.
@@ -393,8 +426,9 @@ class ExperimentData:
         return self.dataset_spec.digest()
 
     def column(self, key: str) -> np.ndarray:
-        """The dataset's array ``key``: ``img``, ``img_nonoise``, ``psf_img`` or ``label``."""
-        return getattr(self.dataset, key)
+        """The dataset's array ``key``: ``img``, ``img_nonoise``, ``psf_img`` or ``label``, or
+        ``denoised`` (:attr:`denoised`)."""
+        return self.denoised if key == "denoised" else getattr(self.dataset, key)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -427,7 +461,8 @@ class ExperimentData:
         from galparam.data import spread_sample, with_channel
 
         index = np.sort(spread_sample(self.fit_rows, ADAPT_SAMPLE))
-        out = {"normalize_image": with_channel(self.images[index])}
+        images = self.images if self.denoised is None else self.denoised
+        out = {"normalize_image": with_channel(images[index])}
         if self.psf_input:
             out["normalize_psf"] = with_channel(self.dataset.psf_img[index])
         return out

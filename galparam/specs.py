@@ -129,17 +129,41 @@ PRIOR_KINDS = {
 
 AUTOENCODER_STAGES = ("encoder", "decoder", "joint")
 _AE = ("autoencoder",)
+DENOISER_FAMILIES = ("edsr", "rdn")
+"""Families that restore noisy images to noiseless ones (:mod:`galparam.models.denoise`)."""
 
 EXPERIMENT_SETTINGS = {
     "name": Setting(str, help="experiment name (the default run folder is runs/NAME)"),
-    "family": Setting(str, help="model family", choices=("xception", "autoencoder")),
+    "family": Setting(
+        str,
+        help="model family: the Xception regressor, the conditional autoencoder, or a denoiser (EDSR, RDN)",
+        choices=("xception", "autoencoder", *DENOISER_FAMILIES),
+    ),
     "dataset": Setting(
         None,
         help="npz dataset, or {spec: DATASET.yaml, on_the_fly: true} for fresh images each epoch; "
         "relative to the spec's folder",
         raw=True,
     ),
-    "images": Setting(str, "noisy", "train on the noisy or the noiseless images", choices=("noisy", "noiseless")),
+    "images": Setting(
+        str,
+        "noisy",
+        "train on the noisy or the noiseless images (a denoiser always restores the noisy ones)",
+        choices=("noisy", "noiseless"),
+    ),
+    "denoiser": Setting(
+        str,
+        None,
+        "a finished denoiser run (edsr or rdn) whose restored images the Xception trains and predicts on; "
+        "relative to the spec's folder",
+        families=("xception",),
+    ),
+    "joint": Setting(
+        bool,
+        False,
+        "train the denoiser (started from its run) and the Xception together, loss weights [labels, image]",
+        families=("xception",),
+    ),
     "psf_input": Setting(
         None, "auto", "PSF image as a second input (auto: where the PSF varies)", choices=("auto", True, False)
     ),
@@ -168,10 +192,17 @@ EXPERIMENT_SETTINGS = {
     "loss": Setting(
         str,
         None,
-        "loss (default: mse for the Xception's [-1, 1] labels, binary_crossentropy for the autoencoder's [0, 1] targets)",
+        "loss (default: mse for the Xception's [-1, 1] labels, binary_crossentropy for the autoencoder's "
+        "[0, 1] targets, mae for a denoiser's images)",
         choices=("binary_crossentropy", "mse", "mae", "huber"),
     ),
-    "loss_weights": Setting(list, [5.0, 1.0], "joint-stage weights of labels and image", raw=True, families=_AE),
+    "loss_weights": Setting(
+        list,
+        [5.0, 1.0],
+        "joint weights of labels and image (the autoencoder's joint stage, the joint denoiser and Xception)",
+        raw=True,
+        families=(*_AE, "xception"),
+    ),
     "lr_factor": Setting(
         float,
         0.5,
@@ -189,7 +220,7 @@ EXPERIMENT_SETTINGS = {
 """The keys of an experiment spec."""
 
 FAMILIES = EXPERIMENT_SETTINGS["family"].choices
-DEFAULT_LOSS = {"xception": "mse", "autoencoder": "binary_crossentropy"}
+DEFAULT_LOSS = {"xception": "mse", "autoencoder": "binary_crossentropy", "edsr": "mae", "rdn": "mae"}
 """Each family's loss when the spec gives none."""
 
 AUTOKERAS_BLOCKS = ("vanilla", "resnet", "xception")
@@ -552,6 +583,8 @@ class ExperimentSpec:
     loss_weights: tuple
     lr_factor: float
     lr_patience: int
+    denoiser: Path | None = None
+    joint: bool = False
     on_the_fly: bool = False
     source: str = field(default="<experiment>", compare=False)
 
@@ -561,6 +594,11 @@ class ExperimentSpec:
         out["dataset"] = {"spec": str(self.dataset), "on_the_fly": True} if self.on_the_fly else str(self.dataset)
         out["stages"] = list(self.stages)
         out["loss_weights"] = list(self.loss_weights)
+        if self.denoiser is None:  # runs made before denoisers resume: their experiment.yaml lacks both keys
+            out.pop("denoiser")
+            out.pop("joint")
+        else:
+            out["denoiser"] = str(self.denoiser)
         return out
 
     def to_yaml(self) -> str:
@@ -588,6 +626,21 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
         raise SpecError(
             f"{source}: loss: binary_crossentropy needs [0, 1] targets; the Xception's labels are in [-1, 1]"
         )
+    elif family in DENOISER_FAMILIES and values["loss"] == "binary_crossentropy":
+        raise SpecError(f"{source}: loss: a denoiser restores images with mae, mse or huber, not binary_crossentropy")
+    if family in DENOISER_FAMILIES:
+        if values["images"] != "noisy":
+            raise SpecError(f"{source}: images: a denoiser learns noisy → noiseless; leave images at noisy")
+        if values["psf_input"] is True:
+            raise SpecError(f"{source}: psf_input: a denoiser takes no PSF input")
+    if family == "xception" and not values["joint"] and list(values["loss_weights"]) != [5.0, 1.0]:
+        raise SpecError(f"{source}: loss_weights: applies to the joint denoiser and Xception (joint: true)")
+    if values["joint"] and values["denoiser"] is None:
+        raise SpecError(f"{source}: joint: true needs denoiser: RUN_DIR (the denoiser it starts from)")
+    if values["denoiser"] is not None:
+        values["denoiser"] = (Path(base_dir) / values["denoiser"]).resolve()
+        if values["images"] != "noisy":
+            raise SpecError(f"{source}: denoiser: restores noisy images; leave images at noisy")
 
     base_dir = Path(base_dir)
     values["dataset"], values["on_the_fly"] = _read_dataset(source, values["dataset"], base_dir)

@@ -2,7 +2,10 @@
 
 Xception trains in one stage (``xception``); the autoencoder in up to three, as the reference
 did: ``encoder`` (noisy image → labels), ``decoder`` (labels → noiseless image), ``joint``
-(the autoencoder, loss weights 5 : 1, learning rate reduced on plateaus). Each stage checkpoints
+(the autoencoder, loss weights 5 : 1, learning rate reduced on plateaus); a denoiser (EDSR, RDN)
+in one, ``denoiser`` (noisy → noiseless image). An Xception with a ``denoiser`` run trains on that
+denoiser's restored images (two stages; the restored dataset is kept in the run folder), or with
+``joint`` trains the denoiser and itself together (stage ``joint``). Each stage checkpoints
 every epoch and resumes from its last checkpoint; each epoch's shuffling is drawn from (seed,
 epoch), so a resumed run sees the same batches as one that never stopped. Every model is built
 and compiled by its family's HyperModel (:mod:`galparam.models`), as in a search.
@@ -14,6 +17,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +31,9 @@ from galparam.io import atomic_path, write_json_atomic, write_text_atomic
 from galparam.models import hypermodel, resolve_hyperparameters
 from galparam.parameters import LABEL_NAMES
 from galparam.runs import ExperimentData, RunFolder
-from galparam.specs import ExperimentSpec
+from galparam.specs import DENOISER_FAMILIES, ExperimentSpec
 
-SEARCH_STAGE = {"xception": "xception", "autoencoder": "joint"}
+SEARCH_STAGE = {"xception": "xception", "autoencoder": "joint", "edsr": "denoiser", "rdn": "denoiser"}
 """What a search trial of each family trains (the autoencoder's stages are a training refinement,
 not a different architecture)."""
 
@@ -208,7 +212,7 @@ class Scalers:
     """The label scaler ([-1, 1] for the Xception, [0, 1] for the autoencoder) and the autoencoder's
     noiseless-image scaler, fitted on the training split."""
 
-    label: MinMaxScaler
+    label: MinMaxScaler | None
     image: MinMaxScaler | None = None
 
     @classmethod
@@ -217,36 +221,55 @@ class Scalers:
         if family == "xception":
             return cls(MinMaxScaler((-1.0, 1.0), names=LABEL_NAMES).fit(labels))
         low, high = column_range(data.dataset.img_nonoise, data.fit_rows)
-        return cls(
-            MinMaxScaler((0.0, 1.0), names=LABEL_NAMES).fit(labels),
-            MinMaxScaler((0.0, 1.0), names=["pixel"]).fit([[low], [high]]),
-        )
+        image = MinMaxScaler((0.0, 1.0), names=["pixel"]).fit([[low], [high]])
+        if family in DENOISER_FAMILIES:
+            return cls(None, image)
+        return cls(MinMaxScaler((0.0, 1.0), names=LABEL_NAMES).fit(labels), image)
 
     @classmethod
-    def for_run(cls, run: RunFolder, family: str, data: ExperimentData) -> Scalers:
-        """The run's saved scalers, or new ones saved into it (a resumed run keeps its scaling)."""
-        if run.scaler_path.exists():
-            image = MinMaxScaler.load(run.image_scaler_path) if run.image_scaler_path.exists() else None
-            return cls(MinMaxScaler.load(run.scaler_path), image)
+    def for_run(
+        cls, run: RunFolder, family: str, data: ExperimentData, *, image: MinMaxScaler | None = None
+    ) -> Scalers:
+        """The run's saved scalers, or new ones saved into it (a resumed run keeps its scaling).
+
+        ``image`` gives the image scaler instead of fitting one (a joint run takes its denoiser's).
+        """
+        label_path = None if family in DENOISER_FAMILIES else run.scaler_path
+        if (label_path or run.image_scaler_path).exists():
+            saved = MinMaxScaler.load(run.image_scaler_path) if run.image_scaler_path.exists() else None
+            return cls(MinMaxScaler.load(label_path) if label_path else None, saved)
         scalers = cls.fit(family, data)
+        if image is not None:
+            scalers.image = image
         if scalers.image is not None:
             scalers.image.save(run.image_scaler_path)
-        scalers.label.save(run.scaler_path)
+        if label_path:
+            scalers.label.save(label_path)
         return scalers
 
 
 def _stage_columns(stage: str, data: ExperimentData, scalers: Scalers):
     """Pipeline columns (model input/output name → the data's key and a transform), inputs and targets of a stage."""
     noisy = (data.image_key, with_channel)
-    labels = ("label", scalers.label.transform)
-    if stage == "xception":
-        if data.psf_input:
-            return {"image": noisy, "psf": ("psf_img", with_channel), "labels": labels}, ("image", "psf"), "labels"
-        return {"image": noisy, "labels": labels}, "image", "labels"
 
-    def scale_image(block):
+    def scale_image(block, clip=True):
         flat = scalers.image.transform(block.reshape(-1, 1)).reshape(block.shape)
-        return with_channel(np.clip(flat, 0.0, 1.0))
+        return with_channel(np.clip(flat, 0.0, 1.0) if clip else flat)
+
+    if stage == "denoiser":  # both in the image scaling, unclipped: the noise keeps its shape
+        scaled = partial(scale_image, clip=False)
+        return {"image": (data.image_key, scaled), "denoised": ("img_nonoise", scaled)}, "image", "denoised"
+    labels = ("label", scalers.label.transform)
+    if stage in ("xception", "joint"):
+        image = ("denoised", with_channel) if stage == "xception" and data.denoised is not None else noisy
+        columns, inputs = {"image": image}, "image"
+        if data.psf_input:
+            columns["psf"], inputs = ("psf_img", with_channel), ("image", "psf")
+        columns["labels"] = labels
+        if stage == "xception":
+            return columns, inputs, "labels"
+        columns["denoised"] = ("img_nonoise", partial(scale_image, clip=False))
+        return columns, inputs, ("labels", "denoised")
 
     clean = ("img_nonoise", scale_image)
     if stage == "encoder":
@@ -299,21 +322,68 @@ def search_pipelines(spec: ExperimentSpec, data: ExperimentData):
 # ----------------------------------------------------------------------------- families
 
 
-def _train_xception(spec, run, data, strategy, hm, history, verbose, deadline):
-    scalers = Scalers.for_run(run, "xception", data)
+def _train_xception(spec, run, data, strategy, hm, history, verbose, deadline, denoiser=None):
+    stage = "joint" if spec.joint else "xception"
+    scalers = Scalers.for_run(run, "xception", data, image=denoiser.image_scaler if spec.joint else None)
+    build = hm.build_fixed
+    if spec.joint:
+        import keras_tuner
+
+        from galparam.models.denoise import build_joint
+
+        def build():
+            import keras
+
+            from galparam.models.xception import build_xception
+
+            args, lr = hm.choose(keras_tuner.HyperParameters())
+            regressor = build_xception(hm.input_shape, psf_input=data.psf_input, **args)  # uncompiled: one optimizer
+            hm.adapt_layers(regressor)
+            # the denoiser trains on: a copy of its trained model, not the one the Estimator holds
+            restorer = keras.models.clone_model(denoiser.model)
+            restorer.set_weights(denoiser.model.get_weights())
+            restorer.trainable = True
+            joint = build_joint(restorer, regressor, denoiser.image_scaler, psf_input=data.psf_input)
+            weights = dict(zip(("labels", "denoised"), spec.loss_weights, strict=True))
+            return hm.compile(joint, lr, loss={"labels": hm.loss, "denoised": "mae"}, loss_weights=weights)
+
     model = _run_stage(
-        "xception",
+        stage,
         run,
         spec,
         strategy,
-        hm.build_fixed,
-        lambda first: stage_pipelines("xception", spec, data, scalers, first),
+        build,
+        lambda first: stage_pipelines(stage, spec, data, scalers, first),
         history,
         verbose=verbose,
         deadline=deadline,
     )
-    estimator = Estimator(model, "xception", scalers.label, psf_input=data.psf_input)
-    return model, estimator, {"xception": _read_state(run.stage_dir("xception"))}
+    estimator = Estimator(
+        model, "xception", scalers.label, psf_input=data.psf_input, denoiser=None if spec.joint else denoiser
+    )
+    return model, estimator, {stage: _read_state(run.stage_dir(stage))}
+
+
+def _train_denoiser(spec, run, data, strategy, hm, history, verbose, deadline):
+    from galparam.estimator import Denoiser
+
+    scalers = Scalers.for_run(run, spec.family, data)
+    model = _run_stage(
+        "denoiser",
+        run,
+        spec,
+        strategy,
+        hm.build_fixed,
+        lambda first: stage_pipelines("denoiser", spec, data, scalers, first),
+        history,
+        verbose=verbose,
+        deadline=deadline,
+    )
+    return (
+        model,
+        Denoiser(model, scalers.image, name=spec.name, family=spec.family),
+        {"denoiser": _read_state(run.stage_dir("denoiser"))},
+    )
 
 
 def _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline):
@@ -354,6 +424,37 @@ def _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def restoration_validation(denoiser, data: ExperimentData) -> dict:
+    """A denoiser's validation metrics: residual RMS, PSNR and SSIM of the restored and the noisy images."""
+    from galparam.evaluate.restoration import restoration_metrics
+
+    noisy, clean = data.images[data.val], data.dataset.img_nonoise[data.val]
+    return restoration_metrics(noisy, denoiser.denoise(noisy), clean)
+
+
+def restore_dataset(run: RunFolder, data: ExperimentData, denoiser, *, progress: bool = True) -> None:
+    """Restore the experiment's images by ``denoiser`` once, into the run folder (reused on
+    resume), and give them to ``data``.
+
+    Raises
+    ------
+    TrainingError
+        If the run started on another denoiser model (the denoiser was trained again since).
+    """
+    path = run.denoised_path(denoiser.model_sha256)
+    others = [p for p in run.path.glob("denoised-*.npy") if p != path]
+    if others:
+        raise TrainingError(
+            f"{run.path}: started on another denoiser model ({others[0].name}); {denoiser.name} has changed "
+            "since: train this run again (overwrite)"
+        )
+    if not path.exists():
+        images = denoiser.denoise(data.images[: data.n], progress=progress)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, images, allow_pickle=False)
+    data.use_denoised(np.load(path, mmap_mode="r", allow_pickle=False))
 
 
 def validation_metrics(estimator: Estimator, data: ExperimentData) -> dict:
@@ -425,16 +526,34 @@ def train(
     if state == "new":
         run.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run.spec_path, spec.to_yaml())
-    stage_names = ("xception",) if spec.family == "xception" else spec.stages
+    stage_names = {"xception": ("joint",) if spec.joint else ("xception",), "autoencoder": spec.stages}.get(
+        spec.family, ("denoiser",)
+    )
     history = _read_history(run, {s: _read_state(run.stage_dir(s)) for s in stage_names})
-    family = _train_xception if spec.family == "xception" else _train_autoencoder
+    extra = {}
     with data:
         data.materialize(run.path, progress=verbose != 0)
-        hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr})
-        model, estimator, states = family(spec, run, data, strategy, hm, history, verbose, deadline)
+        denoiser = None
+        if spec.denoiser is not None:
+            from galparam.estimator import load_denoiser
 
-    _save_model(model, run.model_path)
-    run.write_metrics(validation_metrics(estimator, data), len(data.val))
+            denoiser = load_denoiser(spec.denoiser)
+            restore_dataset(run, data, denoiser, progress=verbose != 0)
+            extra = {"denoiser": denoiser.describe(spec.denoiser), "joint": spec.joint}
+        hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr})
+        if spec.family == "xception":
+            model, estimator, states = _train_xception(
+                spec, run, data, strategy, hm, history, verbose, deadline, denoiser
+            )
+        elif spec.family == "autoencoder":
+            model, estimator, states = _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline)
+        else:
+            model, estimator, states = _train_denoiser(spec, run, data, strategy, hm, history, verbose, deadline)
+        _save_model(model, run.model_path)
+        if spec.family in DENOISER_FAMILIES:
+            run.write_metrics({}, len(data.val), images=restoration_validation(estimator, data))
+        else:
+            run.write_metrics(validation_metrics(estimator, data), len(data.val))
     run.write_info(
         name=spec.name,
         family=spec.family,
@@ -452,5 +571,6 @@ def train(
             for s, st in states.items()
         },
         seconds_this_session=round(time.perf_counter() - started, 1),
+        **extra,
     )
     return run.path

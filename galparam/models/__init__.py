@@ -11,7 +11,12 @@ import importlib
 
 from galparam.errors import SpecError
 
-FAMILY_MODULES = {"xception": "galparam.models.xception", "autoencoder": "galparam.models.autoencoder"}
+FAMILY_MODULES = {
+    "xception": "galparam.models.xception",
+    "autoencoder": "galparam.models.autoencoder",
+    "edsr": "galparam.models.edsr",
+    "rdn": "galparam.models.rdn",
+}
 
 
 def family_module(family: str):
