@@ -512,6 +512,11 @@ def train(
     run = RunFolder(output if output is not None else default_run_dir(spec))
     hp, lr = resolve_hyperparameters(spec)
     data = ExperimentData(spec, on_the_fly=True)
+    denoiser = None
+    if spec.denoiser is not None:  # checked before the folder is touched
+        from galparam.estimator import load_denoiser
+
+        denoiser = load_denoiser(spec.denoiser)
     strategy = backend.strategy(spec.strategy)
     state = run.prepare(spec.to_yaml(), source=spec.source, resume=resume, overwrite=overwrite)
     if state == "finished":
@@ -533,11 +538,7 @@ def train(
     extra = {}
     with data:
         data.materialize(run.path, progress=verbose != 0)
-        denoiser = None
-        if spec.denoiser is not None:
-            from galparam.estimator import load_denoiser
-
-            denoiser = load_denoiser(spec.denoiser)
+        if denoiser is not None:
             restore_dataset(run, data, denoiser, progress=verbose != 0)
             extra = {"denoiser": denoiser.describe(spec.denoiser), "joint": spec.joint}
         hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr})
