@@ -187,6 +187,19 @@ def test_two_stage_run_trains_on_restored_images_and_predicts_with_both_stages(t
     np.testing.assert_allclose(predicted, by_hand, rtol=1e-4)
     assert set(json.loads(run.metrics_path.read_text())["labels"]) == {"flux", "sersic_n", "hlr", "g1", "g2"}
 
+    # the report: the pipeline in the validation table, the denoiser's table by SNR bin and its images
+    from galparam.evaluate.report import write_report
+
+    report = write_report(tmp_path / "report", runs=[folder, denoiser_copy])
+    assert list(report.validation_table["pipeline"]) == ["edsr d → xception"]
+    table = report.denoising_table
+    assert table["model"].eq("d").all() and table["snr_bin"].iloc[-1] == "all"
+    val = RunFolder(denoiser_copy).validation_indices()
+    assert table["images"].iloc[-1] == len(val) == table["images"].iloc[:-1].sum()
+    assert table["psnr_gain_db"].iloc[-1] > 6
+    written = {p.name for p in report.files}
+    assert {"denoising.csv", "denoising.md", "denoising.tex", "denoising_d.png", "validation.md"} <= written
+
     # a denoiser trained again since is refused, by the estimator and by a resumed run
     shutil.copy(RunFolder(tiny_denoiser).model_path, denoiser_copy / "ignored.keras")
     info_path = RunFolder(denoiser_copy).info_path

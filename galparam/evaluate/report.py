@@ -7,10 +7,15 @@ and writes into one folder:
   then the bias and standard deviation of each estimator (each network, the likelihood baseline,
   the likelihood fit started from a network's estimate).
 - ``validation.{csv,md,tex}``: each model's validation RMSE and explained variance per parameter,
-  on its own training dataset (from its ``metrics.json``).
+  on its own training dataset (from its ``metrics.json``), and its pipeline (the Xception alone, a
+  denoiser then the Xception, or the two trained jointly).
+- ``denoising.{csv,md,tex}``: for each denoiser run (EDSR, RDN), by SNR bin of its validation
+  split, the residual RMS (counts), PSNR and SSIM of the noisy and the denoised images and the
+  PSNR gain.
 - ``plots/``: true vs predicted coloured by SNR and error vs true value (each model, its validation
   split), error histograms and bias and spread against the bound (each test set), reconstructions
-  (noisy, noiseless, re-rendered from the estimate with :mod:`galparam.render`, residual).
+  (noisy, noiseless, re-rendered from the estimate with :mod:`galparam.render`, residual), and for
+  each denoiser its images (noisy, denoised, noiseless, denoised − noiseless).
 
 Every table starts with a provenance header (galparam version, git commit, SHA-256 of each dataset
 and model); numbers are printed with fixed formats, so the same inputs give byte-identical tables.
@@ -52,6 +57,7 @@ class Report:
     files: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     datasets_table: pd.DataFrame | None = None  # filled by galparam.study.Study.report
+    denoising_table: pd.DataFrame | None = None
     search_tables: dict = field(default_factory=dict)
 
 
@@ -206,17 +212,45 @@ def bound_table(test_sets, estimates: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pipeline_name(info: dict) -> str:
+    """How a run measures: ``xception``, ``edsr d → xception`` (two stages) or ``joint edsr d + xception``."""
+    denoiser = info.get("denoiser")
+    if denoiser is None:
+        return info["family"]
+    stages = f"{denoiser['family']} {denoiser['name']}"
+    return f"joint {stages} + {info['family']}" if info.get("joint") else f"{stages} → {info['family']}"
+
+
 def validation_table(runs) -> pd.DataFrame:
-    """Rows (model, dataset): validation RMSE and explained variance per parameter."""
+    """Rows (model, dataset): the pipeline, validation RMSE and explained variance per parameter."""
     rows = []
     for run_dir, info in runs:
         metrics = RunFolder(run_dir).metrics()
-        row = {"model": info["name"], "dataset": info["dataset"]["name"]}
+        row = {"model": info["name"], "pipeline": pipeline_name(info), "dataset": info["dataset"]["name"]}
         for label in LABEL_NAMES:
             row[f"{label} RMSE"] = metrics[label]["rmse"]
             row[f"{label} EV"] = metrics[label]["explained_variance"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def denoising_table(denoisers) -> pd.DataFrame:
+    """Rows (denoiser, SNR bin): images, residual RMS, PSNR and SSIM of the noisy and the denoised
+    images of its validation split, and the PSNR gain (:func:`~galparam.evaluate.restoration.restoration_by_snr`).
+
+    Parameters
+    ----------
+    denoisers : sequence of tuple
+        Per denoiser: its name, its dataset, the validation indices and their denoised images.
+    """
+    from galparam.evaluate.restoration import restoration_by_snr
+
+    tables = []
+    for name, ds, val, denoised in denoisers:
+        table = restoration_by_snr(ds.img[val], denoised, ds.img_nonoise[val], ds.snr[val])
+        table.insert(0, "model", name)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 # ----------------------------------------------------------------------------- plots
@@ -330,6 +364,33 @@ def plot_reconstructions(dataset, indices, estimated, title: str, path: Path) ->
     return _save(fig, path)
 
 
+def plot_denoising(noisy, denoised, clean, title: str, path: Path) -> Path:
+    """Rows of images: noisy, denoised, noiseless (one colour scale per row), and denoised − noiseless."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(noisy), 4, figsize=(9, 2.3 * len(noisy)), constrained_layout=True, squeeze=False)
+    for row, panels in enumerate(zip(noisy, denoised, clean, denoised - clean, strict=True)):
+        low, high = float(panels[2].min()), float(panels[2].max())
+        for ax, image, name in zip(
+            axes[row], panels, ("noisy", "denoised", "noiseless", "denoised − noiseless"), strict=True
+        ):
+            residual = name.startswith("denoised −")
+            limit = float(np.abs(image).max()) or 1.0
+            ax.imshow(
+                image,
+                origin="lower",
+                cmap="RdBu_r" if residual else "gray",
+                vmin=-limit if residual else low,
+                vmax=limit if residual else high,
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -362,7 +423,8 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     import matplotlib
 
     matplotlib.use("Agg")
-    from galparam.estimator import load_estimator
+    from galparam.estimator import load_denoiser, load_estimator
+    from galparam.specs import DENOISER_FAMILIES
 
     if not (runs or fits):
         raise GalparamError("nothing to report: give run folders and/or baseline fits")
@@ -375,11 +437,17 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     header += [f"test set {ts.path.name}: sha256 {sha256(ts.path)}" for ts in sets]
 
     estimates: dict = {ts.snr: {} for ts in sets}
-    loaded = []
+    loaded, denoisers = [], []
     for run_dir in map(Path, runs):
-        estimator = load_estimator(run_dir)
         run = RunFolder(run_dir)
         info = run.info()
+        if info["family"] in DENOISER_FAMILIES:
+            denoisers.append((run_dir, info, load_denoiser(run_dir)))
+            header.append(
+                f"denoiser {info['name']} ({run_dir.name}/{run.model_path.name}): sha256 {sha256(run.model_path)}"
+            )
+            continue
+        estimator = load_estimator(run_dir)
         loaded.append((run_dir, info, estimator))
         model_file = run.model_path
         header.append(f"model {info['name']} ({run_dir.name}/{model_file.name}): sha256 {sha256(model_file)}")
@@ -406,6 +474,16 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
             header.append(f"SNR {snr} {name}: first {len(values)} images")
 
     report = Report(folder, bound_table(sets, estimates), validation_table([(r, i) for r, i, _ in loaded]))
+    restored = []
+    for run_dir, info, denoiser in denoisers:
+        data_path = Path(info["dataset"]["path"])
+        if not data_path.exists():
+            report.notes.append(f"{info['name']}: denoising table and plots skipped, its dataset {data_path} is gone")
+            continue
+        ds = load_dataset(data_path, mmap=True)
+        val = RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
+        restored.append((info["name"], ds, val, denoiser.denoise(ds.img[val])))
+    report.denoising_table = denoising_table(restored)
     folder.mkdir(parents=True, exist_ok=True)
     if sets:
         report.files += write_tables(
@@ -415,12 +493,31 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
         report.files += write_tables(
             folder, "validation", report.validation_table, header, "Validation RMSE and explained variance (EV)"
         )
+    if restored:
+        report.files += write_tables(
+            folder,
+            "denoising",
+            report.denoising_table,
+            header,
+            "Denoising by SNR bin: residual RMS (counts), PSNR (dB) and SSIM of noisy and denoised images",
+        )
 
     plots = folder / "plots"
     for ts in sets:
         if estimates[ts.snr]:
             report.files.append(plot_error_histograms(ts, estimates[ts.snr], plots / f"errors_snr{ts.snr}.png"))
             report.files.append(plot_bias_spread(ts, estimates[ts.snr], plots / f"bias_spread_snr{ts.snr}.png"))
+    for name, ds, val, denoised in restored:
+        shown = val[:4]
+        report.files.append(
+            plot_denoising(
+                ds.img[shown],
+                denoised[:4],
+                ds.img_nonoise[shown],
+                f"{name} on the {ds.spec.name} validation split",
+                plots / f"denoising_{name}.png",
+            )
+        )
     for run_dir, info, estimator in loaded:
         name = info["name"]
         data_path = Path(info["dataset"]["path"])
