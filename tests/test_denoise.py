@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_XCEPTION, tiny_experiment
+from conftest import ROOT, tiny_experiment
 
 from galparam.errors import GalparamError, SpecError
 from galparam.evaluate.restoration import psnr, restoration_by_snr, restoration_scores, ssim
@@ -260,3 +260,19 @@ def test_the_joint_model_lowers_both_losses(tiny_denoiser, datasets, tmp_path):
 
     predicted = estimator.predict(load_dataset(datasets["fixed"]).img[:4])
     assert predicted.shape == (4, 5) and np.isfinite(predicted.to_numpy()).all()
+
+
+def test_the_denoising_benchmark_refuses_bad_arguments():
+    import subprocess
+    import sys
+
+    for args, message in (
+        (["--images", "5"], "--images 5: a whole number >= 10"),
+        (["--budget-s", "0"], "--budget-s 0"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "bench_denoise.py"), "out", *args],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
