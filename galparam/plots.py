@@ -115,3 +115,34 @@ def autoencoder_reconstructions(estimator, dataset, indices):
                 ax.set_ylabel(name)
     fig.suptitle("conditional autoencoder: image → parameters → noiseless image")
     return fig
+
+
+def denoising_panels(noisy, denoised, clean):
+    """Rows of images: noisy, denoised, noiseless (one colour scale per row, the noiseless image's),
+    and denoised − noiseless (symmetric about zero).
+
+    Parameters
+    ----------
+    noisy, denoised, clean : array_like of shape (N, S, S)
+        Counts; :meth:`galparam.estimator.Denoiser.denoise` gives ``denoised``.
+    """
+    import matplotlib.pyplot as plt
+
+    noisy, denoised, clean = (np.asarray(a, dtype=np.float64) for a in (noisy, denoised, clean))
+    names = ("noisy", "denoised", "noiseless", "denoised − noiseless")
+    fig, axes = plt.subplots(len(noisy), 4, figsize=(9, 2.3 * len(noisy)), constrained_layout=True, squeeze=False)
+    for row, panels in enumerate(zip(noisy, denoised, clean, denoised - clean, strict=True)):
+        low, high = float(panels[2].min()), float(panels[2].max())
+        for col, (ax, image, name) in enumerate(zip(axes[row], panels, names, strict=True)):
+            limit = float(np.abs(image).max()) or 1.0
+            scale = (
+                {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}
+                if col == 3
+                else {"cmap": "gray", "vmin": low, "vmax": high}
+            )
+            ax.imshow(image, origin="lower", **scale)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+    return fig

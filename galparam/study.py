@@ -34,6 +34,8 @@ from galparam.io import atomic_path
 
 SETTINGS = ("small", "full")
 DATASETS = ("v1", "v2", "v3", "test_snr60", "test_snr30")
+"""The datasets of :meth:`Study.datasets` by default; ``v1-denoise`` ... ``v3-denoise`` (the
+denoisers' own sets) are made when asked for."""
 TEST_SETS = {60: "test_snr60", 30: "test_snr30"}
 DEFAULT_OUTPUT = {"small": Path("runs/demo"), "full": Path("runs/full")}
 BASELINE_IMAGES = {"small": 60, "full": None}  # None: every image of the test set
@@ -171,10 +173,13 @@ class Study:
         return dataset_table([self.dataset_path(b) for b in bases])
 
     def experiment(self, base: str):
-        """Experiment spec ``base`` at this setting, reading the study's copy of its dataset."""
+        """Experiment spec ``base`` at this setting, reading the study's copy of its dataset (and
+        of its denoiser's run, for a two-stage or joint experiment)."""
         from galparam.specs import load_experiment
 
         spec = load_experiment(self.project / "experiments" / f"{self.name(base)}.yaml")
+        if spec.denoiser is not None:  # the study's own run of that denoiser
+            spec = dataclasses.replace(spec, denoiser=(self.runs_dir / spec.denoiser.name).resolve())
         if spec.on_the_fly:  # drawn from the project's dataset spec; there is no file to copy
             return spec
         return dataclasses.replace(spec, dataset=(self.data_dir / spec.dataset.name).resolve())
@@ -238,6 +243,9 @@ class Study:
         spec = self.experiment(base)
         if not spec.on_the_fly:
             self._needs(spec.dataset)
+        if spec.denoiser is not None and not (spec.denoiser / "run.json").exists():
+            first = spec.denoiser.name.removesuffix("-small")
+            raise GalparamError(f"{spec.denoiser} is missing: run Study.train({first!r}) first")
         run_dir = self.run_dir(base)
         if self.progress:
             _say(f"training {spec.name} ({spec.family}) into {run_dir}")

@@ -5,7 +5,7 @@ did: ``encoder`` (noisy image → labels), ``decoder`` (labels → noiseless ima
 (the autoencoder, loss weights 5 : 1, learning rate reduced on plateaus); a denoiser (EDSR, RDN)
 in one, ``denoiser`` (noisy → noiseless image). An Xception with a ``denoiser`` run trains on that
 denoiser's restored images (two stages; the restored dataset is kept in the run folder), or with
-``joint`` trains the denoiser and itself together (stage ``joint``). Each stage checkpoints
+``joint`` trains the denoiser and itself together (stage ``denoiser_xception``). Each stage checkpoints
 every epoch and resumes from its last checkpoint; each epoch's shuffling is drawn from (seed,
 epoch), so a resumed run sees the same batches as one that never stopped. Every model is built
 and compiled by its family's HyperModel (:mod:`galparam.models`), as in a search.
@@ -34,6 +34,8 @@ from galparam.runs import ExperimentData, RunFolder
 from galparam.specs import DENOISER_FAMILIES, ExperimentSpec
 
 SEARCH_STAGE = {"xception": "xception", "autoencoder": "joint", "edsr": "denoiser", "rdn": "denoiser"}
+JOINT_DENOISER_STAGE = "denoiser_xception"
+"""The stage of a joint denoiser and Xception (``joint: true``); the autoencoder's own is ``joint``."""
 """What a search trial of each family trains (the autoencoder's stages are a training refinement,
 not a different architecture)."""
 
@@ -260,7 +262,7 @@ def _stage_columns(stage: str, data: ExperimentData, scalers: Scalers):
         scaled = partial(scale_image, clip=False)
         return {"image": (data.image_key, scaled), "denoised": ("img_nonoise", scaled)}, "image", "denoised"
     labels = ("label", scalers.label.transform)
-    if stage in ("xception", "joint"):
+    if stage in ("xception", JOINT_DENOISER_STAGE):
         image = ("denoised", with_channel) if stage == "xception" and data.denoised is not None else noisy
         columns, inputs = {"image": image}, "image"
         if data.psf_input:
@@ -323,7 +325,7 @@ def search_pipelines(spec: ExperimentSpec, data: ExperimentData):
 
 
 def _train_xception(spec, run, data, strategy, hm, history, verbose, deadline, denoiser=None):
-    stage = "joint" if spec.joint else "xception"
+    stage = JOINT_DENOISER_STAGE if spec.joint else "xception"
     scalers = Scalers.for_run(run, "xception", data, image=denoiser.image_scaler if spec.joint else None)
     build = hm.build_fixed
     if spec.joint:
@@ -531,7 +533,7 @@ def train(
     if state == "new":
         run.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run.spec_path, spec.to_yaml())
-    stage_names = {"xception": ("joint",) if spec.joint else ("xception",), "autoencoder": spec.stages}.get(
+    stage_names = {"xception": (JOINT_DENOISER_STAGE if spec.joint else "xception",), "autoencoder": spec.stages}.get(
         spec.family, ("denoiser",)
     )
     history = _read_history(run, {s: _read_state(run.stage_dir(s)) for s in stage_names})

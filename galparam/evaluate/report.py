@@ -365,28 +365,10 @@ def plot_reconstructions(dataset, indices, estimated, title: str, path: Path) ->
 
 
 def plot_denoising(noisy, denoised, clean, title: str, path: Path) -> Path:
-    """Rows of images: noisy, denoised, noiseless (one colour scale per row), and denoised − noiseless."""
-    import matplotlib.pyplot as plt
+    """:func:`galparam.plots.denoising_panels`, written to ``path``."""
+    from galparam.plots import denoising_panels
 
-    fig, axes = plt.subplots(len(noisy), 4, figsize=(9, 2.3 * len(noisy)), constrained_layout=True, squeeze=False)
-    for row, panels in enumerate(zip(noisy, denoised, clean, denoised - clean, strict=True)):
-        low, high = float(panels[2].min()), float(panels[2].max())
-        for ax, image, name in zip(
-            axes[row], panels, ("noisy", "denoised", "noiseless", "denoised − noiseless"), strict=True
-        ):
-            residual = name.startswith("denoised −")
-            limit = float(np.abs(image).max()) or 1.0
-            ax.imshow(
-                image,
-                origin="lower",
-                cmap="RdBu_r" if residual else "gray",
-                vmin=-limit if residual else low,
-                vmax=limit if residual else high,
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name)
+    fig = denoising_panels(noisy, denoised, clean)
     fig.suptitle(title)
     return _save(fig, path)
 
