@@ -568,11 +568,18 @@ def galsim_fft_size(stepk, pixel_scale=SCALE, stamp=STAMP):
     return np.maximum(N, 128)
 
 
-def choose_grid(tables: Tables, flux, n, hlr, g1, g2, psf_fwhm, *, N=None, box_step=8):
+def choose_grid(tables: Tables, flux, n, hlr, g1, g2, psf_fwhm, *, N=None, box_step=8, grid=None):
     """Per galaxy: the FFT size N (`grid_size`, or ``N`` forced), GalSim's k-box half-width h
     (in units of dk) and the padded half-width H ≥ h shared by galaxies drawn together (h rounded
     up to a multiple of ``box_step``). Returns int arrays (N, h, H); all three are functions of
-    the galaxy alone. ``flux`` is unused (accepted for a uniform call signature).
+    the galaxy alone, unless ``grid`` holds them. ``flux`` is unused (accepted for a uniform call
+    signature).
+
+    ``grid``, a pair (N, h) of int arrays (B,) (e.g. this function's first two results at another
+    point, or :func:`enclosing_grid`'s), fixes each galaxy's grid instead: the image is then a
+    smooth function of the parameters (a fit's model), and it is as accurate as on the galaxy's
+    own grid where ``grid`` encloses that (:func:`enclosing_grid`). Where the fixed k-box would
+    reach beyond the tables for these parameters, it is narrowed to their end.
 
     Raises
     ------
@@ -581,25 +588,60 @@ def choose_grid(tables: Tables, flux, n, hlr, g1, g2, psf_fwhm, *, N=None, box_s
         galaxy too large to draw from them.
     """
     maxk, stepk = galsim_maxk_stepk(tables, n, hlr, g1, g2, psf_fwhm)
-    if N is None:
-        N = grid_size(tables, n, hlr, g1, g2, psf_fwhm, stepk)
-    N = np.broadcast_to(np.asarray(N, dtype=np.int64), maxk.shape).copy()
-    h = kbox_half(maxk, N, tables.pixel_scale)
-    H = -(-h // box_step) * box_step
+    shape = maxk.shape
+    if grid is not None:
+        N = np.broadcast_to(np.asarray(grid[0], dtype=np.int64), shape).copy()
+        h = np.broadcast_to(np.asarray(grid[1], dtype=np.int64), shape).copy()
+    else:
+        if N is None:
+            N = grid_size(tables, n, hlr, g1, g2, psf_fwhm, stepk)
+        N = np.broadcast_to(np.asarray(N, dtype=np.int64), shape).copy()
+        h = kbox_half(maxk, N, tables.pixel_scale)
     # the k-box corner must stay inside the tables, for the galaxy (hlr·major·|k|) and the PSF
-    k_corner = math.sqrt(2) * h * 2 * np.pi / (N * tables.pixel_scale)
-    need = np.maximum(np.asarray(hlr) * shear_axes(g1, g2)[0], np.asarray(psf_fwhm)) * k_corner
-    bad = np.flatnonzero(np.broadcast_to(need, maxk.shape) > tables.s_max**2)
+    extent = np.broadcast_to(np.maximum(np.asarray(hlr) * shear_axes(g1, g2)[0], np.asarray(psf_fwhm)), shape)
+    if grid is not None:  # a fixed box ends where the tables do (a box wider than GalSim's own)
+        dk = 2 * np.pi / (N * tables.pixel_scale)
+        h = np.minimum(h, np.maximum(np.floor(tables.s_max**2 / (math.sqrt(2) * dk * extent)), 1).astype(np.int64))
+    H = -(-h // box_step) * box_step
+    need = extent * math.sqrt(2) * h * 2 * np.pi / (N * tables.pixel_scale)
+    bad = np.flatnonzero(need > tables.s_max**2)
     if len(bad):
         i = bad[0]
         raise ParameterError(
-            f"galaxy {i} (n {np.broadcast_to(n, maxk.shape)[i]:g}, "
-            f"hlr {np.broadcast_to(hlr, maxk.shape)[i]:g} arcsec, "
-            f"psf_fwhm {np.broadcast_to(psf_fwhm, maxk.shape)[i]:g} arcsec) is too large for the k-space "
-            f"tables: its k-box reaches k·radius {np.broadcast_to(need, maxk.shape)[i]:.1f}, the tables end at "
+            f"galaxy {i} (n {np.broadcast_to(n, shape)[i]:g}, "
+            f"hlr {np.broadcast_to(hlr, shape)[i]:g} arcsec, "
+            f"psf_fwhm {np.broadcast_to(psf_fwhm, shape)[i]:g} arcsec) is too large for the k-space "
+            f"tables: its k-box reaches k·radius {need[i]:.1f}, the tables end at "
             f"{tables.s_max**2:.1f} (renderer: galsim draws it)"
         )
     return N, h, H
+
+
+def enclosing_grid(tables: Tables, grid, flux, n, hlr, g1, g2, psf_fwhm):
+    """Per galaxy: the smallest grid (N, h) that encloses both ``grid`` and the galaxy's own.
+
+    N is the larger of the two sizes, and the k-box reaches the farther of the two boxes (in
+    rad/arcsec) at that size. A galaxy drawn on a grid that encloses its own is as accurate as on
+    its own (the wrap-around is no larger, the k-box no narrower). Returns int arrays (N, h); they
+    equal ``grid`` wherever it encloses the galaxy's own grid already.
+
+    Parameters
+    ----------
+    tables : Tables
+        The k-space tables.
+    grid : pair of int arrays (B,)
+        Sizes N and k-box half-widths h (units of dk = 2π/(N·scale)), as :func:`choose_grid`'s.
+    flux, n, hlr, g1, g2, psf_fwhm : array_like of shape (B,) or scalars
+        The galaxies.
+    """
+    own_N, _, _ = choose_grid(tables, flux, n, hlr, g1, g2, psf_fwhm, box_step=1)
+    N0 = np.broadcast_to(np.asarray(grid[0], dtype=np.int64), own_N.shape)
+    h0 = np.broadcast_to(np.asarray(grid[1], dtype=np.int64), own_N.shape)
+    N = np.maximum(N0, own_N)
+    maxk = galsim_maxk_stepk(tables, n, hlr, g1, g2, psf_fwhm)[0]
+    # the fixed box's reach h0·dk(N0) in units of dk(N), in integers (exact where N = N0)
+    h = np.maximum(kbox_half(maxk, N, tables.pixel_scale), -(-h0 * N // N0))
+    return N, h
 
 
 def grid_size(tables: Tables, n, hlr, g1, g2, psf_fwhm, stepk=None):
@@ -828,6 +870,7 @@ def render_numpy(
     return_grid=False,
     jacobian=False,
     vjp=False,
+    grid=None,
 ):
     """Draw galaxies: (B,) parameter arrays (scalars broadcast) → (B, stamp, stamp) counts.
 
@@ -839,12 +882,15 @@ def render_numpy(
     derivatives by (flux, n, hlr, g1, g2) of the drawn model (on each galaxy's own grid). With
     ``vjp``, returns ``(images, vjp)``: ``vjp(w)`` maps weight images (B, stamp, stamp) to
     Σ_pixels w·∂image/∂θ (B, 5), the same derivatives at a third of the cost (a gradient).
+    ``grid``, a pair (N, h) of int arrays (B,), holds each galaxy's FFT size and k-box half-width
+    fixed instead of choosing them from its parameters (:func:`choose_grid`): a fit holds its
+    image's grid while the parameters move, so that its model and gradient are continuous.
     """
     flux, n, hlr, g1, g2, psf_fwhm = np.broadcast_arrays(
         *(np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (flux, n, hlr, g1, g2, psf_fwhm))
     )
     B = flux.shape[0]
-    Ns, hs, Hs = choose_grid(tables, flux, n, hlr, g1, g2, psf_fwhm, N=N, box_step=box_step)
+    Ns, hs, Hs = choose_grid(tables, flux, n, hlr, g1, g2, psf_fwhm, N=N, box_step=box_step, grid=grid)
     out = np.empty((B, tables.stamp, tables.stamp), dtype=dtype)
     jac = np.empty((B, 5, tables.stamp, tables.stamp), dtype=dtype) if jacobian else None
     derivatives = "jacobian" if jacobian else "vjp" if vjp else None

@@ -251,7 +251,7 @@ class KSpaceRenderer:
                 "(renderer: galsim draws GalSim's whole range)"
             )
 
-    def images(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
+    def images(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32, grid=None) -> np.ndarray:
         """Noiseless, PSF-convolved, pixel-integrated images of many galaxies.
 
         Parameters
@@ -260,6 +260,10 @@ class KSpaceRenderer:
             As in :meth:`Renderer.image` (counts, arcsec).
         dtype : numpy dtype
             Arithmetic and output precision: ``np.float32`` (datasets) or ``np.float64``.
+        grid : pair of int arrays (B,), optional
+            Each galaxy's FFT size and k-box half-width (N, h), held fixed instead of chosen from
+            its parameters (:func:`galparam.kspace.choose_grid`): a fit holds its image's grid so
+            that the model is continuous in the parameters (:func:`galparam.kspace.enclosing_grid`).
 
         Returns
         -------
@@ -275,18 +279,22 @@ class KSpaceRenderer:
 
         self.check(flux, sersic_n, hlr, g1, g2)
         # k-boxes padded to multiples of 8 draw in fewer, larger groups (exact zeros: same images)
-        return kspace.render_numpy(self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype, box_step=BOX_STEP)
+        return kspace.render_numpy(
+            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype, box_step=BOX_STEP, grid=grid
+        )
 
     def image(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
         """One galaxy (see :meth:`images`)."""
         return self.images(flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype)[0]
 
-    def images_and_jacobians(self, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> tuple[np.ndarray, np.ndarray]:
+    def images_and_jacobians(
+        self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, grid=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Images (as :meth:`images`, float64) and their exact derivatives by the five parameters.
 
         The derivatives are those of the drawn model (the tables' splines in radius and index,
         the chain rule through the shear), each galaxy on its own grid, as fits and Fisher
-        matrices need them.
+        matrices need them (or on ``grid``, as in :meth:`images`).
 
         Returns
         -------
@@ -303,11 +311,23 @@ class KSpaceRenderer:
 
         self.check(flux, sersic_n, hlr, g1, g2)
         return kspace.render_numpy(
-            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float64, box_step=BOX_STEP, jacobian=True
+            self.tables,
+            flux,
+            sersic_n,
+            hlr,
+            g1,
+            g2,
+            psf_fwhm,
+            dtype=np.float64,
+            box_step=BOX_STEP,
+            jacobian=True,
+            grid=grid,
         )
 
-    def images_and_vjp(self, flux, sersic_n, hlr, g1, g2, psf_fwhm):
+    def images_and_vjp(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, grid=None):
         """Images (float64) and the contraction of their derivatives with weight images.
+
+        ``grid`` holds each galaxy's grid fixed, as in :meth:`images`.
 
         Returns
         -------
@@ -321,8 +341,25 @@ class KSpaceRenderer:
 
         self.check(flux, sersic_n, hlr, g1, g2)
         return kspace.render_numpy(
-            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float64, box_step=BOX_STEP, vjp=True
+            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float64, box_step=BOX_STEP, vjp=True, grid=grid
         )
+
+    def grid(self, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> tuple[np.ndarray, np.ndarray]:
+        """Each galaxy's own grid: FFT size N and k-box half-width h, int arrays (B,) (the
+        ``grid`` that :meth:`images` takes; :func:`galparam.kspace.choose_grid`)."""
+        from galparam import kspace
+
+        self.check(flux, sersic_n, hlr, g1, g2)
+        N, h, _ = kspace.choose_grid(self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, box_step=BOX_STEP)
+        return N, h
+
+    def enclosing_grid(self, grid, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest grids that enclose both ``grid`` and each galaxy's own
+        (:func:`galparam.kspace.enclosing_grid`): ``grid`` itself where it does already."""
+        from galparam import kspace
+
+        self.check(flux, sersic_n, hlr, g1, g2)
+        return kspace.enclosing_grid(self.tables, grid, flux, sersic_n, hlr, g1, g2, psf_fwhm)
 
     def psf_images(self, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
         """Unit-flux PSF images on the same stamp, pixel response included, many per call.

@@ -309,16 +309,39 @@ def test_batched_fit_reaches_the_galsim_fits_maximum_and_a_started_fit_the_plain
     for b in range(n):
         reference = LikelihoodFit(psf_fwhm=0.5, sigma=float(ds.sigma[b]), box=box).fit(images[b])
         assert plain[b].converged and started[b].converged
-        # both fits stop by L-BFGS-B's rule on the absolute NLL, each up to ~0.05 bound short of the
-        # maximum along the flux-index-radius degeneracy (a step there changes the NLL by < 1e-4)
-        assert np.all(np.abs(plain[b].theta - reference.theta_) < 0.1 * bound), (b, plain[b].theta, reference.theta_)
-        assert np.all(np.abs(started[b].theta - plain[b].theta) < 0.05 * bound), b
-        assert started[b].nll == pytest.approx(plain[b].nll, abs=1e-3)
+        # the batched fits stop within ~0.005 bound of their (smooth) model's maximum; the GalSim-path
+        # fit stops by L-BFGS-B's rule on the absolute NLL, up to ~0.03 bound short of its own along
+        # the flux-index-radius degeneracy
+        assert np.all(np.abs(plain[b].theta - reference.theta_) < 0.05 * bound), (b, plain[b].theta, reference.theta_)
+        assert np.all(np.abs(started[b].theta - plain[b].theta) < 0.01 * bound), b
+        assert started[b].nll == pytest.approx(plain[b].nll, abs=1e-4)
     # a start far worse than the moments' one is not taken: it cannot make the fit slower
     corner = np.tile([box.flux[1], box.sersic_n[1], box.hlr[1], 0.5, 0.0], (n, 1))
     poor = BatchedFit(box=box).fit(images, 0.5, ds.sigma[:n], init=corner)
     assert not any(r.from_init for r in poor)
     assert [r.iterations for r in poor] == [r.iterations for r in plain]
+
+
+def test_a_batched_fit_that_needs_a_larger_grid_than_its_start_goes_on_on_it():
+    class Counting(KSpaceRenderer):  # counts the fits whose estimate outgrew the grid they ran on
+        grown = 0
+
+        def enclosing_grid(self, grid, *galaxy):
+            enclosing = super().enclosing_grid(grid, *galaxy)
+            Counting.grown += int(enclosing[0][0] != grid[0][0])
+            return enclosing
+
+    renderer = Counting()
+    truth = np.array([[1.0e5, 3.45, 0.3, -0.069, 0.15]])  # above n = 3.25, where the grid grows
+    start = truth.copy()
+    start[0, 1] = 3.05
+    assert renderer.grid(*start.T, 0.5)[0] < renderer.grid(*truth.T, 0.5)[0]
+    image = renderer.images(*truth.T, 0.5, dtype=np.float64)  # noiseless: the maximum is the truth ...
+    fitter = BatchedFit(renderer=renderer, poisson=False, scoring_steps=0)  # ... without the Poisson term
+    fit = fitter.fit(image, 0.5, 200.0, init=start)[0]
+    assert fit.from_init and fit.converged and Counting.grown == 1
+    bound = cramer_rao(truth[0], 0.5, 200.0, poisson=False).std.to_numpy()
+    assert np.all(np.abs(fit.theta - truth[0]) < 0.01 * bound)
 
 
 def test_batched_fit_reports_non_convergence_and_rejects_bad_input():

@@ -104,6 +104,29 @@ def test_the_vector_jacobian_product_contracts_the_jacobian_exactly(renderer):
     np.testing.assert_allclose(vjp(weights), expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
 
 
+def test_on_a_held_grid_the_model_is_smooth_across_a_grid_change_and_as_accurate(renderer):
+    # n = 3.25 is a node of the grid rule: the test-set galaxy's own grid grows just above it
+    below, above = (np.array([[1.0e5, 3.25 + d, 0.3, -0.069, 0.15, 0.5]]) for d in (-1e-6, 1e-6))
+    own_below, own_above = renderer.grid(*below.T), renderer.grid(*above.T)
+    assert own_below[0][0] < own_above[0][0]
+    # a galaxy's own grid, held, draws the same image; a grid that encloses it is held as it is
+    np.testing.assert_array_equal(
+        renderer.images(*below.T, dtype=np.float64, grid=own_below), renderer.images(*below.T, dtype=np.float64)
+    )
+    held = renderer.enclosing_grid(own_below, *above.T)
+    assert held == own_above and renderer.enclosing_grid(held, *below.T) == held
+    # on the held grid, the image across the node changes by its derivative (no jump) ...
+    image, jac = renderer.images_and_jacobians(*above.T, grid=held)
+    step = below - above
+    difference = renderer.images(*below.T, dtype=np.float64, grid=held) - image
+    assert np.abs(difference - step[0, 1] * jac[:, 1]).max() <= 1e-12 * image.max()
+    jumped = renderer.images(*below.T, dtype=np.float64) - image  # on the galaxies' own grids: a jump
+    assert np.abs(jumped - step[0, 1] * jac[:, 1]).max() > 1e-6 * image.max()
+    # ... and is GalSim's drawing as closely as on the galaxy's own grid
+    truth = galsim_image(*below[0])
+    assert np.abs(renderer.images(*below.T, dtype=np.float64, grid=held)[0] - truth).max() <= 1e-4 * truth.max()
+
+
 def test_psf_images_are_galsims_also_at_its_k_box_jumps_and_outside_the_table(renderer):
     from galparam.kspace_psf import _breaks
 

@@ -1,10 +1,12 @@
 """Maximum-likelihood fits of many images at once on the k-space forward model.
 
-Each image is still its own bounded L-BFGS-B problem (``scipy.optimize.minimize``, the same
-stopping rule as :class:`~galparam.evaluate.mle.LikelihoodFit`), but the problems run side by side
-in threads and every round of their value-and-gradient requests is answered by one call of the
-batched renderer (:func:`galparam.kspace.render_numpy` with its exact Jacobian). The likelihood is
-:func:`~galparam.evaluate.mle.nll_and_gradient`'s, within the :class:`~galparam.evaluate.mle.FitBox`.
+Each image is still its own bounded L-BFGS-B problem (``scipy.optimize.minimize``), but the
+problems run side by side in threads and every round of their value-and-gradient requests is
+answered by one call of the batched renderer (:func:`galparam.kspace.render_numpy` with its exact
+gradient), each image drawn on a grid held through its fit so that its likelihood is smooth. The
+likelihood is :func:`~galparam.evaluate.mle.nll_and_gradient`'s, within the
+:class:`~galparam.evaluate.mle.FitBox`; the fit stops within a few thousandths of the bound of its
+maximum (:data:`FTOL`, :data:`GTOL`).
 
 The variables are measured in units of the bound: each is divided by its Cramér–Rao standard
 deviation at the start point, so a unit step is about one standard deviation whatever the
@@ -33,6 +35,18 @@ __all__ = ["BatchedFit"]
 
 SCORING_STEPS = 4
 """Fisher-scoring steps tried from the start before L-BFGS-B (each kept only if it lowers the NLL)."""
+
+FTOL = 1e-6
+"""L-BFGS-B's ``ftol``: it stops when an iteration lowers NLL − NLL(start) by less than this
+fraction of max(|NLL − NLL(start)|, 1) (the NLL itself, ~1e4, would stop it ~0.05 bound short)."""
+
+GTOL = 2e-3
+"""L-BFGS-B's ``gtol``: it stops when no component of the projected gradient (in bound units)
+exceeds this; near the maximum that is within about this many bounds of it (a few times more
+along the flux–index–radius degeneracy)."""
+
+REGRIDS = 3
+"""How often a fit may start again on a larger grid when its estimate needs one."""
 
 
 class _Rounds:
@@ -100,6 +114,18 @@ class BatchedFit:
         Fisher-scoring steps tried from the start before L-BFGS-B, each kept only where it lowers
         the NLL (near the maximum they land within a few hundredths of the bound of it, which
         L-BFGS-B, starting from an identity Hessian, takes ~10 iterations to reach).
+    ftol, gtol : float
+        L-BFGS-B's stopping rule (:data:`FTOL`, :data:`GTOL`), on the NLL less its value at the
+        start and on the gradient in bound units.
+
+    Notes
+    -----
+    L-BFGS-B draws each image on one grid (:func:`galparam.kspace.choose_grid`'s FFT size and
+    k-box, chosen at its start), so the model it maximizes is smooth in the parameters: on the
+    galaxy's own grid, which changes with them, it would jump where the grid does (e.g. at
+    n = 3.25). Where the estimate needs a larger grid than the start did, the fit starts again
+    from it on the grid that encloses both (:func:`galparam.kspace.enclosing_grid`): the estimate
+    is a maximum of a model as accurate as the galaxy's own.
     """
 
     def __init__(
@@ -110,6 +136,8 @@ class BatchedFit:
         renderer=None,
         max_iter: int = 200,
         scoring_steps: int = SCORING_STEPS,
+        ftol: float = FTOL,
+        gtol: float = GTOL,
     ):
         from galparam.render import KSpaceRenderer
 
@@ -118,6 +146,8 @@ class BatchedFit:
         self.renderer = renderer or KSpaceRenderer()
         self.max_iter = int(max_iter)
         self.scoring_steps = int(scoring_steps)
+        self.ftol = float(ftol)
+        self.gtol = float(gtol)
 
     # -- the batched model ------------------------------------------------------------------------
     def model_and_jacobian(self, theta, psf_fwhm):
@@ -233,14 +263,20 @@ class BatchedFit:
             cov[stale] = covariances(fisher_matrices(mu, jac_x, sigma[stale], poisson=self.poisson))
         unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
+        # each image's grid, held while L-BFGS-B runs: the one its start needs
+        grid_N, grid_h = self.renderer.grid(*self._thetas(x0).T, psf_fwhm)
+        offset = np.full(B, np.nan)  # each fit's NLL at its start: L-BFGS-B minimizes the NLL less it
 
         def evaluate(keys, z):
             rows = np.array(keys)
             x = x0[rows] + z * unit[rows]
-            model, vjp = self.renderer.images_and_vjp(*self._thetas(x).T, psf_fwhm[rows])
+            model, vjp = self.renderer.images_and_vjp(
+                *self._thetas(x).T, psf_fwhm[rows], grid=(grid_N[rows], grid_h[rows])
+            )
             nll, weights = nll_and_weights(images[rows], model, sigma[rows], poisson=self.poisson)
             grad = self._variables_gradient(x, vjp(weights))
-            return [(float(v), g * unit[r]) for v, g, r in zip(nll, grad, rows, strict=True)]
+            offset[rows] = np.where(np.isnan(offset[rows]), nll, offset[rows])
+            return [(float(v - offset[r]), g * unit[r]) for v, g, r in zip(nll, grad, rows, strict=True)]
 
         wave = min(B, int(concurrency))
         rounds = _Rounds(evaluate, wave)
@@ -249,14 +285,26 @@ class BatchedFit:
             if b >= wave:  # begun in the place of a finished fit
                 rounds.started()
             try:
-                return minimize(
-                    lambda z: rounds.ask(b, z),
-                    np.zeros(5),
-                    jac=True,
-                    method="L-BFGS-B",
-                    bounds=list(zip((lo - x0[b]) / unit[b], (hi - x0[b]) / unit[b], strict=True)),
-                    options={"maxiter": self.max_iter},
-                )
+                z, iterations, evaluations = np.zeros(5), 0, 0
+                for _ in range(REGRIDS + 1):
+                    s = minimize(
+                        lambda z: rounds.ask(b, z),
+                        z,
+                        jac=True,
+                        method="L-BFGS-B",
+                        bounds=list(zip((lo - x0[b]) / unit[b], (hi - x0[b]) / unit[b], strict=True)),
+                        options={"maxiter": self.max_iter - iterations, "ftol": self.ftol, "gtol": self.gtol},
+                    )
+                    z, iterations, evaluations = s.x, iterations + s.nit, evaluations + s.nfev
+                    # the estimate's own grid: a fit that moved to a larger galaxy starts again on one
+                    # that encloses both (the model is as accurate as on the galaxy's own grid)
+                    theta = self._thetas(np.clip(x0[b] + z * unit[b], lo, hi)[None])
+                    N, h = self.renderer.enclosing_grid((grid_N[b : b + 1], grid_h[b : b + 1]), *theta.T, psf_fwhm[b])
+                    if (N[0], h[0]) == (grid_N[b], grid_h[b]) or iterations >= self.max_iter:
+                        break
+                    grid_N[b], grid_h[b] = N[0], h[0]
+                s.nit, s.nfev, s.fun = iterations, evaluations, s.fun + offset[b]
+                return s
             finally:
                 rounds.finished()
 
