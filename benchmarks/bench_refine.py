@@ -66,7 +66,7 @@ def main() -> None:
         bound = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0]), poisson=ds.spec.poisson_noise)
 
         start = time.perf_counter()
-        network = estimator.predict(ds.img[:n]).to_numpy()
+        network = estimator.predict(ds.img[:n])[list(LABEL_NAMES)].to_numpy()
         network_seconds = (time.perf_counter() - start) / n
         plain = run_baseline(data, out / f"baseline-snr{snr}.csv", n_images=n, jobs=args.jobs, overwrite=True)
         init, source = network_starting_points(run_dir, data, n)

@@ -266,13 +266,16 @@ class Study:
         from galparam.estimator import load_estimator
         from galparam.evaluate.crb import batch_bounds
         from galparam.evaluate.metrics import estimator_metrics
+        from galparam.parameters import LABEL_NAMES
 
         ds = load_dataset(path)
         truth = ds.label.astype(np.float64)
         if not self.has_time(f"evaluation at SNR {snr}"):
             return
         estimator = load_estimator(run_dir)
-        predicted = self.timed(f"predict SNR {snr}", len(ds), lambda: estimator.predict(ds.img).to_numpy())
+        predicted = self.timed(
+            f"predict SNR {snr}", len(ds), lambda: estimator.predict(ds.img)[list(LABEL_NAMES)].to_numpy()
+        )
         if not self.has_time(f"bounds and fits at SNR {snr}"):
             return
         cov = self.timed(

@@ -10,6 +10,7 @@ A run folder written by :func:`galparam.train.train` is usable alone::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,27 @@ class Estimator:
         Whether the model takes the PSF image.
     denoiser : Denoiser, optional
         A two-stage run's first stage: images are restored by it before the network sees them.
+    uncertainty : {"none", "diagonal", "full"}
+        The Xception's uncertainty head (:mod:`galparam.models.heads`).
+    calibration : array_like of shape (5,), optional
+        Factors on each label's predicted spread (the run's ``calibration.json``).
     """
 
     def __init__(
-        self, model, family: str, label_scaler: MinMaxScaler, image_scaler=None, *, psf_input=False, denoiser=None
+        self,
+        model,
+        family: str,
+        label_scaler: MinMaxScaler,
+        image_scaler=None,
+        *,
+        psf_input=False,
+        denoiser=None,
+        uncertainty: str = "none",
+        calibration=None,
     ):
         self.model = model
+        self.uncertainty = uncertainty
+        self.calibration = None if calibration is None else np.asarray(calibration, dtype=np.float64)
         self.family = family
         self.label_scaler = label_scaler
         self.image_scaler = image_scaler
@@ -98,8 +114,29 @@ class Estimator:
             out.append(np.asarray(y["labels"] if isinstance(y, dict) else y))  # a joint model's two outputs
         return np.concatenate(out) if out else np.empty((0, len(LABEL_NAMES)), np.float32)
 
+    def predict_distribution(self, images, psf_images=None, *, batch_size: int = 256, calibrated: bool = True):
+        """Each image's estimate and, with an uncertainty head, its covariance, in physical units.
+
+        Returns
+        -------
+        mean : ndarray of shape (N, 5)
+        covariance : ndarray of shape (N, 5, 5) or None
+            None without an uncertainty head; scaled by the run's calibration unless ``calibrated`` is false.
+        """
+        from galparam.models.heads import decode
+
+        mean, cov = decode(self.predict_scaled(images, psf_images, batch_size=batch_size), self.uncertainty)
+        mean = self.label_scaler.inverse_transform(mean)
+        if cov is None:
+            return mean, None
+        scale = self.label_scaler.affine()[0]
+        cov = cov / np.outer(scale, scale)
+        if calibrated and self.calibration is not None:
+            cov = cov * np.outer(self.calibration, self.calibration)
+        return mean, cov
+
     def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
-        """Estimate the five parameters of each image.
+        """Estimate the five parameters of each image (and, with an uncertainty head, their spreads).
 
         Parameters
         ----------
@@ -113,15 +150,25 @@ class Estimator:
         Returns
         -------
         DataFrame
-            Columns :data:`galparam.render.LABEL_NAMES` (flux in counts, hlr in arcsec).
+            Columns :data:`galparam.render.LABEL_NAMES` (flux in counts, hlr in arcsec); with an
+            uncertainty head also ``flux_std`` ... ``g2_std`` (calibrated), and with a full
+            covariance the correlations ``corr_flux_sersic_n`` ... ``corr_g1_g2``.
 
         Raises
         ------
         GalparamError
             On a wrong image size, NaN values, or a missing or unexpected PSF input.
         """
-        scaled = self.predict_scaled(images, psf_images, batch_size=batch_size)
-        return pd.DataFrame(self.label_scaler.inverse_transform(scaled), columns=list(LABEL_NAMES))
+        mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size)
+        table = pd.DataFrame(mean, columns=list(LABEL_NAMES))
+        if cov is not None:
+            std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+            for k, name in enumerate(LABEL_NAMES):
+                table[f"{name}_std"] = std[:, k]
+            if self.uncertainty == "full":
+                for i, j in zip(*np.triu_indices(len(LABEL_NAMES), 1), strict=True):
+                    table[f"corr_{LABEL_NAMES[i]}_{LABEL_NAMES[j]}"] = cov[:, i, j] / (std[:, i] * std[:, j])
+        return table
 
     def reconstruct(self, labels, *, batch_size: int = 256) -> np.ndarray:
         """The autoencoder decoder's noiseless image of each row of physical ``labels`` (N, 5), in counts."""
@@ -284,6 +331,10 @@ def load_estimator(run_dir) -> Estimator:
     recorded = info.get("denoiser")
     if recorded is not None and not info.get("joint", False):
         denoiser = load_denoiser(recorded["run"], expected_sha256=recorded["model_sha256"])
+    calibration = None
+    if run.calibration_path.exists():
+        factors = json.loads(run.calibration_path.read_text())["factors"]
+        calibration = [factors[name] for name in LABEL_NAMES]
     return Estimator(
         model,
         info["family"],
@@ -291,6 +342,8 @@ def load_estimator(run_dir) -> Estimator:
         image_scaler,
         psf_input=info.get("psf_input", False),
         denoiser=denoiser,
+        uncertainty=info.get("uncertainty", "none"),
+        calibration=calibration,
     )
 
 

@@ -129,7 +129,7 @@ def estimate(view: View, estimators: dict) -> pd.DataFrame:
     rows = {("truth", "value"): truth, ("bound", "std"): std}
     for name, estimator in estimators.items():
         psf = view.psf[None] if estimator.psf_input else None
-        value = estimator.predict(view.noisy[None].astype(np.float32), psf).to_numpy()[0]
+        value = estimator.predict(view.noisy[None].astype(np.float32), psf)[list(LABEL_NAMES)].to_numpy()[0]
         rows[(name, "estimate")] = value
         rows[(name, "error/bound")] = (value - truth) / std
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(LABEL_NAMES))
@@ -224,7 +224,7 @@ def predictions(dataset, estimator, indices, *, batch_size: int = 256) -> pd.Dat
     psf = None
     if estimator.psf_input:
         psf = dataset.psf_img if len(dataset.psf_img) == 1 else dataset.psf_img[indices]
-    predicted = estimator.predict(dataset.img[indices], psf, batch_size=batch_size).to_numpy()
+    predicted = estimator.predict(dataset.img[indices], psf, batch_size=batch_size)[list(LABEL_NAMES)].to_numpy()
     truth = np.asarray(dataset.label[indices], dtype=np.float64)
     bound = dataset_bounds(dataset, indices, progress=False).to_numpy()
     out = pd.DataFrame(index=pd.Index(indices, name="index"))

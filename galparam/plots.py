@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from galparam.parameters import LABEL_NAMES
 from galparam.runs import RunFolder
 
 
@@ -96,7 +97,7 @@ def autoencoder_reconstructions(estimator, dataset, indices):
     import matplotlib.pyplot as plt
 
     indices = list(indices)
-    estimated = estimator.predict(dataset.img[indices]).to_numpy()
+    estimated = estimator.predict(dataset.img[indices])[list(LABEL_NAMES)].to_numpy()
     decoded = estimator.reconstruct(estimated)
     rows = (
         ("noisy", dataset.img[indices]),

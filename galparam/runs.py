@@ -6,6 +6,8 @@ A run folder holds::
     experiment.yaml     the resolved spec (written first: the folder is a run from then on)
     scaler.json         label scaling ([-1, 1] for Xception, [0, 1] for the autoencoder; none for a denoiser)
     image_scaler.json   the noiseless-image scaling of the autoencoder and the denoisers
+    calibration.json    an Xception with an uncertainty head: one scale per label on its predicted
+                        spreads, fitted on the validation split
     denoised-SHA.npy    an Xception on a denoiser's images: the dataset's images it restored
                         (SHA: the first 12 hex digits of the denoiser model's SHA-256)
     checkpoints/STAGE/  epoch-NNN.keras each epoch (the last few and the best), state.json, final.keras
@@ -44,6 +46,7 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
 VALIDATION_FILE = "validation.npz"
+CALIBRATION_FILE = "calibration.json"
 
 RUN_FAMILIES = ("xception", "autoencoder", "autokeras", "edsr", "rdn")
 """Families a run folder may hold (``autokeras``: the best model of an AutoKeras search)."""
@@ -103,6 +106,10 @@ class RunFolder:
     @property
     def info_path(self) -> Path:
         return self.path / RUN_FILE
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / CALIBRATION_FILE
 
     def denoised_path(self, denoiser_sha256: str) -> Path:
         """The dataset's images as restored by the denoiser whose model has this SHA-256."""
@@ -205,14 +212,19 @@ class RunFolder:
             raise TrainingError(f"{self.path}: exists and is not a galparam run; give another output folder")
         return "new"
 
-    def write_metrics(self, labels: dict, n_images: int, *, images: dict | None = None) -> None:
-        """``metrics.json``: per-label validation metrics (name → {rmse, bias, ...}), and a
-        denoiser's restoration metrics (``images``, see :meth:`restoration_metrics`)."""
+    def write_metrics(
+        self, labels: dict, n_images: int, *, images: dict | None = None, uncertainty: dict | None = None
+    ) -> None:
+        """``metrics.json``: per-label validation metrics (name → {rmse, bias, ...}), a
+        denoiser's restoration metrics (``images``, see :meth:`restoration_metrics`), and an
+        uncertainty head's calibration and coverage (``uncertainty``)."""
         from galparam.io import write_json_atomic
 
         out = {"split": "validation", "n_images": int(n_images), "labels": labels}
         if images is not None:
             out["images"] = images
+        if uncertainty is not None:
+            out["uncertainty"] = uncertainty
         write_json_atomic(self.metrics_path, out)
 
     def write_info(

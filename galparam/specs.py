@@ -130,6 +130,8 @@ PRIOR_KINDS = {
 AUTOENCODER_STAGES = ("encoder", "decoder", "joint")
 _AE = ("autoencoder",)
 DENOISER_FAMILIES = ("edsr", "rdn")
+UNCERTAINTY_KINDS = ("none", "diagonal", "full")
+"""The Xception's uncertainty heads (:mod:`galparam.models.heads`)."""
 """Families that restore noisy images to noiseless ones (:mod:`galparam.models.denoise`)."""
 
 EXPERIMENT_SETTINGS = {
@@ -156,6 +158,14 @@ EXPERIMENT_SETTINGS = {
         None,
         "a finished denoiser run (edsr or rdn) whose restored images the Xception trains and predicts on; "
         "relative to the spec's folder",
+        families=("xception",),
+    ),
+    "uncertainty": Setting(
+        str,
+        "none",
+        "the Xception's uncertainty head: none, diagonal (a log-variance per label) or full (a covariance "
+        "through a Cholesky factor), trained with the Gaussian negative log-likelihood",
+        choices=UNCERTAINTY_KINDS,
         families=("xception",),
     ),
     "joint": Setting(
@@ -585,6 +595,7 @@ class ExperimentSpec:
     lr_patience: int
     denoiser: Path | None = None
     joint: bool = False
+    uncertainty: str = "none"
     on_the_fly: bool = False
     source: str = field(default="<experiment>", compare=False)
 
@@ -594,6 +605,8 @@ class ExperimentSpec:
         out["dataset"] = {"spec": str(self.dataset), "on_the_fly": True} if self.on_the_fly else str(self.dataset)
         out["stages"] = list(self.stages)
         out["loss_weights"] = list(self.loss_weights)
+        if self.uncertainty == "none":  # runs made before the heads resume: their experiment.yaml lacks it
+            out.pop("uncertainty")
         if self.denoiser is None:  # runs made before denoisers resume: their experiment.yaml lacks both keys
             out.pop("denoiser")
             out.pop("joint")
@@ -635,6 +648,10 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
             raise SpecError(f"{source}: psf_input: a denoiser takes no PSF input")
     if family == "xception" and not values["joint"] and list(values["loss_weights"]) != [5.0, 1.0]:
         raise SpecError(f"{source}: loss_weights: applies to the joint denoiser and Xception (joint: true)")
+    if values["uncertainty"] != "none" and values["loss"] != "mse":
+        raise SpecError(
+            f"{source}: loss: an uncertainty head trains with the Gaussian negative log-likelihood; leave loss out"
+        )
     if values["joint"] and values["denoiser"] is None:
         raise SpecError(f"{source}: joint: true needs denoiser: RUN_DIR (the denoiser it starts from)")
     if values["denoiser"] is not None:

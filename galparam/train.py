@@ -336,11 +336,8 @@ def _train_xception(spec, run, data, strategy, hm, history, verbose, deadline, d
         def build():
             import keras
 
-            from galparam.models.xception import build_xception
-
             args, lr = hm.choose(keras_tuner.HyperParameters())
-            regressor = build_xception(hm.input_shape, psf_input=data.psf_input, **args)  # uncompiled: one optimizer
-            hm.adapt_layers(regressor)
+            regressor = hm.regressor(args)  # uncompiled: the joint model has the one optimizer
             # the denoiser trains on: a copy of its trained model, not the one the Estimator holds
             restorer = keras.models.clone_model(denoiser.model)
             restorer.set_weights(denoiser.model.get_weights())
@@ -361,7 +358,12 @@ def _train_xception(spec, run, data, strategy, hm, history, verbose, deadline, d
         deadline=deadline,
     )
     estimator = Estimator(
-        model, "xception", scalers.label, psf_input=data.psf_input, denoiser=None if spec.joint else denoiser
+        model,
+        "xception",
+        scalers.label,
+        psf_input=data.psf_input,
+        denoiser=None if spec.joint else denoiser,
+        uncertainty=spec.uncertainty,
     )
     return model, estimator, {stage: _read_state(run.stage_dir(stage))}
 
@@ -465,8 +467,38 @@ def validation_metrics(estimator: Estimator, data: ExperimentData) -> dict:
 
     psf = data.dataset.psf_img[data.val] if estimator.psf_input else None
     predicted = estimator.predict(data.images[data.val], psf)
-    table = estimator_metrics(data.dataset.label[data.val], predicted.to_numpy())
+    table = estimator_metrics(data.dataset.label[data.val], predicted[list(LABEL_NAMES)].to_numpy())
     return {name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}
+
+
+def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData) -> dict:
+    """Fit the run's calibration (one factor per label on the predicted spreads, on the validation
+    split), save ``calibration.json`` and give it to ``estimator``; return the coverage of the
+    validation split before and after (what ``metrics.json``'s ``uncertainty`` holds)."""
+    from galparam.evaluate.uncertainty import calibration_factors, coverage
+
+    psf = data.dataset.psf_img[data.val] if estimator.psf_input else None
+    truth = data.dataset.label[data.val]
+    mean, cov = estimator.predict_distribution(data.images[data.val], psf, calibrated=False)
+    std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    factors = calibration_factors(truth, mean, std)
+    write_json_atomic(
+        run.calibration_path,
+        {
+            "method": "one factor per label on the predicted standard deviations: the RMS of (truth - mean) / std",
+            "split": "validation",
+            "n_images": len(data.val),
+            "factors": dict(zip(LABEL_NAMES, map(float, factors), strict=True)),
+        },
+    )
+    estimator.calibration = factors
+    before, after = coverage(truth, mean, std), coverage(truth, mean, std * factors)
+    return {
+        "kind": estimator.uncertainty,
+        "calibration_factors": dict(zip(LABEL_NAMES, map(float, factors), strict=True)),
+        "coverage_uncalibrated": before.to_dict(orient="index"),
+        "coverage_calibrated_on_this_split": after.to_dict(orient="index"),
+    }
 
 
 def train(
@@ -556,7 +588,11 @@ def train(
         if spec.family in DENOISER_FAMILIES:
             run.write_metrics({}, len(data.val), images=restoration_validation(estimator, data))
         else:
-            run.write_metrics(validation_metrics(estimator, data), len(data.val))
+            uncertainty = None
+            if spec.family == "xception" and spec.uncertainty != "none":
+                uncertainty = calibrate(run, estimator, data)
+                extra["uncertainty"] = spec.uncertainty
+            run.write_metrics(validation_metrics(estimator, data), len(data.val), uncertainty=uncertainty)
     run.write_info(
         name=spec.name,
         family=spec.family,

@@ -131,7 +131,7 @@ def test_overrides_and_digest(spec_factory):
     "changes, words",
     [
         ({"stages": ["joint"]}, "stages: applies to the autoencoder family, not to xception"),
-        ({"loss_weights": [1, 1]}, "loss_weights: applies to the autoencoder family"),
+        ({"loss_weights": [1, 1]}, "loss_weights: applies to the joint denoiser and Xception (joint: true)"),
         ({"loss": "binary_crossentropy"}, "binary_crossentropy needs [0, 1] targets"),
         ({"loss": "hinge"}, "loss: 'hinge' is not accepted; accepted: binary_crossentropy, mse, mae, huber"),
         ({"optimizer": "adagrad"}, "accepted: adam, adamw, rmsprop, sgd"),

@@ -278,7 +278,7 @@ def network_starting_points(run_dir, dataset_path, n_images: int | None = None) 
     if estimator.psf_input:
         psf = ds.psf_img if len(ds.psf_img) == 1 else ds.psf_img[:n]
     try:
-        init = estimator.predict(ds.img[:n], psf).to_numpy()
+        init = estimator.predict(ds.img[:n], psf)[list(LABEL_NAMES)].to_numpy()
     except GalparamError as exc:
         raise GalparamError(f"model {run_dir} does not fit {dataset_path}: {exc}") from None
     info = RunFolder(run_dir).info()

@@ -439,7 +439,9 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
             if psf is not None and len(ts.dataset.psf_img) == 1:
                 psf = ts.dataset.psf_img
             try:
-                estimates[ts.snr][info["name"]] = estimator.predict(ts.dataset.img[:n], psf).to_numpy()
+                estimates[ts.snr][info["name"]] = estimator.predict(ts.dataset.img[:n], psf)[
+                    list(LABEL_NAMES)
+                ].to_numpy()
             except GalparamError as exc:
                 raise GalparamError(f"model {run_dir} does not fit test set {ts.path}: {exc}") from None
     for path in map(Path, fits):
@@ -510,7 +512,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
         val = RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
         psf = ds.psf_img[val] if estimator.psf_input else None
         images = ds.img if info.get("images", "noisy") == "noisy" else ds.img_nonoise
-        predicted = estimator.predict(images[val], psf).to_numpy()
+        predicted = estimator.predict(images[val], psf)[list(LABEL_NAMES)].to_numpy()
         truth = ds.label[val]
         title = f"{name} on the {ds.spec.name} validation split"
         report.files.append(

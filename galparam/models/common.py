@@ -28,17 +28,25 @@ OPTIMIZERS = {
 @dataclass(frozen=True)
 class CompileSettings:
     """How a model is compiled: the experiment's optimizer, learning rate (None: searched, or
-    :data:`DEFAULT_LEARNING_RATE`), loss and the autoencoder's joint loss weights (labels, image)."""
+    :data:`DEFAULT_LEARNING_RATE`), loss, the joint loss weights (labels, image) and the Xception's
+    uncertainty head (:mod:`galparam.models.heads`)."""
 
     optimizer: str = "adam"
     learning_rate: float | None = None
     loss: str | None = None
     loss_weights: tuple[float, float] = (5.0, 1.0)
+    uncertainty: str = "none"
 
     @classmethod
     def of(cls, experiment) -> CompileSettings:
         """The settings of an :class:`~galparam.specs.ExperimentSpec`."""
-        return cls(experiment.optimizer, experiment.learning_rate, experiment.loss, tuple(experiment.loss_weights))
+        return cls(
+            experiment.optimizer,
+            experiment.learning_rate,
+            experiment.loss,
+            tuple(experiment.loss_weights),
+            getattr(experiment, "uncertainty", "none"),
+        )
 
     def optimizer_for(self, learning_rate: float):
         """A new optimizer of this kind."""

@@ -189,11 +189,26 @@ class XceptionHyperModel(FamilyHyperModel):
         super().__init__(input_shape, **kwargs)
         self.psf_input = psf_input
 
+    @property
+    def loss(self):
+        """The uncertainty head's Gaussian NLL, or the spec's loss (default mse)."""
+        from galparam.models.heads import loss_for
+
+        return loss_for(self.settings.uncertainty) or super().loss
+
+    def regressor(self, args: dict) -> keras.Model:
+        """A new Xception of these builder arguments with the spec's head, its normalization adapted (uncompiled)."""
+        from galparam.models.heads import head_units
+
+        model = build_xception(
+            self.input_shape, head_units(self.settings.uncertainty), psf_input=self.psf_input, **args
+        )
+        self.adapt_layers(model)
+        return model
+
     def build(self, hp):
         args, lr = self.choose(hp)
-        model = build_xception(self.input_shape, psf_input=self.psf_input, **args)
-        self.adapt_layers(model)
-        return self.compile(model, lr)
+        return self.compile(self.regressor(args), lr)
 
 
 HyperModel = XceptionHyperModel

@@ -1,0 +1,168 @@
+"""Uncertainty heads, their calibration and coverage, shear calibration and efficiency maps."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_experiment
+
+from galparam.errors import SpecError
+from galparam.evaluate.uncertainty import (
+    calibration_factors,
+    coverage,
+    coverage_table,
+    efficiency_map,
+    reliability,
+    shear_calibration,
+    shear_table,
+)
+from galparam.parameters import LABEL_NAMES
+
+
+def _fit_head(kind, x, y, epochs):
+    import keras
+
+    from galparam.models.heads import head_units, loss_for
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(1,))
+    h = keras.layers.Dense(64, activation="tanh")(inputs)
+    h = keras.layers.Dense(64, activation="tanh")(h)
+    model = keras.Model(inputs, keras.layers.Dense(head_units(kind))(h))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss_for(kind))
+    model.fit(x, y, epochs=epochs, batch_size=128, verbose=0)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.backends
+def test_the_diagonal_head_learns_a_known_spread():
+    from galparam.models.heads import decode
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (4000, 1)).astype("float32")
+    sigma = (0.05 + 0.1 * (x + 1)) * np.linspace(0.5, 1.5, 5)  # each label its own spread, growing with x
+    y = (x * np.arange(1, 6) + sigma * rng.normal(size=(4000, 5))).astype("float32")
+    model = _fit_head("diagonal", x, y, epochs=60)
+    probe = np.array([[-0.8], [-0.3], [0.0], [0.5], [0.9]], "float32")
+    mean, cov = decode(model.predict(probe, verbose=0), "diagonal")
+    truth_sigma = (0.05 + 0.1 * (probe + 1)) * np.linspace(0.5, 1.5, 5)
+    # (where σ is smallest, the mean's own error adds to it in quadrature)
+    np.testing.assert_allclose(np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth_sigma, rtol=0.25)
+    np.testing.assert_allclose(mean, probe * np.arange(1, 6), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.backends
+def test_the_full_head_learns_a_known_correlation():
+    from galparam.models.heads import decode
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (4000, 1)).astype("float32")
+    truth_cov = np.diag([0.04, 0.09, 0.01, 0.0025, 0.0025])
+    truth_cov[0, 1] = truth_cov[1, 0] = 0.8 * 0.2 * 0.3  # correlation 0.8, as flux and index
+    truth_cov[1, 2] = truth_cov[2, 1] = -0.6 * 0.3 * 0.1
+    y = (x + rng.multivariate_normal(np.zeros(5), truth_cov, size=4000)).astype("float32")
+    model = _fit_head("full", x, y, epochs=60)
+    _, cov = decode(model.predict(np.array([[0.0], [0.5]], "float32"), verbose=0), "full")
+    std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    np.testing.assert_allclose(std, np.tile(np.sqrt(np.diag(truth_cov)), (2, 1)), rtol=0.15)
+    corr = cov / (std[:, :, None] * std[:, None, :])
+    np.testing.assert_allclose(corr[:, 0, 1], 0.8, atol=0.1)
+    np.testing.assert_allclose(corr[:, 1, 2], -0.6, atol=0.1)
+
+
+def test_coverage_and_calibration_on_known_gaussians():
+    rng = np.random.default_rng(2)
+    n = 20000
+    std = rng.uniform(0.5, 2.0, (n, 5))
+    truth = rng.normal(size=(n, 5))
+    mean = truth + std * rng.normal(size=(n, 5))
+    honest = coverage(truth, mean, std)
+    np.testing.assert_allclose(honest["coverage_68"], 0.68, atol=0.015)
+    np.testing.assert_allclose(honest["coverage_95"], 0.95, atol=0.006)
+    # a network claiming half its spread covers too little; calibration brings it back
+    claimed = std * np.array([0.5, 1, 2, 1, 1])
+    factors = calibration_factors(truth, mean, claimed)
+    np.testing.assert_allclose(factors, [2, 1, 0.5, 1, 1], rtol=0.02)
+    before, after = coverage(truth, mean, claimed), coverage(truth, mean, claimed * factors)
+    assert before["coverage_68"]["flux"] < 0.45 and before["coverage_68"]["hlr"] > 0.9
+    np.testing.assert_allclose(after["coverage_68"], 0.68, atol=0.015)
+    diagram = reliability(truth, mean, std)
+    np.testing.assert_allclose(diagram[list(LABEL_NAMES)].to_numpy(), np.tile(diagram[["level"]], 5), atol=0.02)
+    table = coverage_table(truth, mean, std, snr=np.where(np.arange(n) < 5000, 15.0, 50.0))
+    assert list(table["snr_bin"].unique()) == ["[0.0, 20.0)", "[40.0, 60.0)", "all"]
+    assert table.loc[table.snr_bin == "all", "images"].iloc[0] == n
+
+
+def test_shear_calibration_recovers_planted_m_and_c():
+    rng = np.random.default_rng(3)
+    g = rng.uniform(-0.5, 0.5, 50000)
+    m, c, noise = 0.02, -3e-3, 0.05
+    fit = shear_calibration(g, (1 + m) * g + c + noise * rng.normal(size=g.size))
+    assert fit["m"] == pytest.approx(m, abs=4 * fit["m_err"]) and fit["c"] == pytest.approx(c, abs=4 * fit["c_err"])
+    # the standard errors are those of least squares: σ / sqrt(N var g) and σ / sqrt(N)
+    assert fit["m_err"] == pytest.approx(noise / np.sqrt(g.size * g.var()), rel=0.05)
+    assert fit["c_err"] == pytest.approx(noise / np.sqrt(g.size), rel=0.05)
+    labels = np.zeros((g.size, 5))
+    labels[:, 3], labels[:, 4] = g, -g
+    estimates = labels.copy()
+    estimates[:, 3], estimates[:, 4] = 1.1 * g, -g + 0.01
+    table = shear_table(labels, estimates)
+    assert table.set_index("component").loc["g1", "m"] == pytest.approx(0.1)
+    assert table.set_index("component").loc["g2", "c"] == pytest.approx(0.01)
+    assert table.set_index("component").loc["g2", "|c| / requirement"] == pytest.approx(100)
+
+
+def test_efficiency_map_equals_a_hand_computation():
+    truth = np.zeros((6, 5))
+    bound = np.ones((6, 5)) * 2.0
+    estimate = truth.copy()
+    estimate[:, 0] = [2, 4, 0, -2, -2, -2]
+    n = np.array([1.0, 1.5, 2.5, 4.0, 4.5, 5.5])
+    table = efficiency_map(truth, estimate, bound, n, edges=[0, 2, 5, 6], name="sersic_n")
+    flux = table[table.parameter == "flux"].set_index("sersic_n")
+    # bin [0, 2): errors/bound 1 and 2; [2, 5): 0, -1, -1; [5, 6): -1
+    assert flux.loc["[0.0, 2.0)", "bias/crb"] == pytest.approx(1.5)
+    assert flux.loc["[0.0, 2.0)", "rmse/crb"] == pytest.approx(np.sqrt(2.5))
+    assert flux.loc["[2.0, 5.0)", "bias/crb"] == pytest.approx(-2 / 3)
+    assert flux.loc["[2.0, 5.0)", "std/crb"] == pytest.approx(np.std([0, -1, -1], ddof=1))
+    assert flux.loc["[5.0, 6.0)", "images"] == 1 and np.isnan(flux.loc["[5.0, 6.0)", "std/crb"])
+
+
+def test_uncertainty_specs(datasets):
+    with pytest.raises(SpecError, match="uncertainty: 'wide' is not accepted; accepted: none, diagonal, full"):
+        tiny_experiment(datasets["fixed"], uncertainty="wide")
+    with pytest.raises(SpecError, match="leave loss out"):
+        tiny_experiment(datasets["fixed"], uncertainty="diagonal", loss="mae")
+    assert "uncertainty" not in tiny_experiment(datasets["fixed"]).to_dict()
+    assert tiny_experiment(datasets["fixed"], uncertainty="full").to_dict()["uncertainty"] == "full"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["diagonal", "full"])
+def test_a_run_with_an_uncertainty_head_predicts_calibrated_spreads(kind, datasets, tmp_path):
+    from galparam.data import load_dataset
+    from galparam.estimator import load_estimator
+    from galparam.runs import RunFolder
+    from galparam.train import train
+
+    folder = train(tiny_experiment(datasets["fixed"], uncertainty=kind, epochs=3), tmp_path / "run", verbose=0)
+    run = RunFolder(folder)
+    assert run.info()["uncertainty"] == kind
+    factors = json.loads(run.calibration_path.read_text())["factors"]
+    assert set(factors) == set(LABEL_NAMES) and all(0 < v < 100 for v in factors.values())
+    estimator = load_estimator(folder)
+    ds = load_dataset(datasets["fixed"])
+    val = run.validation_indices()
+    table = estimator.predict(ds.img[val])
+    stds = [f"{n}_std" for n in LABEL_NAMES]
+    assert set(stds) <= set(table.columns) and (table[stds] > 0).all().all()
+    assert ("corr_flux_sersic_n" in table.columns) == (kind == "full")
+    # calibrated on this split: each label's standardized residuals have an RMS of one
+    z = (ds.label[val] - table[list(LABEL_NAMES)].to_numpy()) / table[stds].to_numpy()
+    np.testing.assert_allclose(np.sqrt((z**2).mean(axis=0)), 1.0, rtol=1e-3)
+    metrics = json.loads(run.metrics_path.read_text())
+    assert metrics["uncertainty"]["kind"] == kind
+    assert set(pd.DataFrame(metrics["uncertainty"]["coverage_uncalibrated"]).index) == {"coverage_68", "coverage_95"}
