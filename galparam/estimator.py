@@ -160,15 +160,7 @@ class Estimator:
             On a wrong image size, NaN values, or a missing or unexpected PSF input.
         """
         mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size)
-        table = pd.DataFrame(mean, columns=list(LABEL_NAMES))
-        if cov is not None:
-            std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-            for k, name in enumerate(LABEL_NAMES):
-                table[f"{name}_std"] = std[:, k]
-            if self.uncertainty == "full":
-                for i, j in zip(*np.triu_indices(len(LABEL_NAMES), 1), strict=True):
-                    table[f"corr_{LABEL_NAMES[i]}_{LABEL_NAMES[j]}"] = cov[:, i, j] / (std[:, i] * std[:, j])
-        return table
+        return _table(mean, cov, correlations=self.uncertainty == "full")
 
     def reconstruct(self, labels, *, batch_size: int = 256) -> np.ndarray:
         """The autoencoder decoder's noiseless image of each row of physical ``labels`` (N, 5), in counts."""
@@ -177,6 +169,68 @@ class Estimator:
         scaled = self.label_scaler.transform(np.asarray(labels, dtype=np.float64))
         images = np.asarray(self.model.get_layer("decoder").predict(scaled, batch_size=batch_size, verbose=0))[..., 0]
         return self.image_scaler.inverse_transform(images.reshape(-1, 1)).reshape(images.shape).astype(np.float32)
+
+
+def _table(mean, cov, correlations: bool) -> pd.DataFrame:
+    """The estimates, their spreads (``<label>_std``) and, with ``correlations``, ``corr_<a>_<b>``."""
+    table = pd.DataFrame(mean, columns=list(LABEL_NAMES))
+    if cov is None:
+        return table
+    std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    for k, name in enumerate(LABEL_NAMES):
+        table[f"{name}_std"] = std[:, k]
+    if correlations:
+        for i, j in zip(*np.triu_indices(len(LABEL_NAMES), 1), strict=True):
+            table[f"corr_{LABEL_NAMES[i]}_{LABEL_NAMES[j]}"] = cov[:, i, j] / (std[:, i] * std[:, j])
+    return table
+
+
+class Ensemble:
+    """A deep ensemble: runs of one experiment with different seeds, combined (Lakshminarayanan et al. 2017).
+
+    The estimate is the members' mean; its covariance is the mixture's: the mean of the members'
+    covariances (none for members without an uncertainty head) plus the covariance of their
+    estimates about the mean.
+
+    Parameters
+    ----------
+    members : sequence of Estimator
+        At least two, all taking the same inputs.
+
+    Raises
+    ------
+    GalparamError
+        With fewer than two members, or members that differ in image size or PSF input.
+    """
+
+    def __init__(self, members):
+        self.members = list(members)
+        if len(self.members) < 2:
+            raise GalparamError(f"an ensemble needs at least two runs, got {len(self.members)}")
+        first = self.members[0]
+        for m in self.members[1:]:
+            if m.image_shape != first.image_shape or m.psf_input != first.psf_input:
+                raise GalparamError(
+                    "the ensemble's runs differ in image size or PSF input; give runs of one experiment"
+                )
+        self.psf_input = first.psf_input
+        self.image_shape = first.image_shape
+
+    def predict_distribution(self, images, psf_images=None, *, batch_size: int = 256):
+        """The ensemble's estimates (N, 5) and covariances (N, 5, 5), physical units."""
+        outputs = [m.predict_distribution(images, psf_images, batch_size=batch_size) for m in self.members]
+        means = np.stack([mean for mean, _ in outputs])
+        mean = means.mean(axis=0)
+        spread = means - mean
+        cov = np.einsum("mni,mnj->nij", spread, spread) / len(self.members)
+        member_covs = [c for _, c in outputs if c is not None]
+        if member_covs:
+            cov = cov + np.mean(member_covs, axis=0)
+        return mean, cov
+
+    def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
+        """As :meth:`Estimator.predict`: the estimates, ``<label>_std`` and the correlations."""
+        return _table(*self.predict_distribution(images, psf_images, batch_size=batch_size), correlations=True)
 
 
 class Denoiser:

@@ -471,6 +471,33 @@ def validation_metrics(estimator: Estimator, data: ExperimentData) -> dict:
     return {name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}
 
 
+def training_range(estimator: Estimator, data: ExperimentData) -> dict:
+    """What the out-of-distribution flags compare with (:mod:`galparam.evaluate.ood`): the training
+    images' noise σ, PSF FWHM and SNR ranges, and the validation images' χ² per pixel under the
+    model re-drawn from the network's estimates (its 99th percentile)."""
+    from galparam.evaluate import ood
+    from galparam.evaluate.mle import FitBox
+
+    ds, val = data.dataset, data.val
+    psf = ds.psf_img[val] if estimator.psf_input else None
+    estimates = estimator.predict(data.images[val], psf)[list(LABEL_NAMES)].to_numpy()
+    box = FitBox.from_spec(data.dataset_spec)
+    models = ood.redraw(estimates, ds.psf_fwhm[val], geometry(data), box)
+    chi2 = ood.chi2_per_pixel(ds.img[val], models, ds.sigma[val], poisson=data.dataset_spec.poisson_noise)
+    return ood.training_range(ds, data.fit_rows, chi2, box)
+
+
+def geometry(data: ExperimentData) -> dict:
+    """The images' stamp, pixel scale, PSF profile and noise model (``run.json``'s ``geometry``)."""
+    spec = data.dataset_spec
+    return {
+        "stamp_size": spec.stamp_size,
+        "pixel_scale": spec.pixel_scale,
+        "psf_beta": spec.psf_beta,
+        "poisson_noise": spec.poisson_noise,
+    }
+
+
 def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData) -> dict:
     """Fit the run's calibration (one factor per label on the predicted spreads, on the validation
     split), save ``calibration.json`` and give it to ``estimator``; return the coverage of the
@@ -593,6 +620,7 @@ def train(
                 uncertainty = calibrate(run, estimator, data)
                 extra["uncertainty"] = spec.uncertainty
             run.write_metrics(validation_metrics(estimator, data), len(data.val), uncertainty=uncertainty)
+            extra.update(geometry=geometry(data), training_range=training_range(estimator, data))
     run.write_info(
         name=spec.name,
         family=spec.family,

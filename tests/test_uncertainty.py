@@ -166,3 +166,88 @@ def test_a_run_with_an_uncertainty_head_predicts_calibrated_spreads(kind, datase
     metrics = json.loads(run.metrics_path.read_text())
     assert metrics["uncertainty"]["kind"] == kind
     assert set(pd.DataFrame(metrics["uncertainty"]["coverage_uncalibrated"]).index) == {"coverage_68", "coverage_95"}
+
+
+class _Member:
+    """A stand-in estimator with fixed outputs (the ensemble's arithmetic alone)."""
+
+    image_shape, psf_input = (64, 64), False
+
+    def __init__(self, mean, cov):
+        self.mean, self.cov = np.asarray(mean, float), cov
+
+    def predict_distribution(self, images, psf_images=None, *, batch_size=256):
+        return self.mean, self.cov
+
+
+def test_an_ensemble_combines_means_and_spreads_as_a_mixture():
+    from galparam.errors import GalparamError
+    from galparam.estimator import Ensemble
+
+    a, b = np.zeros((2, 5)), np.ones((2, 5)) * 2
+    points = Ensemble([_Member(a, None), _Member(b, None)])
+    mean, cov = points.predict_distribution(None)
+    np.testing.assert_allclose(mean, 1.0)
+    np.testing.assert_allclose(np.diagonal(cov, axis1=1, axis2=2), 1.0)  # the members' disagreement alone
+    heads = Ensemble([_Member(a, np.tile(np.eye(5) * 4, (2, 1, 1))), _Member(b, np.tile(np.eye(5) * 2, (2, 1, 1)))])
+    table = heads.predict(None)
+    np.testing.assert_allclose(table[[f"{n}_std" for n in LABEL_NAMES]], np.sqrt(3 + 1))
+    np.testing.assert_allclose(table["corr_flux_sersic_n"], 0.25)  # the shared disagreement correlates them
+    with pytest.raises(GalparamError, match="at least two runs"):
+        Ensemble([_Member(a, None)])
+
+
+def test_out_of_distribution_flags_name_each_reason():
+    from galparam.evaluate.ood import border_sigma, flag
+
+    ranges = {"sigma": [200, 400], "psf_fwhm": [0.5, 0.5], "snr": [10, 100], "chi2_per_pixel_q99": 1.2}
+    table = flag(
+        ranges,
+        sigma=[300, 500, 300, 300],
+        psf_fwhm=[0.5, 0.5, 1.2, 0.51],
+        snr=[50, 50, 50, 5],
+        chi2=[1.0, 1.0, 3.0, 1.0],
+    )
+    assert list(table.ood) == [False, True, True, True]
+    assert table.ood_reason[1] == "noise sigma 500 outside the training 200–400"
+    assert table.ood_reason[2].startswith("PSF FWHM 1.20″ outside the training 0.50″–0.50″; chi2 per pixel 3.00 above")
+    assert table.ood_reason[3] == "SNR 5.0 outside the training 10.0–100.0"
+    rng = np.random.default_rng(4)
+    noise = rng.normal(0, 250, (50, 64, 64))
+    np.testing.assert_allclose(np.median(border_sigma(noise)), 250, rtol=0.02)
+
+
+def test_psf_fwhm_is_measured_from_psf_images():
+    from galparam.evaluate.ood import psf_fwhm_from_images
+    from galparam.render import renderer_for
+
+    geometry = {"stamp_size": 64, "pixel_scale": 0.23, "psf_beta": 2.0}
+    fwhm = np.array([0.45, 0.7, 1.0, 1.35])
+    images = renderer_for("kspace", 64, 0.23, 2.0).psf_images(fwhm)
+    np.testing.assert_allclose(psf_fwhm_from_images(images, geometry), fwhm, rtol=2e-3)
+
+
+@pytest.mark.slow
+def test_predict_flags_shifted_images_and_combines_an_ensemble(tiny_run, datasets, tmp_path):
+    from galparam.cli.evaluate import main
+    from galparam.data import load_dataset
+    from galparam.runs import RunFolder
+    from galparam.train import train
+
+    other = train(tiny_experiment(datasets["fixed"], seed=11), tmp_path / "seed11", verbose=0)
+    info = RunFolder(tiny_run).info()
+    assert set(info["training_range"]) == {"sigma", "psf_fwhm", "snr", "chi2_per_pixel_q99", "box"}
+    ds = load_dataset(datasets["fixed"])
+    val = RunFolder(tiny_run).validation_indices()
+    rng = np.random.default_rng(5)
+    shifted = ds.img_nonoise[val] + rng.normal(0, 1000, (len(val), 64, 64))  # sigma 1000 against 200-400
+    np.savez(tmp_path / "own.npz", img=ds.img[val])
+    np.savez(tmp_path / "shifted.npz", img=shifted.astype(np.float32))
+    for name in ("own", "shifted"):
+        argv = ["predict", str(tiny_run), str(tmp_path / f"{name}.npz"), "-o", str(tmp_path / f"{name}.csv")]
+        assert main([*argv, "--ensemble", str(other)]) == 0
+    own, moved = pd.read_csv(tmp_path / "own.csv"), pd.read_csv(tmp_path / "shifted.csv")
+    assert {"flux_std", "corr_g1_g2", "ood", "ood_reason", "sigma", "chi2_per_pixel"} <= set(own.columns)
+    assert (own["flux_std"] > 0).all()
+    assert own.ood.mean() < 0.1 and moved.ood.all()
+    assert moved.ood_reason.str.contains("noise sigma").all()

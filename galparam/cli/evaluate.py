@@ -72,7 +72,10 @@ def build_parser() -> ArgumentParser:
     add_overwrite(b, "start again instead of resuming")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    r = sub.add_parser("predict", help="a trained model's estimates of the five parameters, as a CSV")
+    r = sub.add_parser(
+        "predict",
+        help="a trained model's estimates of the five parameters (and their spreads, and out-of-distribution flags), as a CSV",
+    )
     r.add_argument("run", metavar="RUN_DIR", help="a finished galparam-train run folder")
     r.add_argument("images", metavar="IMAGES.npz", help="galparam's datasets or your own npz of (N, 64, 64) images")
     r.add_argument("-o", "--output", metavar="predictions.csv", required=True)
@@ -81,6 +84,15 @@ def build_parser() -> ArgumentParser:
     r.add_argument(
         "--batch-size", type=positive_int, default=256, help="images per forward pass (default: %(default)s)"
     )
+    r.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="RUN_DIR",
+        default=[],
+        help="more runs of the same experiment (other seeds): a deep ensemble, its mean and spread "
+        "(the members' spreads and their disagreement)",
+    )
+    r.add_argument("--no-flags", action="store_true", help="leave out the out-of-distribution flags (ood, ood_reason)")
 
     t = sub.add_parser("report", help="tables (CSV, Markdown, LaTeX) and plots from runs, test sets and fits")
     t.add_argument("-o", "--output", metavar="DIR", default="reports", help="report folder (default: %(default)s)")
@@ -168,11 +180,36 @@ def _predict(args) -> int:
     from galparam.estimator import load_estimator
 
     estimator = load_estimator(args.run)
+    if args.ensemble:
+        from galparam.estimator import Ensemble
+
+        estimator = Ensemble([estimator, *map(load_estimator, args.ensemble)])
     table = estimator.predict(images, psf, batch_size=args.batch_size)
+    note = ""
+    if not args.no_flags:
+        if "training_range" in info:
+            import pandas as pd
+
+            from galparam.evaluate.ood import check_images
+
+            sigma, psf_fwhm = _columns_of(args.images, len(images))
+            checked = check_images(
+                info, images, table[list(LABEL_NAMES)].to_numpy(), sigma=sigma, psf_fwhm=psf_fwhm, psf_images=psf
+            )
+            table = pd.concat([table, checked], axis=1)
+            note = f"; {int(checked.ood.sum())} flagged out of distribution"
+        else:
+            note = "; no out-of-distribution flags (the run predates them: train it again to have them)"
     table.index.name = "index"
     write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
-    print(f"wrote {args.output}: estimates of {len(table)} images")
+    print(f"wrote {args.output}: estimates of {len(table)} images{note}")
     return 0
+
+
+def _columns_of(path, n: int):
+    """A galparam dataset's ``sigma`` and ``psf_fwhm`` columns (None where the file has none)."""
+    with np.load(path, allow_pickle=False) as z:
+        return tuple(z[k] if k in z.files and z[k].shape == (n,) else None for k in ("sigma", "psf_fwhm"))
 
 
 def _report(args) -> int:
