@@ -4,9 +4,11 @@
 2. a tiny grid search on v1 and its HiPlot dashboard;
 3. train the small Xception regressor on v2;
 4. train the small conditional autoencoder on v2 (its three stages);
-5. fit the first 60 images of each test set by maximum likelihood (the baseline);
-6. write the report — tables as CSV, Markdown and LaTeX, plots as PNG — and print the headline
-   table: bias and spread of each network and of the baseline against the Cramér–Rao bound.
+5. train the small Xception with an uncertainty head (a spread per estimate, calibrated);
+6. fit the first 60 images of each test set by maximum likelihood (the baseline);
+7. write the report — tables as CSV, Markdown and LaTeX, plots as PNG — and print the headline
+   table: bias and spread of each network and of the baseline against the Cramér–Rao bound, the
+   coverage of the predicted intervals, and the shear calibration (m, c).
 
 Every step reuses what an earlier demo finished (``make clean`` starts over); the notebooks in
 ``notebooks/`` run the same steps (the ``small`` setting) and find the demo's results.
@@ -22,22 +24,28 @@ from pathlib import Path
 from galparam.cli.common import ArgumentParser, positive_int, run
 
 DEMO_SEARCH = "grid-v1"
-DEMO_EXPERIMENTS = ("xception-v2", "autoencoder-v2")
+DEMO_EXPERIMENTS = ("xception-v2", "autoencoder-v2", "xception-v2-uncertainty")
+UNCERTAINTY_EXPERIMENTS = ("xception-v2-uncertainty",)
 DEMO_SNRS = (60, 30)
 
 
 def report_files(report_dir, experiments=DEMO_EXPERIMENTS, searches=(DEMO_SEARCH,), snrs=DEMO_SNRS) -> list[Path]:
     """Every table and plot the demo's report promises (the names at the small setting)."""
     folder = Path(report_dir)
-    stems = ["test_sets", "validation", "datasets"] + [f"search_{s}-small" for s in searches]
+    stems = ["test_sets", "validation", "datasets", "efficiency", "shear"] + [f"search_{s}-small" for s in searches]
+    if any(name in UNCERTAINTY_EXPERIMENTS for name in experiments):
+        stems.append("coverage")
     files = [folder / f"{stem}.{ext}" for stem in stems for ext in ("csv", "md", "tex")]
     plots = folder / "plots"
     for snr in snrs:
         files += [plots / f"errors_snr{snr}.png", plots / f"bias_spread_snr{snr}.png"]
     for name in experiments:
         files += [
-            plots / f"{kind}_{name}-small.png" for kind in ("true_vs_predicted", "error_vs_true", "reconstructions")
+            plots / f"{kind}_{name}-small.png"
+            for kind in ("true_vs_predicted", "error_vs_true", "reconstructions", "efficiency")
         ]
+        if name in UNCERTAINTY_EXPERIMENTS:
+            files.append(plots / f"reliability_{name}-small.png")
     files += [plots / f"search_{s}-small.png" for s in searches]
     return files
 
@@ -60,7 +68,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     study = Study("small", output=args.output, project=args.project, jobs=args.jobs)
-    steps = 6
+    steps = 4 + len(DEMO_EXPERIMENTS)
 
     def step(i: int, text: str) -> None:
         print(f"\n[{i}/{steps}] {text}   ({elapsed(start)} so far)", file=sys.stderr, flush=True)
@@ -74,9 +82,9 @@ def main(argv=None) -> int:
     for i, base in enumerate(DEMO_EXPERIMENTS, start=3):
         step(i, f"training {study.name(base)}")
         runs[base] = study.train(base)
-    step(5, "maximum-likelihood fits of the test sets")
+    step(steps - 1, "maximum-likelihood fits of the test sets")
     fits = [study.baseline(snr) for snr in DEMO_SNRS]
-    step(6, f"writing the report into {args.reports}")
+    step(steps, f"writing the report into {args.reports}")
     report = study.report(args.reports, experiments=DEMO_EXPERIMENTS, fits=fits, searches=(DEMO_SEARCH,))
 
     print("\nSimulated datasets")
@@ -93,6 +101,12 @@ def main(argv=None) -> int:
         f"\nBias and spread on the first {BASELINE_IMAGES['small']} images of each test set, against the Cramér-Rao bound (CRB)"
     )
     print(report.test_table.to_string(index=False, float_format=_fmt))
+    if report.coverage_table is not None:
+        print("\nCoverage of the predicted intervals (calibrated on the validation split; 68 % and 95 % nominal)")
+        print(report.coverage_table.to_string(index=False, float_format=_fmt))
+    print("\nShear calibration on the validation splits, all SNRs: g_est = (1 + m) g_true + c")
+    overall = report.shear_table[report.shear_table.snr_bin == "all"]
+    print(overall[["model", "component", "m", "m_err", "c", "c_err"]].to_string(index=False, float_format=_fmt))
     print(f"\nTables (CSV, Markdown, LaTeX) and plots: {report.folder}   (the demo took {elapsed(start)})")
     return 0
 

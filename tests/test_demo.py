@@ -60,19 +60,23 @@ def _table(path) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_demo_prints_progress_and_the_headline_table(demo):
-    for i in range(1, 7):
-        assert f"[{i}/6]" in demo["stderr"]
+    steps = 4 + len(DEMO_EXPERIMENTS)
+    for i in range(1, steps + 1):
+        assert f"[{i}/{steps}]" in demo["stderr"]
     out = demo["stdout"]
     assert f"Bias and spread on the first {BASELINE_IMAGES['small']} images" in out
     for name in ("xception-v2-small bias", "autoencoder-v2-small std", "baseline bias", "CRB"):
         assert name in out
     assert "the demo took" in out
+    assert "Coverage of the predicted intervals" in out and "xception-v2-uncertainty-small" in out
+    assert "Shear calibration on the validation splits" in out
 
 
 @pytest.mark.slow
 def test_demo_report_holds_every_promised_file(demo):
     promised = report_files(demo["reports"])
-    assert len(promised) == 12 + 4 + 3 * len(DEMO_EXPERIMENTS) + 1
+    # 7 tables in 3 formats, 4 test-set plots, 4 plots a network, a reliability diagram, the dashboard's
+    assert len(promised) == 3 * 7 + 4 + 4 * len(DEMO_EXPERIMENTS) + 1 + 1
     for path in promised:  # the tables' contents and formats: test_report.py
         assert path.is_file() and path.stat().st_size > 0, path
         if path.suffix == ".png":
@@ -94,6 +98,19 @@ def test_demo_test_set_table_covers_both_sets_and_every_estimator(demo):
     for name in ("baseline", *(f"{e}-small" for e in DEMO_EXPERIMENTS)):
         assert table[[f"{name} bias", f"{name} std"]].notna().all().all(), name
     assert (table["CRB"] > 0).all()
+
+
+@pytest.mark.slow
+def test_demo_report_measures_uncertainty_shear_and_efficiency(demo):
+    coverage = _table(demo["reports"] / "coverage.csv")
+    assert set(coverage.model) == {"xception-v2-uncertainty-small"}
+    assert {"test set SNR 60", "test set SNR 30", "all"} <= set(coverage.snr_bin)
+    assert coverage[["coverage_68", "coverage_95"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (coverage["median std/crb"] > 0).all()
+    shear = _table(demo["reports"] / "shear.csv")
+    assert set(shear.component) == {"g1", "g2"} and (shear.m_err > 0).all()
+    efficiency = _table(demo["reports"] / "efficiency.csv")
+    assert {"sersic_n", "hlr", "flux", "snr"} <= set(efficiency["by"]) and (efficiency["rmse/crb"] > 0).all()
 
 
 @pytest.mark.slow

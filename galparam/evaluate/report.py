@@ -12,6 +12,15 @@ and writes into one folder:
 - ``denoising.{csv,md,tex}``: for each denoiser run (EDSR, RDN), by SNR bin of its validation
   split, the residual RMS (counts), PSNR and SSIM of the noisy and the denoised images and the
   PSNR gain.
+- ``efficiency.{csv,md,tex}``: each network's bias, spread and RMSE in units of each validation
+  image's own Cramér–Rao bound, by quintiles of Sérsic index, radius, flux, SNR and PSF FWHM
+  (heat maps in ``plots/efficiency_NAME.png``).
+- ``shear.{csv,md,tex}``: each network's multiplicative and additive shear biases m and c with
+  their standard errors, overall and by SNR bin, against LSST's requirement.
+- ``coverage.{csv,md,tex}``: for networks with an uncertainty head, the coverage of their
+  (calibrated) 68 % and 95 % intervals by SNR bin and on each test set, with the median predicted
+  spread over the bound (below 1 claims more than any unbiased estimator can); reliability
+  diagrams in ``plots/reliability_NAME.png``.
 - ``plots/``: true vs predicted coloured by SNR and error vs true value (each model, its validation
   split), error histograms and bias and spread against the bound (each test set), reconstructions
   (noisy, noiseless, re-rendered from the estimate with :mod:`galparam.render`, residual), and for
@@ -58,6 +67,9 @@ class Report:
     notes: list = field(default_factory=list)
     datasets_table: pd.DataFrame | None = None  # filled by galparam.study.Study.report
     denoising_table: pd.DataFrame | None = None
+    efficiency_table: pd.DataFrame | None = None
+    shear_table: pd.DataFrame | None = None
+    coverage_table: pd.DataFrame | None = None
     search_tables: dict = field(default_factory=dict)
 
 
@@ -253,6 +265,73 @@ def denoising_table(denoisers) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
+EFFICIENCY_BY = ("sersic_n", "hlr", "flux", "snr", "psf_fwhm")
+"""What the efficiency maps bin by (each in quintiles of the validation split; a constant one is left out)."""
+
+
+def _quantile_edges(values, bins: int = 5) -> np.ndarray:
+    edges = np.unique(np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, bins + 1)))
+    edges[-1] = np.nextafter(edges[-1], np.inf)
+    return edges
+
+
+def validation_checks(name: str, ds, val, truth, predicted, estimator, images, psf) -> dict:
+    """A network's validation split measured against each image's own bound.
+
+    Returns
+    -------
+    dict of DataFrame
+        ``efficiency`` (:func:`~galparam.evaluate.uncertainty.efficiency_map` by each of
+        :data:`EFFICIENCY_BY`), ``shear`` (m and c by SNR bin) and, for a run with an uncertainty
+        head, ``coverage`` (by SNR bin, with the median predicted spread over the bound) and
+        ``reliability``; each table's first column is the model.
+    """
+    from galparam.evaluate.crb import batch_bounds
+    from galparam.evaluate.uncertainty import coverage_table, efficiency_map, reliability, shear_table
+    from galparam.render import renderer_for
+
+    spec = ds.spec
+    renderer = renderer_for("kspace", spec.stamp_size, spec.pixel_scale, spec.psf_beta)
+    cov = batch_bounds(truth, ds.psf_fwhm[val], ds.sigma[val], poisson=spec.poisson_noise, renderer=renderer)
+    bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    columns = {**{n: truth[:, k] for k, n in enumerate(LABEL_NAMES)}, "snr": ds.snr[val], "psf_fwhm": ds.psf_fwhm[val]}
+    maps = []
+    for by in EFFICIENCY_BY:
+        edges = _quantile_edges(columns[by])
+        if len(edges) > 2:
+            maps.append(efficiency_map(truth, predicted, bound, columns[by], edges, name="bin").assign(by=by))
+    out = {
+        "efficiency": pd.concat(maps, ignore_index=True).pipe(_first, "model", name)[
+            ["model", "by", "bin", "parameter", "images", "bias/crb", "std/crb", "rmse/crb"]
+        ],
+        "shear": _first(shear_table(truth, predicted, ds.snr[val]), "model", name),
+    }
+    if getattr(estimator, "uncertainty", "none") != "none":
+        mean, predicted_cov = estimator.predict_distribution(images, psf)
+        std = np.sqrt(np.diagonal(predicted_cov, axis1=1, axis2=2))
+        table = coverage_table(truth, mean, std, ds.snr[val], bound=bound)
+        out["coverage"] = _first(table, "model", name)
+        out["reliability"] = reliability(truth, mean, std)
+    return out
+
+
+def _first(table: pd.DataFrame, column: str, value) -> pd.DataFrame:
+    table = table.copy()
+    table.insert(0, column, value)
+    return table
+
+
+def _test_set_coverage(name: str, ts, predicted: pd.DataFrame, n: int) -> pd.DataFrame:
+    from galparam.evaluate.uncertainty import coverage
+
+    truth = np.tile(ts.truth, (n, 1))
+    std = predicted[[f"{label}_std" for label in LABEL_NAMES]].to_numpy()
+    table = coverage(truth, predicted[list(LABEL_NAMES)].to_numpy(), std).reset_index()
+    table.insert(0, "images", n)
+    table["median std/crb"] = np.median(std, axis=0) / ts.bound
+    return _first(table, "model", name)
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -373,6 +452,42 @@ def plot_denoising(noisy, denoised, clean, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_efficiency(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """Heat maps of RMSE / bound: one panel per binned variable, parameters × bins."""
+    import matplotlib.pyplot as plt
+
+    groups = list(table.groupby("by", sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), constrained_layout=True, squeeze=False)
+    for ax, (by, part) in zip(axes[0], groups, strict=True):
+        grid = part.pivot(index="parameter", columns="bin", values="rmse/crb").reindex(list(LABEL_NAMES))
+        grid = grid[list(dict.fromkeys(part["bin"]))]
+        image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=1.0, aspect="auto")
+        ax.set_yticks(range(len(LABEL_NAMES)), LABEL_NAMES)
+        starts = [f"{float(b.split(',')[0].strip('[')):.3g}" for b in grid.columns]
+        ax.set_xticks(range(grid.shape[1]), starts, rotation=60, fontsize=7)
+        ax.set_xlabel(f"{by} (bin start)")
+        for (i, j), v in np.ndenumerate(grid.to_numpy()):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(image, ax=axes[0, -1], label="RMSE / CRB")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_reliability(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """The reliability diagram: observed against nominal coverage of central intervals, per parameter."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, label="calibrated")
+    for label in LABEL_NAMES:
+        ax.plot(table["level"], table[label], marker=".", label=label)
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("observed coverage")
+    ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -419,7 +534,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     header += [f"test set {ts.path.name}: sha256 {sha256(ts.path)}" for ts in sets]
 
     estimates: dict = {ts.snr: {} for ts in sets}
-    loaded, denoisers = [], []
+    loaded, denoisers, coverage_rows = [], [], []
     for run_dir in map(Path, runs):
         run = RunFolder(run_dir)
         info = run.info()
@@ -439,11 +554,14 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
             if psf is not None and len(ts.dataset.psf_img) == 1:
                 psf = ts.dataset.psf_img
             try:
-                estimates[ts.snr][info["name"]] = estimator.predict(ts.dataset.img[:n], psf)[
-                    list(LABEL_NAMES)
-                ].to_numpy()
+                predicted = estimator.predict(ts.dataset.img[:n], psf)
             except GalparamError as exc:
                 raise GalparamError(f"model {run_dir} does not fit test set {ts.path}: {exc}") from None
+            estimates[ts.snr][info["name"]] = predicted[list(LABEL_NAMES)].to_numpy()
+            if f"{LABEL_NAMES[0]}_std" in predicted:
+                coverage_rows.append(
+                    _test_set_coverage(info["name"], ts, predicted, n).assign(snr_bin=f"test set SNR {ts.snr}")
+                )
     for path in map(Path, fits):
         table, manifest = _fits(path)
         ts = by_path.get(Path(manifest.get("dataset", "")).resolve())
@@ -502,6 +620,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
                 plots / f"denoising_{name}.png",
             )
         )
+    efficiency, shear = [], []
     for run_dir, info, estimator in loaded:
         name = info["name"]
         data_path = Path(info["dataset"]["path"])
@@ -524,4 +643,27 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
                 ds, val[:4], predicted[:4], f"{name}: reconstructions", plots / f"reconstructions_{name}.png"
             )
         )
+        checks = validation_checks(name, ds, val, truth, predicted, estimator, images[val], psf)
+        efficiency.append(checks["efficiency"])
+        shear.append(checks["shear"])
+        report.files.append(
+            plot_efficiency(
+                checks["efficiency"], f"{name}: RMSE / each image's bound", plots / f"efficiency_{name}.png"
+            )
+        )
+        if "coverage" in checks:
+            coverage_rows.append(checks["coverage"])
+            report.files.append(
+                plot_reliability(checks["reliability"], f"{name}: reliability", plots / f"reliability_{name}.png")
+            )
+    captions = {
+        "efficiency": "Bias, spread and RMSE in units of each image's own Cramér–Rao bound, by bins (validation split)",
+        "shear": "Shear calibration g_est = (1 + m) g_true + c on the validation split, against LSST's |m| < 1e-3, |c| < 1e-4",
+        "coverage": "Coverage of the predicted 68 % and 95 % intervals (calibrated), and the predicted spread over the bound",
+    }
+    for stem, parts in (("efficiency", efficiency), ("shear", shear), ("coverage", coverage_rows)):
+        if parts:
+            table = pd.concat(parts, ignore_index=True)
+            setattr(report, f"{stem}_table", table)
+            report.files += write_tables(folder, stem, table, header, captions[stem])
     return report

@@ -48,8 +48,10 @@ def coverage(y_true, mean, std, levels=LEVELS) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.Index(names, name="parameter"))
 
 
-def coverage_table(y_true, mean, std, snr, edges=SNR_EDGES, levels=LEVELS) -> pd.DataFrame:
-    """:func:`coverage` by SNR bin (rows: bin × parameter, the last bin ``all``), with the image counts."""
+def coverage_table(y_true, mean, std, snr, edges=SNR_EDGES, levels=LEVELS, bound=None) -> pd.DataFrame:
+    """:func:`coverage` by SNR bin (rows: bin × parameter, the last bin ``all``), with the image
+    counts and, given each image's Cramér–Rao ``bound`` (N, 5), the median of σ / bound: below one
+    a network claims more precision than any unbiased estimator has."""
     snr = np.asarray(snr, dtype=np.float64)
     bins = pd.cut(snr, np.asarray(edges, dtype=np.float64), right=False)
     y, m, s = _arrays(y_true, mean, std)
@@ -60,6 +62,8 @@ def coverage_table(y_true, mean, std, snr, edges=SNR_EDGES, levels=LEVELS) -> pd
             continue
         table = coverage(y[mask], m[mask], s[mask], levels).reset_index()
         table.insert(0, "images", int(mask.sum()))
+        if bound is not None:
+            table["median std/crb"] = np.nanmedian(s[mask] / np.asarray(bound, dtype=np.float64)[mask], axis=0)
         table.insert(0, "snr_bin", label)
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
