@@ -139,12 +139,20 @@ def main(argv=None) -> int:
         args.data / "held-out.npz", fits_path, n_images=args.fits, jobs=args.jobs, progress=False, overwrite=True
     )
     fit_est = fits[list(LABEL_NAMES)].to_numpy()
-    fit_err = fits[[f"{n}_err" for n in LABEL_NAMES]].to_numpy()
-    rows.append(
-        coverage_table(truth[: args.fits], fit_est, fit_err, held.snr[: args.fits], bound=bound[: args.fits]).assign(
-            images_from="held-out (likelihood fit, inverse-Fisher errors)", calibrated=False
-        )
+    started = run_baseline(
+        args.data / "held-out.npz",
+        args.output / "fits-held-out-from-network.csv",
+        n_images=args.fits,
+        jobs=args.jobs,
+        init=estimates[: args.fits],
+        progress=False,
+        overwrite=True,
     )
+    started_est = started[list(LABEL_NAMES)].to_numpy()
+    for name, frame, values in (("likelihood fit", fits, fit_est), ("network-started fit", started, started_est)):
+        errors = frame[[f"{n}_err" for n in LABEL_NAMES]].to_numpy()
+        table = coverage_table(truth[: args.fits], values, errors, held.snr[: args.fits], bound=bound[: args.fits])
+        rows.append(table.assign(images_from=f"held-out ({name}, inverse-Fisher errors)", calibrated=False))
     tables["coverage"] = pd.concat(rows, ignore_index=True)
 
     # shear calibration: the network, the network calibrated on simulations, the fit
@@ -161,6 +169,7 @@ def main(argv=None) -> int:
                 estimator="xception, m and c removed (fitted on the other half)"
             ),
             shear_table(truth[: args.fits], fit_est, held.snr[: args.fits]).assign(estimator="likelihood fit"),
+            shear_table(truth[: args.fits], started_est, held.snr[: args.fits]).assign(estimator="network-started fit"),
         ],
         ignore_index=True,
     )

@@ -483,8 +483,10 @@ def training_range(estimator: Estimator, data: ExperimentData) -> dict:
     estimates = estimator.predict(data.images[val], psf)[list(LABEL_NAMES)].to_numpy()
     box = FitBox.from_spec(data.dataset_spec)
     models = ood.redraw(estimates, ds.psf_fwhm[val], geometry(data), box)
-    chi2 = ood.chi2_per_pixel(ds.img[val], models, ds.sigma[val], poisson=data.dataset_spec.poisson_noise)
-    return ood.training_range(ds, data.fit_rows, chi2, box)
+    poisson = data.dataset_spec.poisson_noise
+    chi2 = ood.chi2_per_pixel(ds.img[val], models, ds.sigma[val], poisson=poisson)
+    measured = ood.chi2_per_pixel(ds.img[val], models, ood.border_sigma(ds.img[val]), poisson=poisson)
+    return ood.training_range(ds, data.fit_rows, chi2, box, chi2_border_sigma=measured)
 
 
 def geometry(data: ExperimentData) -> dict:

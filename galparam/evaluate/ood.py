@@ -68,17 +68,21 @@ def chi2_per_pixel(images, models, sigma, *, poisson: bool = True) -> np.ndarray
     return ((images - models) ** 2 / var).mean(axis=(1, 2))
 
 
-def training_range(dataset, rows, chi2, box) -> dict:
+def training_range(dataset, rows, chi2, box, chi2_border_sigma=None) -> dict:
     """What :func:`flag` compares with: the training images' σ, PSF FWHM and SNR ranges, the
-    ``CHI2_QUANTILE`` of the validation images' χ² per pixel under the network's estimates, and
-    the box estimates are clipped into before they are drawn."""
+    ``CHI2_QUANTILE`` of the validation images' χ² per pixel under the network's estimates (with
+    their true σ, and with σ measured from their border, ``chi2_border_sigma``: a σ measured a few
+    per cent low raises every χ²), and the box estimates are clipped into before they are drawn."""
     rows = np.asarray(rows)
     span = {
         name: [float(getattr(dataset, name)[rows].min()), float(getattr(dataset, name)[rows].max())]
         for name in ("sigma", "psf_fwhm", "snr")
     }
     clip = {"flux": list(box.flux), "sersic_n": list(box.sersic_n), "hlr": list(box.hlr), "shear_max": box.shear_max}
-    return {**span, "chi2_per_pixel_q99": float(np.quantile(chi2, CHI2_QUANTILE)), "box": clip}
+    out = {**span, "chi2_per_pixel_q99": float(np.quantile(chi2, CHI2_QUANTILE)), "box": clip}
+    if chi2_border_sigma is not None:
+        out["chi2_per_pixel_q99_border_sigma"] = float(np.quantile(chi2_border_sigma, CHI2_QUANTILE))
+    return out
 
 
 def _outside(values, low_high, slack: float) -> np.ndarray:
@@ -86,8 +90,10 @@ def _outside(values, low_high, slack: float) -> np.ndarray:
     return (values < low * (1 - slack)) | (values > high * (1 + slack))
 
 
-def flag(ranges: dict, *, sigma, psf_fwhm, snr, chi2) -> pd.DataFrame:
-    """Columns ``ood`` (bool) and ``ood_reason`` (empty, or every reason joined by ``; ``)."""
+def flag(ranges: dict, *, sigma, psf_fwhm, snr, chi2, chi2_limit: float | None = None) -> pd.DataFrame:
+    """Columns ``ood`` (bool) and ``ood_reason`` (empty, or every reason joined by ``; ``);
+    ``chi2_limit`` defaults to ``ranges["chi2_per_pixel_q99"]``."""
+    limit = ranges["chi2_per_pixel_q99"] if chi2_limit is None else chi2_limit
     checks = [
         ("noise sigma", "sigma", np.asarray(sigma, dtype=np.float64), "{:.0f}"),
         ("PSF FWHM", "psf_fwhm", np.asarray(psf_fwhm, dtype=np.float64), "{:.2f}\u2033"),
@@ -102,10 +108,8 @@ def flag(ranges: dict, *, sigma, psf_fwhm, snr, chi2) -> pd.DataFrame:
                 f"{name} {fmt.format(values[i])} outside the training {fmt.format(span[0])}–{fmt.format(span[1])}"
             )
     chi2 = np.asarray(chi2, dtype=np.float64)
-    for i in np.flatnonzero(chi2 > ranges["chi2_per_pixel_q99"]):
-        reasons[i].append(
-            f"chi2 per pixel {chi2[i]:.2f} above the validation images' 99th percentile {ranges['chi2_per_pixel_q99']:.2f}"
-        )
+    for i in np.flatnonzero(chi2 > limit):
+        reasons[i].append(f"chi2 per pixel {chi2[i]:.2f} above the validation images' 99th percentile {limit:.2f}")
     return pd.DataFrame({"ood": [bool(r) for r in reasons], "ood_reason": ["; ".join(r) for r in reasons]})
 
 
@@ -132,9 +136,8 @@ def check_images(run_info: dict, images, estimates, *, sigma=None, psf_fwhm=None
     """
     ranges, geometry = run_info["training_range"], run_info["geometry"]
     images = np.asarray(images, dtype=np.float64)
-    sigma = (
-        border_sigma(images) if sigma is None else np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(images),))
-    )
+    measured = sigma is None
+    sigma = border_sigma(images) if measured else np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(images),))
     if psf_fwhm is None:
         if psf_images is not None:
             psf_fwhm = psf_fwhm_from_images(psf_images, geometry)
@@ -147,5 +150,6 @@ def check_images(run_info: dict, images, estimates, *, sigma=None, psf_fwhm=None
     models = redraw(np.asarray(estimates)[:, : len(LABEL_NAMES)], psf_fwhm, geometry, box)
     chi2 = chi2_per_pixel(images, models, sigma, poisson=geometry.get("poisson_noise", True))
     snr = np.sqrt((models**2).sum(axis=(1, 2))) / sigma
-    table = flag(ranges, sigma=sigma, psf_fwhm=psf_fwhm, snr=snr, chi2=chi2)
+    limit = ranges.get("chi2_per_pixel_q99_border_sigma") if measured else None
+    table = flag(ranges, sigma=sigma, psf_fwhm=psf_fwhm, snr=snr, chi2=chi2, chi2_limit=limit)
     return table.assign(sigma=sigma, psf_fwhm=psf_fwhm, snr=snr, chi2_per_pixel=chi2)
