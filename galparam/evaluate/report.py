@@ -315,6 +315,16 @@ def validation_checks(name: str, ds, val, truth, predicted, estimator, images, p
     return out
 
 
+def _validation_sample(run_dir, info: dict, report: Report, what: str):
+    """A run's dataset and the first :data:`PLOT_SAMPLE` of its validation indices, or None (and
+    a note that ``what`` was skipped) where its dataset is gone."""
+    data_path = Path(info["dataset"]["path"])
+    if not data_path.exists():
+        report.notes.append(f"{info['name']}: {what} skipped, its dataset {data_path} is gone")
+        return None
+    return load_dataset(data_path, mmap=True), RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
+
+
 def _first(table: pd.DataFrame, column: str, value) -> pd.DataFrame:
     table = table.copy()
     table.insert(0, column, value)
@@ -578,12 +588,10 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     report = Report(folder, bound_table(sets, estimates), validation_table([(r, i) for r, i, _ in loaded]))
     restored = []
     for run_dir, info, denoiser in denoisers:
-        data_path = Path(info["dataset"]["path"])
-        if not data_path.exists():
-            report.notes.append(f"{info['name']}: denoising table and plots skipped, its dataset {data_path} is gone")
+        sample = _validation_sample(run_dir, info, report, "denoising table and plots")
+        if sample is None:
             continue
-        ds = load_dataset(data_path, mmap=True)
-        val = RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
+        ds, val = sample
         restored.append((info["name"], ds, val, denoiser.denoise(ds.img[val])))
     report.denoising_table = denoising_table(restored)
     folder.mkdir(parents=True, exist_ok=True)
@@ -623,12 +631,10 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     efficiency, shear = [], []
     for run_dir, info, estimator in loaded:
         name = info["name"]
-        data_path = Path(info["dataset"]["path"])
-        if not data_path.exists():
-            report.notes.append(f"{name}: validation plots skipped, its dataset {data_path} is gone")
+        sample = _validation_sample(run_dir, info, report, "validation plots")
+        if sample is None:
             continue
-        ds = load_dataset(data_path, mmap=True)
-        val = RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
+        ds, val = sample
         psf = ds.psf_img[val] if estimator.psf_input else None
         images = ds.img if info.get("images", "noisy") == "noisy" else ds.img_nonoise
         predicted = estimator.predict(images[val], psf)[list(LABEL_NAMES)].to_numpy()
