@@ -136,7 +136,6 @@ def tiny_denoiser(datasets, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.backends
 def test_a_tiny_denoiser_beats_the_identity(tiny_denoiser, datasets):
     from galparam.data import load_dataset
     from galparam.estimator import load_denoiser, load_estimator

@@ -213,7 +213,8 @@ def test_predict_console_writes_a_csv_for_any_npz(datasets, tiny_run, tmp_path, 
     out = tmp_path / "pred.csv"
     assert evaluate_main(["predict", str(tiny_run), str(own), "-o", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["index", "flux", "sersic_n", "hlr", "g1", "g2"] and len(table) == 7
+    flags = ["ood", "ood_reason", "sigma", "psf_fwhm", "snr", "chi2_per_pixel"]  # out-of-distribution checks
+    assert list(table.columns) == ["index", "flux", "sersic_n", "hlr", "g1", "g2", *flags] and len(table) == 7
     np.testing.assert_allclose(table.flux, load_estimator(tiny_run).predict(ds.img[:7]).flux, rtol=1e-5)
 
 
