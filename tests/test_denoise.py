@@ -243,7 +243,7 @@ def test_the_joint_model_lowers_both_losses(tiny_denoiser, datasets, tmp_path):
     from galparam.train import train
 
     spec = tiny_experiment(
-        datasets["fixed"], denoiser=str(tiny_denoiser), joint=True, loss_weights=[1.0, 10.0], epochs=3
+        datasets["fixed"], denoiser=str(tiny_denoiser), joint=True, loss_weights=[1.0, 10.0], epochs=3, max_images=240
     )
     folder = train(spec, tmp_path / "joint", verbose=0)
     run = RunFolder(folder)
