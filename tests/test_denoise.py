@@ -30,12 +30,18 @@ def rdn_parameters(g0, d, c, g):
     "family, args, expected",
     [
         ("edsr", {}, edsr_parameters(64, 8)),  # the reference's code default: 628,993
-        ("edsr", {"num_filters": 256, "num_res_blocks": 16, "res_scaling": 0.1}, edsr_parameters(256, 16)),
+        pytest.param(
+            "edsr",
+            {"num_filters": 256, "num_res_blocks": 16, "res_scaling": 0.1},
+            edsr_parameters(256, 16),
+            marks=pytest.mark.slow,
+        ),
         ("rdn", {}, rdn_parameters(32, 4, 4, 16)),
-        (
+        pytest.param(
             "rdn",
             {"num_features": 64, "num_blocks": 20, "num_layers": 6, "growth_rate": 32},
             rdn_parameters(64, 20, 6, 32),
+            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -261,6 +267,7 @@ def test_the_joint_model_lowers_both_losses(tiny_denoiser, datasets, tmp_path):
     assert predicted.shape == (4, 5) and np.isfinite(predicted.to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_the_denoising_benchmark_refuses_bad_arguments():
     import subprocess
     import sys

@@ -127,6 +127,7 @@ def test_fit_box_maps_the_square_onto_the_shear_disc():
     assert np.hypot(*box.to_theta(box.to_variables(np.array([1e5, 3, 0.3, 0.6, 0.6])))[3:]) == pytest.approx(0.67)
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_fit_never_leaves_the_shear_disc_from_a_corner_start(renderer, monkeypatch):
     """The old box (±0.67 per component) let L-BFGS-B's first step reach |g| = 0.95."""
     seen = []
@@ -199,6 +200,7 @@ def test_fit_rejects_bad_input(renderer):
         LikelihoodFit(psf_fwhm=0.5, sigma=200.0, renderer=renderer).fit(np.full((64, 64), np.nan))
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_baseline_spread_is_near_the_bound(tmp_path):
     """The fit is efficient where the likelihood is close to Gaussian: the test-set galaxy at SNR 120.
 
@@ -225,6 +227,7 @@ def test_baseline_spread_is_near_the_bound(tmp_path):
     assert correlations.abs().le(1).all().all() and correlations.abs().median().min() > 0.3
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_resumed_baseline_equals_uninterrupted(snr60, tmp_path):
     whole = tmp_path / "whole.csv"
     run_baseline(snr60, whole, n_images=5, progress=False)
@@ -237,6 +240,7 @@ def test_resumed_baseline_equals_uninterrupted(snr60, tmp_path):
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_baseline_refuses_rows_of_another_dataset(snr60, tmp_path):
     out = tmp_path / "f.csv"
     run_baseline(snr60, out, n_images=2, progress=False)
@@ -298,6 +302,7 @@ def test_batched_fit_recovers_noiseless_truth_and_reports_its_bound():
         np.testing.assert_allclose(r.covariance / np.outer(std, std), bound.correlation, atol=0.02)
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_batched_fit_reaches_the_galsim_fits_maximum_and_a_started_fit_the_plain_ones(snr60):
     ds = load_dataset(snr60)
     n = 6
