@@ -461,26 +461,30 @@ def restore_dataset(run: RunFolder, data: ExperimentData, denoiser, *, progress:
     data.use_denoised(np.load(path, mmap_mode="r", allow_pickle=False))
 
 
-def validation_metrics(estimator: Estimator, data: ExperimentData) -> dict:
-    """Per-label RMSE, bias, standard deviation and explained variance on the validation split."""
+def validation_predictions(estimator: Estimator, data: ExperimentData):
+    """The network's estimates (N, 5) of the validation split and, with an uncertainty head, their
+    uncalibrated covariances (else None): predicted once for the metrics, the calibration and the
+    training range."""
+    psf = data.dataset.psf_img[data.val] if estimator.psf_input else None
+    return estimator.predict_distribution(data.images[data.val], psf, calibrated=False)
+
+
+def validation_metrics(estimates, data: ExperimentData) -> dict:
+    """Per-label RMSE, bias, standard deviation and explained variance of the validation split's ``estimates``."""
     from galparam.evaluate.metrics import estimator_metrics
 
-    psf = data.dataset.psf_img[data.val] if estimator.psf_input else None
-    predicted = estimator.predict(data.images[data.val], psf)
-    table = estimator_metrics(data.dataset.label[data.val], predicted[list(LABEL_NAMES)].to_numpy())
+    table = estimator_metrics(data.dataset.label[data.val], estimates)
     return {name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}
 
 
-def training_range(estimator: Estimator, data: ExperimentData) -> dict:
+def training_range(estimates, data: ExperimentData) -> dict:
     """What the out-of-distribution flags compare with (:mod:`galparam.evaluate.ood`): the training
     images' noise σ, PSF FWHM and SNR ranges, and the validation images' χ² per pixel under the
-    model re-drawn from the network's estimates (its 99th percentile)."""
+    model re-drawn from the network's ``estimates`` (its 99th percentile)."""
     from galparam.evaluate import ood
     from galparam.evaluate.mle import FitBox
 
     ds, val = data.dataset, data.val
-    psf = ds.psf_img[val] if estimator.psf_input else None
-    estimates = estimator.predict(data.images[val], psf)[list(LABEL_NAMES)].to_numpy()
     box = FitBox.from_spec(data.dataset_spec)
     models = ood.redraw(estimates, ds.psf_fwhm[val], geometry(data), box)
     poisson = data.dataset_spec.poisson_noise
@@ -500,15 +504,13 @@ def geometry(data: ExperimentData) -> dict:
     }
 
 
-def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData) -> dict:
-    """Fit the run's calibration (one factor per label on the predicted spreads, on the validation
-    split), save ``calibration.json`` and give it to ``estimator``; return the coverage of the
-    validation split before and after (what ``metrics.json``'s ``uncertainty`` holds)."""
+def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData, mean, cov) -> dict:
+    """Fit the run's calibration (one factor per label on the predicted spreads ``cov``, uncalibrated,
+    of the validation split), save ``calibration.json`` and give it to ``estimator``; return the
+    coverage of the validation split before and after (what ``metrics.json``'s ``uncertainty`` holds)."""
     from galparam.evaluate.uncertainty import calibration_factors, coverage
 
-    psf = data.dataset.psf_img[data.val] if estimator.psf_input else None
     truth = data.dataset.label[data.val]
-    mean, cov = estimator.predict_distribution(data.images[data.val], psf, calibrated=False)
     std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     factors = calibration_factors(truth, mean, std)
     write_json_atomic(
@@ -618,11 +620,12 @@ def train(
             run.write_metrics({}, len(data.val), images=restoration_validation(estimator, data))
         else:
             uncertainty = None
-            if spec.family == "xception" and spec.uncertainty != "none":
-                uncertainty = calibrate(run, estimator, data)
+            estimates, cov = validation_predictions(estimator, data)
+            if cov is not None:
+                uncertainty = calibrate(run, estimator, data, estimates, cov)
                 extra["uncertainty"] = spec.uncertainty
-            run.write_metrics(validation_metrics(estimator, data), len(data.val), uncertainty=uncertainty)
-            extra.update(geometry=geometry(data), training_range=training_range(estimator, data))
+            run.write_metrics(validation_metrics(estimates, data), len(data.val), uncertainty=uncertainty)
+            extra.update(geometry=geometry(data), training_range=training_range(estimates, data))
     run.write_info(
         name=spec.name,
         family=spec.family,
