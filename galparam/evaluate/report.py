@@ -275,8 +275,11 @@ def _quantile_edges(values, bins: int = 5) -> np.ndarray:
     return edges
 
 
-def validation_checks(name: str, ds, val, truth, predicted, estimator, images, psf) -> dict:
+def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None) -> dict:
     """A network's validation split measured against each image's own bound.
+
+    ``predicted`` are its estimates (N, 5) and ``predicted_cov`` their calibrated covariances
+    (N, 5, 5; None without an uncertainty head).
 
     Returns
     -------
@@ -306,12 +309,11 @@ def validation_checks(name: str, ds, val, truth, predicted, estimator, images, p
         ],
         "shear": _first(shear_table(truth, predicted, ds.snr[val]), "model", name),
     }
-    if getattr(estimator, "uncertainty", "none") != "none":
-        mean, predicted_cov = estimator.predict_distribution(images, psf)
+    if predicted_cov is not None:
         std = np.sqrt(np.diagonal(predicted_cov, axis1=1, axis2=2))
-        table = coverage_table(truth, mean, std, ds.snr[val], bound=bound)
+        table = coverage_table(truth, predicted, std, ds.snr[val], bound=bound)
         out["coverage"] = _first(table, "model", name)
-        out["reliability"] = reliability(truth, mean, std)
+        out["reliability"] = reliability(truth, predicted, std)
     return out
 
 
@@ -637,7 +639,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
         ds, val = sample
         psf = ds.psf_img[val] if estimator.psf_input else None
         images = ds.img if info.get("images", "noisy") == "noisy" else ds.img_nonoise
-        predicted = estimator.predict(images[val], psf)[list(LABEL_NAMES)].to_numpy()
+        predicted, predicted_cov = estimator.predict_distribution(images[val], psf)
         truth = ds.label[val]
         title = f"{name} on the {ds.spec.name} validation split"
         report.files.append(
@@ -649,7 +651,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
                 ds, val[:4], predicted[:4], f"{name}: reconstructions", plots / f"reconstructions_{name}.png"
             )
         )
-        checks = validation_checks(name, ds, val, truth, predicted, estimator, images[val], psf)
+        checks = validation_checks(name, ds, val, truth, predicted, predicted_cov)
         efficiency.append(checks["efficiency"])
         shear.append(checks["shear"])
         report.files.append(
