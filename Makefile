@@ -16,14 +16,18 @@ demo: $(STAMP)
 	$(BIN)/python -m galparam.demo
 
 # Everything CI runs: the unit tests, the demo end to end, the notebooks, the browser checks, then the
-# backend-dependent tests again on Keras's JAX backend (<= 20 min on 2 cores).
+# backend-dependent tests again on Keras's JAX backend (<= 20 min on 2 cores; ~13 measured). The tests
+# run on TEST_WORKERS processes, a test file each (the demo and its notebooks on one while the rest
+# run on the other): most of a test's time is one core's (processes starting, drawing, fitting).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q tests
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m backends tests
+	$(PYTEST) tests
+	KERAS_BACKEND=jax $(PYTEST) -m backends tests
 
 # The unit level, for the development loop (<= 5 min): no demo, notebooks, distributed tuner, AutoKeras, browser or GPU study.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # Debian's chromium and chromium-driver for the browser checks, installed when missing.
 system-packages:
