@@ -6,12 +6,14 @@ saw:
 
 1. held-out images from the run's training prior (its dataset spec with another seed) and both
    fixed-parameter test sets, drawn by the k-space renderer;
-2. coverage of the 68 % and 95 % intervals by SNR bin, before and after the run's calibration, with
-   the median predicted spread over each image's own bound; the likelihood fit's coverage (its
+2. coverage of the 68 % and 95 % intervals by SNR bin as trained, with the run's one factor per
+   label, and with its per-level intervals, with the median predicted spread over each image's own
+   bound; with ``--ensemble``, the deep ensemble's; the likelihood fit's coverage (its
    inverse-Fisher errors) on its first ``--fits`` held-out images;
 3. shear calibration m, c of the network and of the fit, and of the network after a calibration
    on simulations (m, c fitted on the first half of the held-out images, removed from the second);
-4. efficiency maps (RMSE over each image's bound by quintiles of index, radius, flux and SNR);
+4. efficiency maps (bias, spread and RMSE over each image's bound by quintiles of index, radius,
+   flux and SNR) of the network, the fit and the network-started fit;
 5. out-of-distribution flag rates on held-out images and on shifted ones (noise σ 500, PSF 1.2″).
 
 Writes ``uncertainty.md`` (every table) and one CSV per table into OUT.
@@ -44,6 +46,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=777, help="seed of the held-out images (default 777)")
     p.add_argument("--data", type=Path, default=Path("bench-uncertainty-data"), help="where the drawn sets are kept")
     p.add_argument("--jobs", type=int, help="processes for drawing and fits (default: every core)")
+    p.add_argument(
+        "--ensemble",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="other runs of the same experiment (other seeds): the deep ensemble's coverage is measured too",
+    )
     args = p.parse_args(argv)
     for name in ("images", "test_images", "fits", "shifted"):
         if getattr(args, name) < 10:
@@ -118,22 +127,37 @@ def main(argv=None) -> int:
     bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     tables = {}
 
-    # coverage, before and after the calibration
+    # coverage: as trained, with one factor per label, with each level's own interval; the ensemble's
     rows = []
+    ensemble = None
+    if args.ensemble:
+        from galparam.estimator import Ensemble
+
+        ensemble = Ensemble([estimator, *(load_estimator(r) for r in args.ensemble)])
     for name, ds, t in [("held-out", held, truth)] + [
         (f"test set SNR {s}", d, d.label.astype(np.float64)) for s, d in tests.items()
     ]:
         psf = ds.psf_img if estimator.psf_input else None
-        for calibrated in (False, True):
-            mean, c = estimator.predict_distribution(ds.img, psf, calibrated=calibrated)
+        b = bound if ds is held else None
+        snr = ds.snr if ds is held else np.full(len(ds), 1e9)
+        predictions = [
+            ("as trained", *estimator.predict_distribution(ds.img, psf, calibrated=False), None),
+            ("one factor per label", *estimator.predict_distribution(ds.img, psf), None),
+        ]
+        predictions.append(("per-level intervals", *predictions[-1][1:3], estimator.interval_scale))
+        if ensemble is not None:
+            label = f"ensemble of {len(ensemble.members)} (one factor per label each)"
+            predictions.append((label, *ensemble.predict_distribution(ds.img, psf), None))
+        for calibration, mean, c, scale in predictions:
+            if calibration == "per-level intervals" and scale is None:
+                continue  # a run calibrated before the per-level intervals
             std = np.sqrt(np.diagonal(c, axis1=1, axis2=2))
-            b = bound if ds is held else None
-            table = coverage_table(t, mean, std, ds.snr if ds is held else np.full(len(ds), 1e9), bound=b)
+            table = coverage_table(t, mean, std, snr, bound=b, interval_scale=scale)
             if ds is not held:
                 table = table[table.snr_bin == "all"]
-            rows.append(table.assign(images_from=name, calibrated=calibrated))
+            rows.append(table.assign(images_from=name, calibration=calibration))
         if ds is held:
-            estimates = mean
+            estimates = predictions[1][1]
     fits_path = args.output / "fits-held-out.csv"
     fits = run_baseline(
         args.data / "held-out.npz", fits_path, n_images=args.fits, jobs=args.jobs, progress=False, overwrite=True
@@ -152,7 +176,7 @@ def main(argv=None) -> int:
     for name, frame, values in (("likelihood fit", fits, fit_est), ("network-started fit", started, started_est)):
         errors = frame[[f"{n}_err" for n in LABEL_NAMES]].to_numpy()
         table = coverage_table(truth[: args.fits], values, errors, held.snr[: args.fits], bound=bound[: args.fits])
-        rows.append(table.assign(images_from=f"held-out ({name}, inverse-Fisher errors)", calibrated=False))
+        rows.append(table.assign(images_from=f"held-out ({name}, inverse-Fisher errors)", calibration="none"))
     tables["coverage"] = pd.concat(rows, ignore_index=True)
 
     # shear calibration: the network, the network calibrated on simulations, the fit
@@ -185,11 +209,12 @@ def main(argv=None) -> int:
                     by=by, estimator="xception"
                 )
             )
-            maps.append(
-                efficiency_map(
-                    truth[: args.fits], fit_est, bound[: args.fits], columns[by][: args.fits], edges, name="bin"
-                ).assign(by=by, estimator="likelihood fit")
-            )
+            for name, values in (("likelihood fit", fit_est), ("network-started fit", started_est)):
+                maps.append(
+                    efficiency_map(
+                        truth[: args.fits], values, bound[: args.fits], columns[by][: args.fits], edges, name="bin"
+                    ).assign(by=by, estimator=name)
+                )
     tables["efficiency"] = pd.concat(maps, ignore_index=True)
 
     # out-of-distribution flags

@@ -61,6 +61,9 @@ class Estimator:
         The Xception's uncertainty head (:mod:`galparam.models.heads`).
     calibration : array_like of shape (5,), optional
         Factors on each label's predicted spread (the run's ``calibration.json``).
+    interval_calibration : dict, optional
+        Level (0.68, 0.95) → factors (5,) on the uncalibrated spread whose central intervals cover
+        that level (``calibration.json``'s ``intervals``; :func:`galparam.evaluate.uncertainty.interval_factors`).
     """
 
     def __init__(
@@ -74,10 +77,16 @@ class Estimator:
         denoiser=None,
         uncertainty: str = "none",
         calibration=None,
+        interval_calibration=None,
     ):
         self.model = model
         self.uncertainty = uncertainty
         self.calibration = None if calibration is None else np.asarray(calibration, dtype=np.float64)
+        self.interval_calibration = (
+            None
+            if interval_calibration is None
+            else {float(k): np.asarray(v, dtype=np.float64) for k, v in interval_calibration.items()}
+        )
         self.family = family
         self.label_scaler = label_scaler
         self.image_scaler = image_scaler
@@ -88,6 +97,15 @@ class Estimator:
 
     def _check_images(self, images, what: str) -> np.ndarray:
         return _check_image_stack(images, self.image_shape, what)
+
+    @property
+    def interval_scale(self) -> dict[float, np.ndarray] | None:
+        """Level → factors (5,) on the calibrated spread that give each level's interval its own
+        calibrated width (σ × z(level) × factor); None where the run has no per-level calibration."""
+        if self.interval_calibration is None:
+            return None
+        spread = np.ones(len(LABEL_NAMES)) if self.calibration is None else self.calibration
+        return {level: f / spread for level, f in self.interval_calibration.items()}
 
     def predict_scaled(self, images, psf_images=None, *, batch_size: int = 256) -> np.ndarray:
         """The network's raw outputs (labels in the scaler's range); see :meth:`predict`."""
@@ -151,8 +169,10 @@ class Estimator:
         -------
         DataFrame
             Columns :data:`galparam.render.LABEL_NAMES` (flux in counts, hlr in arcsec); with an
-            uncertainty head also ``flux_std`` ... ``g2_std`` (calibrated), and with a full
-            covariance the correlations ``corr_flux_sersic_n`` ... ``corr_g1_g2``.
+            uncertainty head also ``flux_std`` ... ``g2_std`` (calibrated), the half-widths of the
+            calibrated 68 % and 95 % central intervals ``flux_ci68`` ... ``g2_ci95`` (each level
+            calibrated on its own: the estimate ± ``_ci95`` covers 95 % of the validation split's
+            truths), and with a full covariance the correlations ``corr_flux_sersic_n`` ... ``corr_g1_g2``.
 
         Raises
         ------
@@ -160,7 +180,7 @@ class Estimator:
             On a wrong image size, NaN values, or a missing or unexpected PSF input.
         """
         mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size)
-        return _table(mean, cov, correlations=self.uncertainty == "full")
+        return _table(mean, cov, correlations=self.uncertainty == "full", interval_scale=self.interval_scale)
 
     def reconstruct(self, labels, *, batch_size: int = 256) -> np.ndarray:
         """The autoencoder decoder's noiseless image of each row of physical ``labels`` (N, 5), in counts."""
@@ -171,14 +191,21 @@ class Estimator:
         return self.image_scaler.inverse_transform(images.reshape(-1, 1)).reshape(images.shape).astype(np.float32)
 
 
-def _table(mean, cov, correlations: bool) -> pd.DataFrame:
-    """The estimates, their spreads (``<label>_std``) and, with ``correlations``, ``corr_<a>_<b>``."""
+def _table(mean, cov, correlations: bool, interval_scale=None) -> pd.DataFrame:
+    """The estimates, their spreads (``<label>_std``), with ``interval_scale`` the calibrated
+    intervals' half-widths (``<label>_ci68`` ...) and, with ``correlations``, ``corr_<a>_<b>``."""
+    from scipy import stats
+
     table = pd.DataFrame(mean, columns=list(LABEL_NAMES))
     if cov is None:
         return table
     std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     for k, name in enumerate(LABEL_NAMES):
         table[f"{name}_std"] = std[:, k]
+    for level, scale in (interval_scale or {}).items():
+        half_width = std * scale * stats.norm.ppf(0.5 + level / 2)
+        for k, name in enumerate(LABEL_NAMES):
+            table[f"{name}_ci{round(100 * level)}"] = half_width[:, k]
     if correlations:
         for i, j in zip(*np.triu_indices(len(LABEL_NAMES), 1), strict=True):
             table[f"corr_{LABEL_NAMES[i]}_{LABEL_NAMES[j]}"] = cov[:, i, j] / (std[:, i] * std[:, j])
@@ -385,10 +412,12 @@ def load_estimator(run_dir) -> Estimator:
     recorded = info.get("denoiser")
     if recorded is not None and not info.get("joint", False):
         denoiser = load_denoiser(recorded["run"], expected_sha256=recorded["model_sha256"])
-    calibration = None
+    calibration = intervals = None
     if run.calibration_path.exists():
-        factors = json.loads(run.calibration_path.read_text())["factors"]
-        calibration = [factors[name] for name in LABEL_NAMES]
+        saved = json.loads(run.calibration_path.read_text())
+        calibration = [saved["factors"][name] for name in LABEL_NAMES]
+        if "intervals" in saved:  # runs calibrated before the per-level intervals have only the factors
+            intervals = {int(level) / 100: [f[name] for name in LABEL_NAMES] for level, f in saved["intervals"].items()}
     return Estimator(
         model,
         info["family"],
@@ -398,6 +427,7 @@ def load_estimator(run_dir) -> Estimator:
         denoiser=denoiser,
         uncertainty=info.get("uncertainty", "none"),
         calibration=calibration,
+        interval_calibration=intervals,
     )
 
 

@@ -508,27 +508,38 @@ def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData, mean, 
     """Fit the run's calibration (one factor per label on the predicted spreads ``cov``, uncalibrated,
     of the validation split), save ``calibration.json`` and give it to ``estimator``; return the
     coverage of the validation split before and after (what ``metrics.json``'s ``uncertainty`` holds)."""
-    from galparam.evaluate.uncertainty import calibration_factors, coverage
+    from galparam.evaluate.uncertainty import calibration_factors, coverage, interval_factors
 
     truth = data.dataset.label[data.val]
     std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-    factors = calibration_factors(truth, mean, std)
+    factors = calibration_factors(truth, mean, std, method="coverage")
+    intervals = interval_factors(truth, mean, std)
     write_json_atomic(
         run.calibration_path,
         {
-            "method": "one factor per label on the predicted standard deviations: the RMS of (truth - mean) / std",
+            "method": (
+                "one factor per label on the predicted standard deviations: the one whose 68 % and 95 %"
+                " intervals come closest to their nominal coverage (largest deviation over sqrt(p (1 - p)))"
+            ),
             "split": "validation",
             "n_images": len(data.val),
             "factors": dict(zip(LABEL_NAMES, map(float, factors), strict=True)),
+            "intervals": {
+                f"{round(100 * level)}": dict(zip(LABEL_NAMES, map(float, f), strict=True))
+                for level, f in intervals.items()
+            },
+            "intervals_method": "per level, the factor on the uncalibrated std whose central interval covers that level",
         },
     )
-    estimator.calibration = factors
+    estimator.calibration, estimator.interval_calibration = factors, intervals
     before, after = coverage(truth, mean, std), coverage(truth, mean, std * factors)
+    per_level = coverage(truth, mean, std * factors, interval_scale=estimator.interval_scale)
     return {
         "kind": estimator.uncertainty,
         "calibration_factors": dict(zip(LABEL_NAMES, map(float, factors), strict=True)),
         "coverage_uncalibrated": before.to_dict(orient="index"),
         "coverage_calibrated_on_this_split": after.to_dict(orient="index"),
+        "coverage_of_the_calibrated_intervals_on_this_split": per_level.to_dict(orient="index"),
     }
 
 

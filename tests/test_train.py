@@ -104,7 +104,7 @@ def test_same_seed_same_model_and_resume_is_exact(datasets, tiny_run, tmp_path, 
         train(experiment(datasets["fixed"], epochs=4), resumed, resume=True, verbose=0)
 
 
-def test_overwrite_replaces_a_run_and_the_console_names_its_flags(datasets, tmp_path, capsys):
+def test_overwrite_replaces_a_run_and_the_console_names_its_flags(datasets, tmp_path, capsys, monkeypatch):
     spec_path = tmp_path / "e.yaml"
     spec_path.write_text(yaml.safe_dump(experiment(datasets["fixed"], epochs=1, max_images=100).to_dict()))
     out = str(tmp_path / "run")
@@ -120,6 +120,14 @@ def test_overwrite_replaces_a_run_and_the_console_names_its_flags(datasets, tmp_
     assert run(train_main, ["run", str(spec_path), "-o", out, "-q", "--overwrite"], prog="galparam-train") == 0
     again = pd.read_csv(RunFolder(out).history_path)  # trained again from scratch, to the same model
     np.testing.assert_allclose(again.val_loss, first.val_loss, rtol=1e-6)
+    # an ensemble member: another seed, into runs/NAME-seedN
+    monkeypatch.chdir(tmp_path)
+    assert run(train_main, [str(spec_path), "--seed", "-1"], prog="galparam-train") == 2
+    assert "--seed -1: a whole number from 0" in capsys.readouterr().err
+    assert run(train_main, [str(spec_path), "--seed", "5", "-q"], prog="galparam-train") == 0
+    member = RunFolder(tmp_path / "runs" / f"{yaml.safe_load(spec_path.read_text())['name']}-seed5")
+    assert yaml.safe_load(member.spec_path.read_text())["seed"] == 5
+    assert not np.allclose(pd.read_csv(member.history_path).val_loss, first.val_loss, rtol=1e-6)
 
 
 @pytest.mark.backends

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from galparam import runs
 from galparam.cli.common import ArgumentParser, add_overwrite, default_subcommand, load_tensorflow_quietly, run
@@ -36,6 +37,13 @@ def build_parser() -> ArgumentParser:
     )
     add_overwrite(r, "remove a run that is in the folder and train from scratch")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    r.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="train with this seed instead of the spec's (weights and shuffling), into runs/NAME-seedN unless "
+        "-o says otherwise: the members of a deep ensemble (galparam-evaluate predict RUN DATA --ensemble RUN...)",
+    )
     return parser
 
 
@@ -44,13 +52,20 @@ def main(argv=None) -> int:
     from galparam.specs import load_experiment
 
     spec = load_experiment(args.experiment)
+    output = args.output
+    if args.seed is not None:
+        if not 0 <= args.seed < 2**31:
+            print(f"{PROG}: --seed {args.seed}: a whole number from 0 to 2**31 - 1 is accepted", file=sys.stderr)
+            return 2
+        import dataclasses
+
+        spec = dataclasses.replace(spec, seed=args.seed)
+        output = output or str(Path("runs") / f"{spec.name}-seed{args.seed}")
     load_tensorflow_quietly()  # only once the spec is known to be valid
     from galparam.parameters import LABEL_NAMES
     from galparam.train import train
 
-    run_dir = train(
-        spec, args.output, resume=args.resume, overwrite=args.overwrite, verbose=0 if args.quiet else "auto"
-    )
+    run_dir = train(spec, output, resume=args.resume, overwrite=args.overwrite, verbose=0 if args.quiet else "auto")
     folder = runs.RunFolder(run_dir)
     metrics = folder.metrics()
     print(f"run complete: {run_dir}")

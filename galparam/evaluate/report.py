@@ -275,11 +275,13 @@ def _quantile_edges(values, bins: int = 5) -> np.ndarray:
     return edges
 
 
-def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None) -> dict:
+def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None, interval_scale=None) -> dict:
     """A network's validation split measured against each image's own bound.
 
-    ``predicted`` are its estimates (N, 5) and ``predicted_cov`` their calibrated covariances
-    (N, 5, 5; None without an uncertainty head).
+    ``predicted`` are its estimates (N, 5), ``predicted_cov`` their calibrated covariances
+    (N, 5, 5; None without an uncertainty head) and ``interval_scale`` the run's per-level
+    interval calibration (:attr:`galparam.estimator.Estimator.interval_scale`), which the
+    coverage of the 68 % and 95 % intervals uses where it is given.
 
     Returns
     -------
@@ -311,7 +313,7 @@ def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None) 
     }
     if predicted_cov is not None:
         std = np.sqrt(np.diagonal(predicted_cov, axis1=1, axis2=2))
-        table = coverage_table(truth, predicted, std, ds.snr[val], bound=bound)
+        table = coverage_table(truth, predicted, std, ds.snr[val], bound=bound, interval_scale=interval_scale)
         out["coverage"] = _first(table, "model", name)
         out["reliability"] = reliability(truth, predicted, std)
     return out
@@ -333,12 +335,12 @@ def _first(table: pd.DataFrame, column: str, value) -> pd.DataFrame:
     return table
 
 
-def _test_set_coverage(name: str, ts, predicted: pd.DataFrame, n: int) -> pd.DataFrame:
+def _test_set_coverage(name: str, ts, predicted: pd.DataFrame, n: int, interval_scale=None) -> pd.DataFrame:
     from galparam.evaluate.uncertainty import coverage
 
     truth = np.tile(ts.truth, (n, 1))
     std = predicted[[f"{label}_std" for label in LABEL_NAMES]].to_numpy()
-    table = coverage(truth, predicted[list(LABEL_NAMES)].to_numpy(), std).reset_index()
+    table = coverage(truth, predicted[list(LABEL_NAMES)].to_numpy(), std, interval_scale=interval_scale).reset_index()
     table.insert(0, "images", n)
     table["median std/crb"] = np.median(std, axis=0) / ts.bound
     return _first(table, "model", name)
@@ -572,7 +574,9 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
             estimates[ts.snr][info["name"]] = predicted[list(LABEL_NAMES)].to_numpy()
             if f"{LABEL_NAMES[0]}_std" in predicted:
                 coverage_rows.append(
-                    _test_set_coverage(info["name"], ts, predicted, n).assign(snr_bin=f"test set SNR {ts.snr}")
+                    _test_set_coverage(info["name"], ts, predicted, n, estimator.interval_scale).assign(
+                        snr_bin=f"test set SNR {ts.snr}"
+                    )
                 )
     for path in map(Path, fits):
         table, manifest = _fits(path)
@@ -651,7 +655,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
                 ds, val[:4], predicted[:4], f"{name}: reconstructions", plots / f"reconstructions_{name}.png"
             )
         )
-        checks = validation_checks(name, ds, val, truth, predicted, predicted_cov)
+        checks = validation_checks(name, ds, val, truth, predicted, predicted_cov, estimator.interval_scale)
         efficiency.append(checks["efficiency"])
         shear.append(checks["shear"])
         report.files.append(
@@ -667,7 +671,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     captions = {
         "efficiency": "Bias, spread and RMSE in units of each image's own Cramér–Rao bound, by bins (validation split)",
         "shear": "Shear calibration g_est = (1 + m) g_true + c on the validation split, against LSST's |m| < 1e-3, |c| < 1e-4",
-        "coverage": "Coverage of the predicted 68 % and 95 % intervals (calibrated), and the predicted spread over the bound",
+        "coverage": "Coverage of the calibrated 68 % and 95 % intervals, and the predicted spread over the bound",
     }
     for stem, parts in (("efficiency", efficiency), ("shear", shear), ("coverage", coverage_rows)):
         if parts:
