@@ -251,13 +251,14 @@ class Study:
             _say(f"training {spec.name} ({spec.family}) into {run_dir}")
         return train(spec, run_dir, resume=True, verbose="auto" if self.progress else 0)
 
-    def baseline(self, snr: int, *, n_images: int | None = -1, init: str | None = None) -> Path:
-        """Fit the first images of the SNR ``snr`` test set by maximum likelihood (resumable).
+    def baseline(self, snr: int | str, *, n_images: int | None = -1, init: str | None = None) -> Path:
+        """Fit the first images of a test set, or of a dataset drawn from a prior, by maximum likelihood (resumable).
 
         Parameters
         ----------
-        snr : {60, 30}
-            Which test set.
+        snr : {60, 30} or str
+            Which test set; or a dataset (``v2``), whose fits give the report's efficiency maps,
+            shear and coverage tables an entry for the fit beside the networks.
         n_images : int or None
             How many images; default :data:`BASELINE_IMAGES` (60 small, all full); ``None``: all.
         init : str, optional
@@ -266,20 +267,27 @@ class Study:
         Returns
         -------
         Path
-            The fits file (``fits/baseline-snrS.csv`` or ``fits/refined-NAME-snrS.csv``).
+            The fits file (``fits/baseline-snrS.csv`` or ``fits/refined-NAME-snrS.csv``; for a
+            dataset ``fits/baseline-v2.csv`` ...).
         """
         from galparam.evaluate.baseline import network_starting_points, run_baseline
 
-        if snr not in TEST_SETS:
+        if isinstance(snr, str):
+            if snr not in DATASETS or snr in TEST_SETS.values():
+                accepted = ", ".join(b for b in DATASETS if b not in TEST_SETS.values())
+                raise GalparamError(f"dataset {snr!r}: accepted {accepted}, or a test set's SNR")
+            data, tag = self.dataset_path(snr), snr
+        elif snr in TEST_SETS:
+            data, tag = self.dataset_path(TEST_SETS[snr]), f"snr{snr}"
+        else:
             raise GalparamError(f"test set SNR {snr}: accepted {', '.join(map(str, TEST_SETS))}")
-        data = self.dataset_path(TEST_SETS[snr])
         self._needs(data)
         n = BASELINE_IMAGES[self.setting] if n_images == -1 else n_images
         starts = source = None
         if init is None:
-            out = self.fits_dir / f"baseline-snr{snr}.csv"
+            out = self.fits_dir / f"baseline-{tag}.csv"
         else:
-            out = self.fits_dir / f"refined-{self.name(init)}-snr{snr}.csv"
+            out = self.fits_dir / f"refined-{self.name(init)}-{tag}.csv"
             starts, source = network_starting_points(self.run_dir(init), data, n)
             n = len(starts)
         if self.progress:

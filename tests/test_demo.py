@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from galparam.data import load_dataset
-from galparam.demo import DEMO_EXPERIMENTS, report_files
+from galparam.demo import DEMO_EXPERIMENTS, prior_fit_names, report_files
 from galparam.parameters import LABEL_NAMES
 from galparam.study import BASELINE_IMAGES
 
@@ -75,8 +75,8 @@ def test_demo_prints_progress_and_the_headline_table(demo):
 @pytest.mark.slow
 def test_demo_report_holds_every_promised_file(demo):
     promised = report_files(demo["reports"])
-    # 7 tables in 3 formats, 4 test-set plots, 4 plots a network, a reliability diagram, the dashboard's
-    assert len(promised) == 3 * 7 + 4 + 4 * len(DEMO_EXPERIMENTS) + 1 + 1
+    # 7 tables in 3 formats, 4 test-set plots, 4 plots a network, a reliability diagram, the fits' 2 maps, the dashboard's
+    assert len(promised) == 3 * 7 + 4 + 4 * len(DEMO_EXPERIMENTS) + 1 + 2 + 1
     for path in promised:  # the tables' contents and formats: test_report.py
         assert path.is_file() and path.stat().st_size > 0, path
         if path.suffix == ".png":
@@ -102,15 +102,22 @@ def test_demo_test_set_table_covers_both_sets_and_every_estimator(demo):
 
 @pytest.mark.slow
 def test_demo_report_measures_uncertainty_shear_and_efficiency(demo):
+    fits = prior_fit_names()
     coverage = _table(demo["reports"] / "coverage.csv")
-    assert set(coverage.model) == {"xception-v2-uncertainty-small"}
-    assert {"test set SNR 60", "test set SNR 30", "all"} <= set(coverage.snr_bin)
+    assert set(coverage.model) == {"xception-v2-uncertainty-small", *fits}
+    network = coverage[coverage.model == "xception-v2-uncertainty-small"]
+    assert {"test set SNR 60", "test set SNR 30", "all"} <= set(network.snr_bin)
     assert coverage[["coverage_68", "coverage_95"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (coverage["median std/crb"] > 0).all()
+    # the fit's inverse-Fisher errors are the bound at its estimate: near one of the bound at the truth
+    fit_spread = coverage[(coverage.model == fits[0]) & (coverage.snr_bin == "all")]["median std/crb"]
+    assert fit_spread.between(0.5, 2).all(), fit_spread
     shear = _table(demo["reports"] / "shear.csv")
     assert set(shear.component) == {"g1", "g2"} and (shear.m_err > 0).all()
+    assert set(shear.model) == {*(f"{e}-small" for e in DEMO_EXPERIMENTS), *fits}
     efficiency = _table(demo["reports"] / "efficiency.csv")
     assert {"sersic_n", "hlr", "flux", "snr"} <= set(efficiency["by"]) and (efficiency["rmse/crb"] > 0).all()
+    assert set(efficiency.model) == {*(f"{e}-small" for e in DEMO_EXPERIMENTS), *fits}
 
 
 @pytest.mark.slow

@@ -127,3 +127,33 @@ def test_report_console_and_its_errors(setting, tmp_path, capsys, datasets):
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x").exists() and not (tmp_path / "f.csv").exists()
+
+
+def test_fits_of_a_prior_drawn_dataset_join_the_efficiency_shear_and_coverage_tables(setting, tmp_path, datasets):
+    from scipy import stats
+
+    from galparam.evaluate.crb import batch_bounds
+
+    prior_fits = tmp_path / "prior.csv"
+    assert evaluate_main(["baseline", str(datasets["fixed"]), "-o", str(prior_fits), "-q", "--n-images", "12"]) == 0
+    report = write_report(
+        tmp_path / "r", test_sets=[setting["tests"][60]], fits=[setting["fits"]["base60"], prior_fits]
+    )
+    ds = load_dataset(datasets["fixed"])
+    name = f"baseline on {ds.spec.name}"
+    fits = pd.read_csv(prior_fits)
+    truth, estimate = ds.label[:12].astype(float), fits[["flux", "sersic_n", "hlr", "g1", "g2"]].to_numpy()
+    errors = fits[[f"{n}_err" for n in ("flux", "sersic_n", "hlr", "g1", "g2")]].to_numpy()
+    efficiency = report.efficiency_table
+    assert set(efficiency.model) == {name}
+    for by, rows in efficiency.groupby("by"):
+        assert rows.groupby("parameter").images.sum().eq(12).all(), by
+    # the coverage of the fit's inverse-Fisher errors, by hand
+    coverage = report.coverage_table.set_index(["snr_bin", "parameter"]).loc["all"]
+    inside = np.abs(truth - estimate) <= stats.norm.ppf(0.84) * errors
+    np.testing.assert_allclose(coverage["coverage_68"], inside.mean(axis=0), rtol=1e-12)
+    cov = batch_bounds(truth, ds.psf_fwhm[:12], ds.sigma[:12], poisson=ds.spec.poisson_noise)
+    bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    np.testing.assert_allclose(coverage["median std/crb"], np.median(errors / bound, axis=0), rtol=1e-6)
+    assert set(report.shear_table.model) == {name}
+    assert (tmp_path / "r" / "plots" / f"efficiency_baseline-on-{ds.spec.name}.png").stat().st_size > 10_000

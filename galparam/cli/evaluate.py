@@ -98,7 +98,14 @@ def build_parser() -> ArgumentParser:
     t.add_argument("-o", "--output", metavar="DIR", default="reports", help="report folder (default: %(default)s)")
     t.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="finished galparam-train run folders")
     t.add_argument("--test-sets", nargs="*", default=[], metavar="TEST.npz", help="fixed-parameter test sets")
-    t.add_argument("--fits", nargs="*", default=[], metavar="FITS.csv", help="baseline fits of those test sets")
+    t.add_argument(
+        "--fits",
+        nargs="*",
+        default=[],
+        metavar="FITS.csv",
+        help="baseline fits of those test sets, or of a dataset drawn from a prior (v2.npz: the fit joins the "
+        "efficiency, shear and coverage tables)",
+    )
     t.add_argument("--n-images", type=positive_int, help="evaluate networks on the first N test images (default: all)")
     return p
 

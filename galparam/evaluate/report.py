@@ -329,6 +329,32 @@ def _validation_sample(run_dir, info: dict, report: Report, what: str):
     return load_dataset(data_path, mmap=True), RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
 
 
+def _prior_fits(path: Path, table: pd.DataFrame, manifest: dict):
+    """Fits of a dataset drawn from a prior: (name, dataset, image indices, estimates, covariances
+    from the inverse-Fisher errors). Fits of a fixed-parameter set that is not among the test sets
+    given, of a missing dataset or of another draw of it are refused."""
+    dataset = Path(manifest.get("dataset", ""))
+    if not dataset.is_file():
+        raise GalparamError(f"{path}: fits of {dataset}, which is neither among the test sets given nor on disk")
+    ds = load_dataset(dataset, mmap=True)
+    if manifest.get("dataset_spec_digest") not in (None, ds.spec.digest()):
+        raise GalparamError(f"{path}: fits of another draw of {dataset} (its spec digest differs); fit it again")
+    if len(ds) > 1 and not np.ptp(ds.label, axis=0).any():
+        raise GalparamError(f"{path}: fits of {dataset}, a fixed-parameter set that is not among the test sets given")
+    errors = [f"{n}_err" for n in LABEL_NAMES]
+    cov = None
+    if set(errors) <= set(table.columns):
+        err = table[errors].to_numpy(dtype=np.float64)
+        cov = np.einsum("ni,ij->nij", err**2, np.eye(len(LABEL_NAMES)))
+    name = f"{_estimator_name(manifest)} on {ds.spec.name}"
+    return name, ds, table["index"].to_numpy(), table[list(LABEL_NAMES)].to_numpy(np.float64), cov
+
+
+def _slug(name: str) -> str:
+    """A file-name part of an estimator's name (``refined x on v2-small`` → ``refined-x-on-v2-small``)."""
+    return "-".join(name.split())
+
+
 def _first(table: pd.DataFrame, column: str, value) -> pd.DataFrame:
     table = table.copy()
     table.insert(0, column, value)
@@ -517,7 +543,9 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     test_sets : sequence of path-like
         Fixed-parameter test sets (``test_snr60.npz``, ``test_snr30.npz``).
     fits : sequence of path-like
-        ``galparam-evaluate baseline`` outputs on those test sets (with or without ``--init``).
+        ``galparam-evaluate baseline`` outputs (with or without ``--init``) on those test sets, or on
+        a dataset drawn from a prior (``v2.npz``): those fits join the efficiency, shear and coverage
+        tables (their inverse-Fisher errors as the spread) beside the networks' validation splits.
     n_images : int, optional
         Networks are evaluated on the first ``n_images`` images of each test set (default all).
 
@@ -578,11 +606,16 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
                         snr_bin=f"test set SNR {ts.snr}"
                     )
                 )
+    prior_fits = []
     for path in map(Path, fits):
         table, manifest = _fits(path)
         ts = by_path.get(Path(manifest.get("dataset", "")).resolve())
         if ts is None:
-            raise GalparamError(f"{path}: fits of {manifest.get('dataset')}, which is not among the test sets given")
+            prior_fits.append(_prior_fits(path, table, manifest))
+            name = prior_fits[-1][0]
+            unconverged = int((table["converged"] == 0).sum())
+            header.append(f"fits {path.name} ({name}): {len(table)} images, {unconverged} not converged")
+            continue
         name = _estimator_name(manifest)
         unconverged = int((table["converged"] == 0).sum())
         estimates[ts.snr][name] = table[list(LABEL_NAMES)].to_numpy()
@@ -668,10 +701,23 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
             report.files.append(
                 plot_reliability(checks["reliability"], f"{name}: reliability", plots / f"reliability_{name}.png")
             )
+    for name, ds, indices, estimated, cov in prior_fits:
+        checks = validation_checks(name, ds, indices, ds.label[indices], estimated, cov)
+        efficiency.append(checks["efficiency"])
+        shear.append(checks["shear"])
+        coverage_rows += [checks["coverage"]] if "coverage" in checks else []
+        report.files.append(
+            plot_efficiency(
+                checks["efficiency"], f"{name}: RMSE / each image's bound", plots / f"efficiency_{_slug(name)}.png"
+            )
+        )
     captions = {
-        "efficiency": "Bias, spread and RMSE in units of each image's own Cramér–Rao bound, by bins (validation split)",
-        "shear": "Shear calibration g_est = (1 + m) g_true + c on the validation split, against LSST's |m| < 1e-3, |c| < 1e-4",
-        "coverage": "Coverage of the calibrated 68 % and 95 % intervals, and the predicted spread over the bound",
+        "efficiency": "Bias, spread and RMSE in units of each image's own Cramér–Rao bound, by bins "
+        "(networks: their validation split; fits: the images fitted)",
+        "shear": "Shear calibration g_est = (1 + m) g_true + c (networks: their validation split; fits: the images "
+        "fitted), against LSST's |m| < 1e-3, |c| < 1e-4",
+        "coverage": "Coverage of the calibrated 68 % and 95 % intervals (fits: their inverse-Fisher errors), "
+        "and the predicted spread over the bound",
     }
     for stem, parts in (("efficiency", efficiency), ("shear", shear), ("coverage", coverage_rows)):
         if parts:
