@@ -131,7 +131,7 @@ AUTOENCODER_STAGES = ("encoder", "decoder", "joint")
 _AE = ("autoencoder",)
 DENOISER_FAMILIES = ("edsr", "rdn")
 UNCERTAINTY_KINDS = ("none", "diagonal", "full")
-"""The Xception's uncertainty heads (:mod:`galparam.models.heads`)."""
+"""The uncertainty heads of the Xception and the autoencoder's encoder (:mod:`galparam.models.heads`)."""
 """Families that restore noisy images to noiseless ones (:mod:`galparam.models.denoise`)."""
 
 EXPERIMENT_SETTINGS = {
@@ -163,10 +163,11 @@ EXPERIMENT_SETTINGS = {
     "uncertainty": Setting(
         str,
         "none",
-        "the Xception's uncertainty head: none, diagonal (a log-variance per label) or full (a covariance "
-        "through a Cholesky factor), trained with the Gaussian negative log-likelihood",
+        "the uncertainty head of the Xception or the autoencoder's encoder: none, diagonal (a log-variance "
+        "per label) or full (a covariance through a Cholesky factor), trained with the Gaussian negative "
+        "log-likelihood (the autoencoder's image keeps the spec's loss)",
         choices=UNCERTAINTY_KINDS,
-        families=("xception",),
+        families=("xception", "autoencoder"),
     ),
     "joint": Setting(
         bool,
@@ -648,7 +649,7 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
             raise SpecError(f"{source}: psf_input: a denoiser takes no PSF input")
     if family == "xception" and not values["joint"] and list(values["loss_weights"]) != [5.0, 1.0]:
         raise SpecError(f"{source}: loss_weights: applies to the joint denoiser and Xception (joint: true)")
-    if values["uncertainty"] != "none" and values["loss"] != "mse":
+    if family == "xception" and values["uncertainty"] != "none" and values["loss"] != "mse":
         raise SpecError(
             f"{source}: loss: an uncertainty head trains with the Gaussian negative log-likelihood; leave loss out"
         )

@@ -423,7 +423,7 @@ def _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline
     args, _ = hm.choose(hp)
     with strategy.scope():
         model = build_autoencoder(trained["encoder"] or hm.encoder(args), trained["decoder"] or hm.decoder(args))
-    estimator = Estimator(model, "autoencoder", scalers.label, scalers.image)
+    estimator = Estimator(model, "autoencoder", scalers.label, scalers.image, uncertainty=spec.uncertainty)
     return model, estimator, {s: _read_state(run.stage_dir(s)) for s in spec.stages}
 
 

@@ -128,3 +128,28 @@ def test_autoencoder_stages_compile_their_own_losses():
     assert config["loss"] == {"labels": "binary_crossentropy", "image": "binary_crossentropy"}
     assert config["loss_weights"] == {"labels": 5.0, "image": 1.0}  # the reference's weights by default
     assert joint.get_layer("encoder") is encoder and joint.get_layer("decoder") is decoder
+
+
+@pytest.mark.parametrize("kind, units", [("diagonal", 10), ("full", 20)])
+def test_an_autoencoder_with_an_uncertainty_head_decodes_its_means(kind, units):
+    from galparam.models.common import CompileSettings
+    from galparam.models.heads import loss_for
+
+    encoder = build_encoder(base_filters=4, dense_units=16, uncertainty=kind)
+    decoder = build_decoder(base_filters=4, dense_units=16)
+    ae = build_autoencoder(encoder, decoder)
+    images = np.random.default_rng(1).normal(size=(3, 64, 64, 1)).astype(np.float32)
+    out = ae.predict(images, verbose=0)
+    assert out["labels"].shape == (3, units) and out["image"].shape == (3, 64, 64, 1)
+    means = out["labels"][:, :5]
+    assert ((means >= 0) & (means <= 1)).all()
+    # the image is the decoder's of the means alone
+    np.testing.assert_allclose(out["image"], decoder.predict(means, verbose=0), atol=1e-5)
+    hm = AutoencoderHyperModel(fixed={"base_filters": 4, "dense_units": 16}, settings=CompileSettings(uncertainty=kind))
+    hp = keras_tuner.HyperParameters()
+    stage = hm.build_stage("encoder", hp)
+    assert stage.output.shape[-1] == units and stage.loss is loss_for(kind)
+    joint = hm.build_stage("joint", hp, encoder=stage, decoder=hm.build_stage("decoder", hp))
+    assert (
+        joint.loss["labels"] is loss_for(kind) and joint.get_compile_config()["loss"]["image"] == "binary_crossentropy"
+    )

@@ -197,17 +197,27 @@ def test_uncertainty_specs(datasets):
         tiny_experiment(datasets["fixed"], uncertainty="diagonal", loss="mae")
     assert "uncertainty" not in tiny_experiment(datasets["fixed"]).to_dict()
     assert tiny_experiment(datasets["fixed"], uncertainty="full").to_dict()["uncertainty"] == "full"
+    encoder = tiny_experiment(datasets["fixed"], family="autoencoder", hyperparameters={}, uncertainty="diagonal")
+    assert encoder.uncertainty == "diagonal" and encoder.loss == "binary_crossentropy"  # the image's loss
+    with pytest.raises(SpecError, match="uncertainty"):
+        tiny_experiment(datasets["fixed"], family="edsr", hyperparameters={}, uncertainty="diagonal")
+
+
+TINY_AUTOENCODER = {"base_filters": 4, "dense_units": 32, "dropout_rate": 0.0}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["diagonal"])  # the full head: its losses and synthetic fits above, and specs
-def test_a_run_with_an_uncertainty_head_predicts_calibrated_spreads(kind, datasets, tmp_path):
+# the full head: its losses and synthetic fits above, and specs; the autoencoder's encoder has the same heads
+@pytest.mark.parametrize("family, kind", [("xception", "diagonal"), ("autoencoder", "diagonal")])
+def test_a_run_with_an_uncertainty_head_predicts_calibrated_spreads(family, kind, datasets, tmp_path):
     from galparam.data import load_dataset
     from galparam.estimator import load_estimator
     from galparam.runs import RunFolder
     from galparam.train import train
 
-    folder = train(tiny_experiment(datasets["fixed"], uncertainty=kind, epochs=3), tmp_path / "run", verbose=0)
+    changes = {"family": "autoencoder", "hyperparameters": TINY_AUTOENCODER} if family == "autoencoder" else {}
+    spec = tiny_experiment(datasets["fixed"], uncertainty=kind, epochs=3, **changes)
+    folder = train(spec, tmp_path / "run", verbose=0)
     run = RunFolder(folder)
     assert run.info()["uncertainty"] == kind
     factors = json.loads(run.calibration_path.read_text())["factors"]
@@ -231,6 +241,8 @@ def test_a_run_with_an_uncertainty_head_predicts_calibrated_spreads(kind, datase
         half_width = table[[f"{n}_ci{level}" for n in LABEL_NAMES]].to_numpy()
         inside = (np.abs(truth - mean) <= half_width * (1 + 1e-9)).mean(axis=0)
         assert (np.abs(inside - level / 100) <= 1.5 / len(val)).all(), (level, inside)
+    if family == "autoencoder":  # the decoder still draws an image of the estimates
+        assert estimator.reconstruct(table[list(LABEL_NAMES)].to_numpy()[:2]).shape == (2, 64, 64)
     metrics = json.loads(run.metrics_path.read_text())
     assert metrics["uncertainty"]["kind"] == kind
     assert set(pd.DataFrame(metrics["uncertainty"]["coverage_uncalibrated"]).index) == {"coverage_68", "coverage_95"}

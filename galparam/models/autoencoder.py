@@ -45,6 +45,7 @@ def build_encoder(
     base_filters: int = DEFAULTS["base_filters"],
     dense_units: int = DEFAULTS["dense_units"],
     dropout_rate: float = DEFAULTS["dropout_rate"],
+    uncertainty: str = "none",
 ) -> keras.Model:
     """Noisy image → labels scaled to [0, 1] (uncompiled; adapt ``normalize_image`` before fitting).
 
@@ -60,11 +61,16 @@ def build_encoder(
         Units of the first dense layer (the second has a quarter).
     dropout_rate : float
         Dropout after each dense layer.
+    uncertainty : {"none", "diagonal", "full"}
+        The head (:mod:`galparam.models.heads`): with one, ``labels`` holds the ``n_labels`` means
+        (sigmoid, as without) followed by the log-variances or the precision's Cholesky factor.
 
     Returns
     -------
     keras.Model with input ``image`` and output ``labels``
     """
+    from galparam.models.heads import head_units
+
     _check(base_filters, dense_units, dropout_rate)
     image = keras.Input(shape=input_shape, name="image")
     x = layers.Normalization(axis=None, name="normalize_image")(image)
@@ -78,7 +84,12 @@ def build_encoder(
     x = layers.Dense(max(dense_units // 4, n_labels))(x)
     x = layers.LeakyReLU(0.2)(x)
     x = layers.Dropout(dropout_rate)(x)
-    labels = layers.Dense(n_labels, activation="sigmoid", name="labels")(x)
+    if uncertainty == "none":
+        labels = layers.Dense(n_labels, activation="sigmoid", name="labels")(x)
+    else:
+        means = layers.Dense(n_labels, activation="sigmoid", name="means")(x)
+        spread = layers.Dense(head_units(uncertainty, n_labels) - n_labels, name="spread")(x)
+        labels = layers.Concatenate(name="labels")([means, spread])
     return keras.Model(image, labels, name="encoder")
 
 
@@ -123,10 +134,12 @@ def build_decoder(
 
 
 def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model:
-    """Join an encoder and a decoder: ``noisy_image`` → {``labels``, ``image``}, sharing their weights."""
+    """Join an encoder and a decoder: ``noisy_image`` → {``labels``, ``image``}, sharing their weights
+    (with an uncertainty head the decoder draws the encoder's means)."""
     noisy = keras.Input(shape=encoder.input_shape[1:], name="noisy_image")
     labels = encoder(noisy)
-    reconstruction = decoder(labels)
+    n_labels = decoder.input_shape[-1]
+    reconstruction = decoder(labels if labels.shape[-1] == n_labels else labels[:, :n_labels])
     return keras.Model(
         noisy,
         {"labels": layers.Identity(name="labels")(labels), "image": layers.Identity(name="image")(reconstruction)},
@@ -145,9 +158,16 @@ class AutoencoderHyperModel(FamilyHyperModel):
     DEFAULT_LOSS = "binary_crossentropy"
     SPACE = {"base_filters": [8, 16, 32, 64], "dense_units": [64, 128, 256, 512], "dropout_rate": [0.0, 0.25, 0.5]}
 
+    @property
+    def labels_loss(self):
+        """The labels' loss: the uncertainty head's Gaussian NLL, or the spec's loss."""
+        from galparam.models.heads import loss_for
+
+        return loss_for(self.settings.uncertainty) or self.loss
+
     def encoder(self, args: dict) -> keras.Model:
-        """A new encoder, its normalization adapted."""
-        encoder = build_encoder(self.input_shape, **args)
+        """A new encoder with the spec's head, its normalization adapted."""
+        encoder = build_encoder(self.input_shape, uncertainty=self.settings.uncertainty, **args)
         self.adapt_layers(encoder)
         return encoder
 
@@ -164,11 +184,11 @@ class AutoencoderHyperModel(FamilyHyperModel):
         encoder = encoder or (self.encoder(args) if stage != "decoder" else None)
         decoder = decoder or (self.decoder(args) if stage != "encoder" else None)
         if stage == "encoder":
-            return self.compile(encoder, lr)
+            return self.compile(encoder, lr, loss=self.labels_loss)
         if stage == "decoder":
             return self.compile(decoder, lr)
         weights = dict(zip(("labels", "image"), self.settings.loss_weights, strict=True))
-        loss = {"labels": self.loss, "image": self.loss}
+        loss = {"labels": self.labels_loss, "image": self.loss}
         return self.compile(build_autoencoder(encoder, decoder), lr, loss=loss, loss_weights=weights)
 
     def build(self, hp):

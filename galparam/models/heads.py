@@ -1,6 +1,7 @@
 """Output heads that give each estimate an uncertainty, and their Gaussian negative log-likelihoods.
 
-``uncertainty`` (an Xception experiment's key) chooses the head of the ``labels`` output:
+``uncertainty`` (the key of an Xception or autoencoder experiment) chooses the head of the ``labels``
+output (the autoencoder's encoder: its means through a sigmoid, as without a head):
 
 - ``none``: five values, the labels (trained with the spec's loss, mse by default);
 - ``diagonal``: the five labels, then five log-variances (a heteroscedastic head, Kendall & Gal
