@@ -131,9 +131,9 @@ def main(argv=None) -> int:
     rows = []
     ensemble = None
     if args.ensemble:
-        from galparam.estimator import Ensemble
+        from galparam.estimator import load_ensemble
 
-        ensemble = Ensemble([estimator, *(load_estimator(r) for r in args.ensemble)])
+        ensemble = load_ensemble([args.run, *args.ensemble])
     for name, ds, t in [("held-out", held, truth)] + [
         (f"test set SNR {s}", d, d.label.astype(np.float64)) for s, d in tests.items()
     ]:
@@ -146,10 +146,14 @@ def main(argv=None) -> int:
         ]
         predictions.append(("per-level intervals", *predictions[-1][1:3], estimator.interval_scale))
         if ensemble is not None:
-            label = f"ensemble of {len(ensemble.members)} (one factor per label each)"
-            predictions.append((label, *ensemble.predict_distribution(ds.img, psf), None))
+            label = f"ensemble of {len(ensemble.members)}"
+            fitted, ensemble.calibration = ensemble.calibration, None
+            predictions.append((f"{label}, members calibrated", *ensemble.predict_distribution(ds.img, psf), None))
+            ensemble.calibration = fitted
+            predictions.append((f"{label}, one factor per label", *ensemble.predict_distribution(ds.img, psf), None))
+            predictions.append((f"{label}, per-level intervals", *predictions[-1][1:3], ensemble.interval_scale))
         for calibration, mean, c, scale in predictions:
-            if calibration == "per-level intervals" and scale is None:
+            if calibration.endswith("per-level intervals") and scale is None:
                 continue  # a run calibrated before the per-level intervals
             std = np.sqrt(np.diagonal(c, axis1=1, axis2=2))
             table = coverage_table(t, mean, std, snr, bound=b, interval_scale=scale)

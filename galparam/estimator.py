@@ -219,6 +219,10 @@ class Ensemble:
     covariances (none for members without an uncertainty head) plus the covariance of their
     estimates about the mean.
 
+    Members calibrated one by one give an over-dispersed mixture (their disagreement adds to
+    spreads that already cover): :meth:`calibrate` (what :func:`load_ensemble` does on the
+    members' shared validation split) fits the ensemble's own factors, as a run's are fitted.
+
     Parameters
     ----------
     members : sequence of Estimator
@@ -229,6 +233,8 @@ class Ensemble:
     GalparamError
         With fewer than two members, or members that differ in image size or PSF input.
     """
+
+    calibration = interval_calibration = None
 
     def __init__(self, members):
         self.members = list(members)
@@ -243,8 +249,24 @@ class Ensemble:
         self.psf_input = first.psf_input
         self.image_shape = first.image_shape
 
+    interval_scale = Estimator.interval_scale
+
+    def calibrate(self, images, truth, psf_images=None, *, batch_size: int = 256) -> dict:
+        """Fit the ensemble's calibration on images with known ``truth`` (N, 5): one factor per label
+        on the mixture's spread and one per level for the intervals, as
+        :func:`galparam.train.calibrate` fits a run's; returns the factors."""
+        from galparam.evaluate.uncertainty import calibration_factors, interval_factors
+
+        self.calibration = self.interval_calibration = None
+        mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size)
+        std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+        self.calibration = calibration_factors(truth, mean, std)
+        self.interval_calibration = interval_factors(truth, mean, std)
+        return {"factors": self.calibration, "intervals": self.interval_calibration}
+
     def predict_distribution(self, images, psf_images=None, *, batch_size: int = 256):
-        """The ensemble's estimates (N, 5) and covariances (N, 5, 5), physical units."""
+        """The ensemble's estimates (N, 5) and covariances (N, 5, 5), physical units (calibrated
+        where :meth:`calibrate` ran)."""
         outputs = [m.predict_distribution(images, psf_images, batch_size=batch_size) for m in self.members]
         means = np.stack([mean for mean, _ in outputs])
         mean = means.mean(axis=0)
@@ -253,11 +275,56 @@ class Ensemble:
         member_covs = [c for _, c in outputs if c is not None]
         if member_covs:
             cov = cov + np.mean(member_covs, axis=0)
+        if self.calibration is not None:
+            cov = cov * np.outer(self.calibration, self.calibration)
         return mean, cov
 
     def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
-        """As :meth:`Estimator.predict`: the estimates, ``<label>_std`` and the correlations."""
-        return _table(*self.predict_distribution(images, psf_images, batch_size=batch_size), correlations=True)
+        """As :meth:`Estimator.predict`: the estimates, ``<label>_std`` (and, once calibrated,
+        ``<label>_ci68`` and ``<label>_ci95``) and the correlations."""
+        mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size)
+        return _table(mean, cov, correlations=True, interval_scale=self.interval_scale)
+
+
+def load_ensemble(run_dirs, *, calibrate: bool = True, batch_size: int = 256) -> Ensemble:
+    """A deep ensemble of runs of one experiment (other seeds), calibrated on their validation split.
+
+    Parameters
+    ----------
+    run_dirs : sequence of path-like
+        At least two finished runs.
+    calibrate : bool
+        Fit the ensemble's calibration (:meth:`Ensemble.calibrate`) on the validation split the
+        runs share (one dataset, the same split: runs of one experiment); runs that share none, or
+        whose dataset is gone, give an uncalibrated ensemble.
+    batch_size : int
+        Images per forward pass of the calibration.
+
+    Raises
+    ------
+    GalparamError
+        As :func:`load_estimator` and :class:`Ensemble`.
+    """
+    run_dirs = [Path(r) for r in run_dirs]
+    ensemble = Ensemble([load_estimator(r) for r in run_dirs])
+    if not calibrate:
+        return ensemble
+    from galparam.data import load_dataset
+
+    infos = [RunFolder(r).info() for r in run_dirs]
+    paths = {str(Path(i["dataset"]["path"]).resolve()) for i in infos}
+    splits = {tuple(RunFolder(r).validation_indices(i)[[0, -1]]) for r, i in zip(run_dirs, infos, strict=True)}
+    if len(paths) != 1 or len(splits) != 1 or not Path(next(iter(paths))).is_file():
+        return ensemble
+    ds = load_dataset(next(iter(paths)), mmap=True)
+    val = RunFolder(run_dirs[0]).validation_indices(infos[0])
+    if infos[0].get("images", "noisy") != "noisy" or len(val) < 10:
+        return ensemble
+    psf = ds.psf_img[val] if ensemble.psf_input else None
+    if psf is not None and len(ds.psf_img) == 1:
+        psf = ds.psf_img
+    ensemble.calibrate(ds.img[val], ds.label[val], psf, batch_size=batch_size)
+    return ensemble
 
 
 class Denoiser:

@@ -275,6 +275,18 @@ def test_an_ensemble_combines_means_and_spreads_as_a_mixture():
     np.testing.assert_allclose(table["corr_flux_sersic_n"], 0.25)  # the shared disagreement correlates them
     with pytest.raises(GalparamError, match="at least two runs"):
         Ensemble([_Member(a, None)])
+    # calibrated as a whole: truths spread twice the mixture's sqrt(4) about the mean
+    rng = np.random.default_rng(8)
+    n = 20000
+    members = [_Member(np.zeros((n, 5)), np.tile(np.eye(5) * 3, (n, 1, 1))), _Member(np.full((n, 5), 2.0), None)]
+    ensemble = Ensemble(members)
+    truth = 1.0 + 4.0 * rng.normal(size=(n, 5))
+    factors = ensemble.calibrate(None, truth)
+    np.testing.assert_allclose(factors["factors"], 2.0, rtol=0.03)
+    table = ensemble.predict(None)
+    np.testing.assert_allclose(table["g2_std"], 4.0, rtol=0.03)
+    inside = np.abs(truth - 1.0) <= table[[f"{n}_ci95" for n in LABEL_NAMES]].to_numpy()
+    np.testing.assert_allclose(inside.mean(axis=0), 0.95, atol=1e-3)
 
 
 def test_out_of_distribution_flags_name_each_reason():
@@ -330,5 +342,8 @@ def test_predict_flags_shifted_images_and_combines_an_ensemble(tiny_run, dataset
     own, moved = pd.read_csv(tmp_path / "own.csv"), pd.read_csv(tmp_path / "shifted.csv")
     assert {"flux_std", "corr_g1_g2", "ood", "ood_reason", "sigma", "chi2_per_pixel"} <= set(own.columns)
     assert (own["flux_std"] > 0).all()
+    # calibrated on the runs' shared validation split (these images): each interval covers its level
+    inside = np.abs(ds.label[val] - own[list(LABEL_NAMES)].to_numpy()) <= own[[f"{n}_ci95" for n in LABEL_NAMES]]
+    assert (np.abs(inside.mean(axis=0) - 0.95) <= 1.5 / len(val)).all()
     assert own.ood.mean() < 0.1 and moved.ood.all()
     assert moved.ood_reason.str.contains("noise sigma").all()

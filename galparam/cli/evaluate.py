@@ -89,8 +89,8 @@ def build_parser() -> ArgumentParser:
         nargs="+",
         metavar="RUN_DIR",
         default=[],
-        help="more runs of the same experiment (other seeds): a deep ensemble, its mean and spread "
-        "(the members' spreads and their disagreement)",
+        help="more runs of the same experiment (other seeds; galparam-train --seed): a deep ensemble, its mean "
+        "and spread (the members' spreads and their disagreement), calibrated on the runs' shared validation split",
     )
     r.add_argument("--no-flags", action="store_true", help="leave out the out-of-distribution flags (ood, ood_reason)")
 
@@ -184,13 +184,12 @@ def _predict(args) -> int:
 
     images, psf = read_image_file(args.images, args.key, args.psf_key, need_psf=info.get("psf_input", False))
     load_tensorflow_quietly()
-    from galparam.estimator import load_estimator
+    from galparam.estimator import load_ensemble, load_estimator
 
-    estimator = load_estimator(args.run)
     if args.ensemble:
-        from galparam.estimator import Ensemble
-
-        estimator = Ensemble([estimator, *map(load_estimator, args.ensemble)])
+        estimator = load_ensemble([args.run, *args.ensemble], batch_size=args.batch_size)
+    else:
+        estimator = load_estimator(args.run)
     table = estimator.predict(images, psf, batch_size=args.batch_size)
     note = ""
     if not args.no_flags:
