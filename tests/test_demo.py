@@ -138,8 +138,12 @@ def test_demo_dataset_and_search_tables_match_their_files(demo):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_at_the_small_setting(notebook, demo, tmp_path):
+def test_notebook_runs_at_the_small_setting(notebook, demo, tmp_path, monkeypatch):
     import papermill
+
+    # importing streamlit (the explorer's tests, in this process under pytest-xdist) sets MPLBACKEND=Agg,
+    # which the kernel would inherit: plt.show() would then draw nothing inline
+    monkeypatch.delenv("MPLBACKEND", raising=False)
 
     executed = tmp_path / notebook.name
     papermill.execute_notebook(
