@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                 table = table[table.snr_bin == "all"]
             rows.append(table.assign(images_from=name, calibration=calibration))
         if ds is held:
-            estimates = predictions[1][1]
+            estimates, estimates_std = predictions[1][1], np.sqrt(np.diagonal(predictions[1][2], axis1=1, axis2=2))
     fits_path = args.output / "fits-held-out.csv"
     fits = run_baseline(
         args.data / "held-out.npz", fits_path, n_images=args.fits, jobs=args.jobs, progress=False, overwrite=True
@@ -209,14 +209,23 @@ def main(argv=None) -> int:
         edges = _quantile_edges(columns[by])
         if len(edges) > 2:
             maps.append(
-                efficiency_map(truth, estimates, bound, columns[by], edges, name="bin").assign(
+                efficiency_map(truth, estimates, bound, columns[by], edges, name="bin", spread=estimates_std).assign(
                     by=by, estimator="xception"
                 )
             )
-            for name, values in (("likelihood fit", fit_est), ("network-started fit", started_est)):
+            for name, frame, values in (
+                ("likelihood fit", fits, fit_est),
+                ("network-started fit", started, started_est),
+            ):
                 maps.append(
                     efficiency_map(
-                        truth[: args.fits], values, bound[: args.fits], columns[by][: args.fits], edges, name="bin"
+                        truth[: args.fits],
+                        values,
+                        bound[: args.fits],
+                        columns[by][: args.fits],
+                        edges,
+                        name="bin",
+                        spread=frame[[f"{n}_err" for n in LABEL_NAMES]].to_numpy(),
                     ).assign(by=by, estimator=name)
                 )
     tables["efficiency"] = pd.concat(maps, ignore_index=True)

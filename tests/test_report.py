@@ -148,6 +148,7 @@ def test_fits_of_a_prior_drawn_dataset_join_the_efficiency_shear_and_coverage_ta
     assert set(efficiency.model) == {name}
     for by, rows in efficiency.groupby("by"):
         assert rows.groupby("parameter").images.sum().eq(12).all(), by
+    assert efficiency["claimed std/crb"].between(0.3, 3).all()  # the inverse-Fisher errors, near the bound
     # the coverage of the fit's inverse-Fisher errors, by hand
     coverage = report.coverage_table.set_index(["snr_bin", "parameter"]).loc["all"]
     inside = np.abs(truth - estimate) <= stats.norm.ppf(0.84) * errors

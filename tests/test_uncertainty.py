@@ -188,6 +188,13 @@ def test_efficiency_map_equals_a_hand_computation():
     assert flux.loc["[2.0, 5.0)", "bias/crb"] == pytest.approx(-2 / 3)
     assert flux.loc["[2.0, 5.0)", "std/crb"] == pytest.approx(np.std([0, -1, -1], ddof=1))
     assert flux.loc["[5.0, 6.0)", "images"] == 1 and np.isnan(flux.loc["[5.0, 6.0)", "std/crb"])
+    assert "claimed std/crb" not in table.columns
+    # a claimed spread: its median over the bound, per bin (spread / bound: 0.5, 1 | 1, 1, 4 | 2)
+    spread = np.ones((6, 5)) * 2.0
+    spread[:, 0] = [1, 2, 2, 2, 8, 4]
+    claimed = efficiency_map(truth, estimate, bound, n, edges=[0, 2, 5, 6], name="sersic_n", spread=spread)
+    claimed = claimed[claimed.parameter == "flux"].set_index("sersic_n")["claimed std/crb"]
+    np.testing.assert_allclose(claimed.to_numpy(), [0.75, 1.0, 2.0])
 
 
 def test_uncertainty_specs(datasets):

@@ -300,19 +300,22 @@ def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None, 
     cov = batch_bounds(truth, ds.psf_fwhm[val], ds.sigma[val], poisson=spec.poisson_noise, renderer=renderer)
     bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     columns = {**{n: truth[:, k] for k, n in enumerate(LABEL_NAMES)}, "snr": ds.snr[val], "psf_fwhm": ds.psf_fwhm[val]}
+    std = None if predicted_cov is None else np.sqrt(np.diagonal(predicted_cov, axis1=1, axis2=2))
     maps = []
     for by in EFFICIENCY_BY:
         edges = _quantile_edges(columns[by])
         if len(edges) > 2:
-            maps.append(efficiency_map(truth, predicted, bound, columns[by], edges, name="bin").assign(by=by))
+            maps.append(
+                efficiency_map(truth, predicted, bound, columns[by], edges, name="bin", spread=std).assign(by=by)
+            )
+    efficiency_columns = ["model", "by", "bin", "parameter", "images", "bias/crb", "std/crb", "rmse/crb"]
     out = {
-        "efficiency": pd.concat(maps, ignore_index=True).pipe(_first, "model", name)[
-            ["model", "by", "bin", "parameter", "images", "bias/crb", "std/crb", "rmse/crb"]
-        ],
+        "efficiency": pd.concat(maps, ignore_index=True)
+        .pipe(_first, "model", name)
+        .reindex(columns=efficiency_columns + ["claimed std/crb"]),
         "shear": _first(shear_table(truth, predicted, ds.snr[val]), "model", name),
     }
     if predicted_cov is not None:
-        std = np.sqrt(np.diagonal(predicted_cov, axis1=1, axis2=2))
         table = coverage_table(truth, predicted, std, ds.snr[val], bound=bound, interval_scale=interval_scale)
         out["coverage"] = _first(table, "model", name)
         out["reliability"] = reliability(truth, predicted, std)

@@ -212,7 +212,7 @@ def shear_table(g_true, g_est, snr=None, edges=SNR_EDGES) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin") -> pd.DataFrame:
+def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin", spread=None) -> pd.DataFrame:
     """Bias, spread and RMSE of an estimator in units of each image's own bound, by bins of ``values``.
 
     Parameters
@@ -225,17 +225,25 @@ def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin") 
         Bin edges (left-closed).
     name : str
         The binned variable's name (the first column's header).
+    spread : array_like of shape (N, 5), optional
+        The estimator's own predicted standard deviations (an uncertainty head's, a fit's
+        inverse-Fisher errors): adds ``claimed std/crb``, their median over the bound. Below one
+        where ``bias/crb`` is near zero, the estimator claims more than any unbiased one can.
 
     Returns
     -------
     DataFrame
         Rows bin × parameter: ``images``, ``bias/crb`` (mean of (estimate − truth) / bound),
-        ``std/crb`` (their standard deviation) and ``rmse/crb`` (their root mean square).
+        ``std/crb`` (their standard deviation) and ``rmse/crb`` (their root mean square), and
+        with ``spread`` ``claimed std/crb``.
     """
     t, e, b = (np.asarray(a, dtype=np.float64) for a in (truth, estimate, bound))
     if not (t.shape == e.shape == b.shape) or t.ndim != 2:
         raise ValueError(f"truth {t.shape}, estimate {e.shape} and bound {b.shape} must be one (N, 5) shape")
     u = (e - t) / b
+    claimed = None if spread is None else np.asarray(spread, dtype=np.float64) / b
+    if claimed is not None and claimed.shape != b.shape:
+        raise ValueError(f"spread {claimed.shape} must have the bound's shape {b.shape}")
     bins = pd.cut(np.asarray(values, dtype=np.float64), np.asarray(edges, dtype=np.float64), right=False)
     rows = []
     for category in bins.categories:
@@ -254,4 +262,6 @@ def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin") 
                     "rmse/crb": float(np.sqrt((x**2).mean())),
                 }
             )
+            if claimed is not None:
+                rows[-1]["claimed std/crb"] = float(np.median(claimed[mask, k]))
     return pd.DataFrame(rows)
