@@ -235,6 +235,8 @@ class Ensemble:
     """
 
     calibration = interval_calibration = None
+    not_calibrated: str | None = None
+    """Why :func:`load_ensemble` left the ensemble uncalibrated (None where it calibrated it)."""
 
     def __init__(self, members):
         self.members = list(members)
@@ -313,13 +315,16 @@ def load_ensemble(run_dirs, *, calibrate: bool = True, batch_size: int = 256) ->
 
     infos = [RunFolder(r).info() for r in run_dirs]
     paths = {str(Path(i["dataset"]["path"]).resolve()) for i in infos}
-    splits = {tuple(RunFolder(r).validation_indices(i)[[0, -1]]) for r, i in zip(run_dirs, infos, strict=True)}
-    if len(paths) != 1 or len(splits) != 1 or not Path(next(iter(paths))).is_file():
+    splits = [RunFolder(r).validation_indices(i) for r, i in zip(run_dirs, infos, strict=True)]
+    val = splits[0]
+    shared = len(paths) == 1 and all(np.array_equal(split, val) for split in splits)
+    if not shared or len(val) < 10 or infos[0].get("images", "noisy") != "noisy":
+        ensemble.not_calibrated = "its runs share no validation split of noisy images (not one experiment's)"
+        return ensemble
+    if not Path(next(iter(paths))).is_file():
+        ensemble.not_calibrated = f"their dataset {next(iter(paths))} is gone"
         return ensemble
     ds = load_dataset(next(iter(paths)), mmap=True)
-    val = RunFolder(run_dirs[0]).validation_indices(infos[0])
-    if infos[0].get("images", "noisy") != "noisy" or len(val) < 10:
-        return ensemble
     psf = ds.psf_img[val] if ensemble.psf_input else None
     if psf is not None and len(ds.psf_img) == 1:
         psf = ds.psf_img

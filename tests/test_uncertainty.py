@@ -327,7 +327,7 @@ def test_psf_fwhm_is_measured_from_psf_images():
 
 
 @pytest.mark.slow
-def test_predict_flags_shifted_images_and_combines_an_ensemble(tiny_run, datasets, tmp_path):
+def test_predict_flags_shifted_images_and_combines_an_ensemble(tiny_run, datasets, tmp_path, capsys):
     from galparam.cli.evaluate import main
     from galparam.data import load_dataset
     from galparam.runs import RunFolder
@@ -352,5 +352,17 @@ def test_predict_flags_shifted_images_and_combines_an_ensemble(tiny_run, dataset
     # calibrated on the runs' shared validation split (these images): each interval covers its level
     inside = np.abs(ds.label[val] - own[list(LABEL_NAMES)].to_numpy()) <= own[[f"{n}_ci95" for n in LABEL_NAMES]]
     assert (np.abs(inside.mean(axis=0) - 0.95) <= 1.5 / len(val)).all()
+    # runs validated on other images are combined, uncalibrated, and the console says so
+    import shutil
+
+    shifted_run = tmp_path / "other-split"
+    shutil.copytree(other, shifted_run)
+    run_json = json.loads((shifted_run / "run.json").read_text())
+    run_json["dataset"]["images_used"] -= 1
+    (shifted_run / "run.json").write_text(json.dumps(run_json))
+    argv = ["predict", str(tiny_run), str(tmp_path / "own.npz"), "-o", str(tmp_path / "unc.csv")]
+    assert main([*argv, "--ensemble", str(shifted_run)]) == 0
+    assert "not calibrated: its runs share no validation split" in capsys.readouterr().out
+    assert "flux_ci95" not in pd.read_csv(tmp_path / "unc.csv").columns
     assert own.ood.mean() < 0.1 and moved.ood.all()
     assert moved.ood_reason.str.contains("noise sigma").all()

@@ -208,6 +208,8 @@ def _predict(args) -> int:
             note = "; no out-of-distribution flags (the run predates them: train it again to have them)"
     table.index.name = "index"
     write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
+    if getattr(estimator, "not_calibrated", None):
+        note += f"; the ensemble's spreads are not calibrated: {estimator.not_calibrated}"
     print(f"wrote {args.output}: estimates of {len(table)} images{note}")
     return 0
 
