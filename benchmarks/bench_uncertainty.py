@@ -89,7 +89,7 @@ def shifted_spec(spec, *, sigma=None, psf_fwhm=None, size: int, name: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from galparam.estimator import load_estimator
+    from galparam.estimator import calibrated_covariance, load_estimator
     from galparam.evaluate import ood
     from galparam.evaluate.baseline import run_baseline
     from galparam.evaluate.crb import batch_bounds
@@ -140,17 +140,19 @@ def main(argv=None) -> int:
         psf = ds.psf_img if estimator.psf_input else None
         b = bound if ds is held else None
         snr = ds.snr if ds is held else np.full(len(ds), 1e9)
+        mean, raw = estimator.predict_distribution(ds.img, psf, calibrated=False)
         predictions = [
-            ("as trained", *estimator.predict_distribution(ds.img, psf, calibrated=False), None),
-            ("one factor per label", *estimator.predict_distribution(ds.img, psf), None),
+            ("as trained", mean, raw, None),
+            ("one factor per label", mean, calibrated_covariance(raw, estimator.calibration), None),
         ]
         predictions.append(("per-level intervals", *predictions[-1][1:3], estimator.interval_scale))
         if ensemble is not None:
             label = f"ensemble of {len(ensemble.members)}"
-            fitted, ensemble.calibration = ensemble.calibration, None
-            predictions.append((f"{label}, members calibrated", *ensemble.predict_distribution(ds.img, psf), None))
-            ensemble.calibration = fitted
-            predictions.append((f"{label}, one factor per label", *ensemble.predict_distribution(ds.img, psf), None))
+            mean, raw = ensemble.predict_distribution(ds.img, psf, calibrated=False)
+            predictions.append((f"{label}, members calibrated", mean, raw, None))
+            predictions.append(
+                (f"{label}, one factor per label", mean, calibrated_covariance(raw, ensemble.calibration), None)
+            )
             predictions.append((f"{label}, per-level intervals", *predictions[-1][1:3], ensemble.interval_scale))
         for calibration, mean, c, scale in predictions:
             if calibration.endswith("per-level intervals") and scale is None:

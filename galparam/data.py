@@ -60,6 +60,11 @@ class Dataset:
     def psf_varies(self) -> bool:
         return len(self.psf_img) > 1
 
+    def psf_images(self, indices) -> np.ndarray:
+        """The PSF images of the images at ``indices`` (an index array or a slice); the dataset's
+        one PSF image, shape (1, S, S), where the PSF does not vary (models broadcast it)."""
+        return self.psf_img[indices] if self.psf_varies else self.psf_img
+
     def split(self, validation_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the training and validation images (see :func:`split_indices`)."""
         fraction = self.spec.validation_fraction if validation_fraction is None else validation_fraction

@@ -40,6 +40,8 @@ def report_files(
     report_dir, experiments=DEMO_EXPERIMENTS, searches=(DEMO_SEARCH,), snrs=DEMO_SNRS, prior_fits=None
 ) -> list[Path]:
     """Every table and plot the demo's report promises (the names at the small setting)."""
+    from galparam.evaluate.report import name_slug
+
     folder = Path(report_dir)
     prior_fits = prior_fit_names() if prior_fits is None else list(prior_fits)
     stems = ["test_sets", "validation", "datasets", "efficiency", "shear"] + [f"search_{s}-small" for s in searches]
@@ -56,7 +58,7 @@ def report_files(
         ]
         if name in UNCERTAINTY_EXPERIMENTS:
             files.append(plots / f"reliability_{name}-small.png")
-    files += [plots / f"efficiency_{'-'.join(name.split())}.png" for name in prior_fits]
+    files += [plots / f"efficiency_{name_slug(name)}.png" for name in prior_fits]
     files += [plots / f"search_{s}-small.png" for s in searches]
     return files
 

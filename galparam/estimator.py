@@ -149,9 +149,7 @@ class Estimator:
             return mean, None
         scale = self.label_scaler.affine()[0]
         cov = cov / np.outer(scale, scale)
-        if calibrated and self.calibration is not None:
-            cov = cov * np.outer(self.calibration, self.calibration)
-        return mean, cov
+        return mean, calibrated_covariance(cov, self.calibration if calibrated else None)
 
     def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
         """Estimate the five parameters of each image (and, with an uncertainty head, their spreads).
@@ -189,6 +187,12 @@ class Estimator:
         scaled = self.label_scaler.transform(np.asarray(labels, dtype=np.float64))
         images = np.asarray(self.model.get_layer("decoder").predict(scaled, batch_size=batch_size, verbose=0))[..., 0]
         return self.image_scaler.inverse_transform(images.reshape(-1, 1)).reshape(images.shape).astype(np.float32)
+
+
+def calibrated_covariance(cov, factors):
+    """Covariances (N, 5, 5) with one calibration factor per label on the spreads; unchanged
+    without ``factors``."""
+    return cov if factors is None else cov * np.outer(factors, factors)
 
 
 def _table(mean, cov, correlations: bool, interval_scale=None) -> pd.DataFrame:
@@ -257,18 +261,17 @@ class Ensemble:
         """Fit the ensemble's calibration on images with known ``truth`` (N, 5): one factor per label
         on the mixture's spread and one per level for the intervals, as
         :func:`galparam.train.calibrate` fits a run's; returns the factors."""
-        from galparam.evaluate.uncertainty import calibration_factors, interval_factors
+        from galparam.evaluate.uncertainty import fit_calibration
 
-        self.calibration = self.interval_calibration = None
-        mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size)
+        mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size, calibrated=False)
         std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-        self.calibration = calibration_factors(truth, mean, std)
-        self.interval_calibration = interval_factors(truth, mean, std)
+        self.calibration, self.interval_calibration = fit_calibration(truth, mean, std)
         return {"factors": self.calibration, "intervals": self.interval_calibration}
 
-    def predict_distribution(self, images, psf_images=None, *, batch_size: int = 256):
-        """The ensemble's estimates (N, 5) and covariances (N, 5, 5), physical units (calibrated
-        where :meth:`calibrate` ran)."""
+    def predict_distribution(self, images, psf_images=None, *, batch_size: int = 256, calibrated: bool = True):
+        """The ensemble's estimates (N, 5) and covariances (N, 5, 5), physical units (scaled by the
+        ensemble's own calibration where :meth:`calibrate` ran, unless ``calibrated`` is false;
+        the members' calibrations always apply)."""
         outputs = [m.predict_distribution(images, psf_images, batch_size=batch_size) for m in self.members]
         means = np.stack([mean for mean, _ in outputs])
         mean = means.mean(axis=0)
@@ -277,9 +280,7 @@ class Ensemble:
         member_covs = [c for _, c in outputs if c is not None]
         if member_covs:
             cov = cov + np.mean(member_covs, axis=0)
-        if self.calibration is not None:
-            cov = cov * np.outer(self.calibration, self.calibration)
-        return mean, cov
+        return mean, calibrated_covariance(cov, self.calibration if calibrated else None)
 
     def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
         """As :meth:`Estimator.predict`: the estimates, ``<label>_std`` (and, once calibrated,
@@ -325,9 +326,7 @@ def load_ensemble(run_dirs, *, calibrate: bool = True, batch_size: int = 256) ->
         ensemble.not_calibrated = f"their dataset {next(iter(paths))} is gone"
         return ensemble
     ds = load_dataset(next(iter(paths)), mmap=True)
-    psf = ds.psf_img[val] if ensemble.psf_input else None
-    if psf is not None and len(ds.psf_img) == 1:
-        psf = ds.psf_img
+    psf = ds.psf_images(val) if ensemble.psf_input else None
     ensemble.calibrate(ds.img[val], ds.label[val], psf, batch_size=batch_size)
     return ensemble
 

@@ -221,9 +221,7 @@ def predictions(dataset, estimator, indices, *, batch_size: int = 256) -> pd.Dat
     indices = np.sort(np.asarray(indices, dtype=np.int64))
     if not len(indices):
         return pd.DataFrame()
-    psf = None
-    if estimator.psf_input:
-        psf = dataset.psf_img if len(dataset.psf_img) == 1 else dataset.psf_img[indices]
+    psf = dataset.psf_images(indices) if estimator.psf_input else None
     predicted = estimator.predict(dataset.img[indices], psf, batch_size=batch_size)[list(LABEL_NAMES)].to_numpy()
     truth = np.asarray(dataset.label[indices], dtype=np.float64)
     bound = dataset_bounds(dataset, indices, progress=False).to_numpy()

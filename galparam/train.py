@@ -465,7 +465,7 @@ def validation_predictions(estimator: Estimator, data: ExperimentData):
     """The network's estimates (N, 5) of the validation split and, with an uncertainty head, their
     uncalibrated covariances (else None): predicted once for the metrics, the calibration and the
     training range."""
-    psf = data.dataset.psf_img[data.val] if estimator.psf_input else None
+    psf = data.dataset.psf_images(data.val) if estimator.psf_input else None
     return estimator.predict_distribution(data.images[data.val], psf, calibrated=False)
 
 
@@ -508,12 +508,11 @@ def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData, mean, 
     """Fit the run's calibration (one factor per label on the predicted spreads ``cov``, uncalibrated,
     of the validation split), save ``calibration.json`` and give it to ``estimator``; return the
     coverage of the validation split before and after (what ``metrics.json``'s ``uncertainty`` holds)."""
-    from galparam.evaluate.uncertainty import calibration_factors, coverage, interval_factors
+    from galparam.evaluate.uncertainty import coverage, fit_calibration
 
     truth = data.dataset.label[data.val]
     std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-    factors = calibration_factors(truth, mean, std, method="coverage")
-    intervals = interval_factors(truth, mean, std)
+    factors, intervals = fit_calibration(truth, mean, std)
     write_json_atomic(
         run.calibration_path,
         {

@@ -274,9 +274,7 @@ def network_starting_points(run_dir, dataset_path, n_images: int | None = None) 
     estimator = load_estimator(run_dir)
     ds = load_dataset(dataset_path)
     n = len(ds) if n_images is None else min(int(n_images), len(ds))
-    psf = None
-    if estimator.psf_input:
-        psf = ds.psf_img if len(ds.psf_img) == 1 else ds.psf_img[:n]
+    psf = ds.psf_images(slice(n)) if estimator.psf_input else None
     try:
         init = estimator.predict(ds.img[:n], psf)[list(LABEL_NAMES)].to_numpy()
     except GalparamError as exc:

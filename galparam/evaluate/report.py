@@ -353,7 +353,7 @@ def _prior_fits(path: Path, table: pd.DataFrame, manifest: dict):
     return name, ds, table["index"].to_numpy(), table[list(LABEL_NAMES)].to_numpy(np.float64), cov
 
 
-def _slug(name: str) -> str:
+def name_slug(name: str) -> str:
     """A file-name part of an estimator's name (``refined x on v2-small`` → ``refined-x-on-v2-small``)."""
     return "-".join(name.split())
 
@@ -595,9 +595,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
         header.append(f"model {info['name']} ({run_dir.name}/{model_file.name}): sha256 {sha256(model_file)}")
         for ts in sets:
             n = len(ts.dataset) if n_images is None else min(n_images, len(ts.dataset))
-            psf = ts.dataset.psf_img[:n] if estimator.psf_input else None
-            if psf is not None and len(ts.dataset.psf_img) == 1:
-                psf = ts.dataset.psf_img
+            psf = ts.dataset.psf_images(slice(n)) if estimator.psf_input else None
             try:
                 predicted = estimator.predict(ts.dataset.img[:n], psf)
             except GalparamError as exc:
@@ -613,14 +611,12 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     for path in map(Path, fits):
         table, manifest = _fits(path)
         ts = by_path.get(Path(manifest.get("dataset", "")).resolve())
+        unconverged = int((table["converged"] == 0).sum())
         if ts is None:
             prior_fits.append(_prior_fits(path, table, manifest))
-            name = prior_fits[-1][0]
-            unconverged = int((table["converged"] == 0).sum())
-            header.append(f"fits {path.name} ({name}): {len(table)} images, {unconverged} not converged")
+            header.append(f"fits {path.name} ({prior_fits[-1][0]}): {len(table)} images, {unconverged} not converged")
             continue
         name = _estimator_name(manifest)
-        unconverged = int((table["converged"] == 0).sum())
         estimates[ts.snr][name] = table[list(LABEL_NAMES)].to_numpy()
         header.append(f"fits {path.name} ({name}, SNR {ts.snr}): {len(table)} images, {unconverged} not converged")
     for snr, by_name in estimates.items():
@@ -677,7 +673,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
         if sample is None:
             continue
         ds, val = sample
-        psf = ds.psf_img[val] if estimator.psf_input else None
+        psf = ds.psf_images(val) if estimator.psf_input else None
         images = ds.img if info.get("images", "noisy") == "noisy" else ds.img_nonoise
         predicted, predicted_cov = estimator.predict_distribution(images[val], psf)
         truth = ds.label[val]
@@ -711,7 +707,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
         coverage_rows += [checks["coverage"]] if "coverage" in checks else []
         report.files.append(
             plot_efficiency(
-                checks["efficiency"], f"{name}: RMSE / each image's bound", plots / f"efficiency_{_slug(name)}.png"
+                checks["efficiency"], f"{name}: RMSE / each image's bound", plots / f"efficiency_{name_slug(name)}.png"
             )
         )
     captions = {

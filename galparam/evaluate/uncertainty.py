@@ -161,6 +161,13 @@ def interval_factors(y_true, mean, std, levels=LEVELS) -> dict[float, np.ndarray
     }
 
 
+def fit_calibration(y_true, mean, std) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """A model's calibration on images of known truth: :func:`calibration_factors` (one factor per
+    label on the spreads) and :func:`interval_factors` (one per level), both on the uncalibrated
+    spreads ``std`` (N, K); what a run's ``calibration.json`` and a calibrated ensemble hold."""
+    return calibration_factors(y_true, mean, std, method="coverage"), interval_factors(y_true, mean, std)
+
+
 def shear_calibration(g_true, g_est) -> dict:
     """Multiplicative and additive bias of a shear estimate by least squares: g_est = (1 + m) g_true + c.
 
