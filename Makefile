@@ -53,9 +53,13 @@ bench-denoise: $(STAMP)
 gpu-study: $(if $(filter $(BIN)/python,$(GPU_STUDY_PYTHON)),$(STAMP))
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(GPU_STUDY_PYTHON) benchmarks/gpu_study.py $(OUT) $(GPU_STUDY_FLAGS)
 
+# ruff, then the layers (import-linter's contracts in pyproject.toml: an import that runs up a layer
+# fails) and galparam's own modules imported at module level only (scripts/check_imports.py).
 lint: $(STAMP)
 	$(BIN)/ruff format --check galparam tests benchmarks notebooks scripts
 	$(BIN)/ruff check galparam tests benchmarks notebooks scripts
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/check_imports.py galparam
 
 format: $(STAMP)
 	$(BIN)/ruff format galparam tests benchmarks notebooks scripts

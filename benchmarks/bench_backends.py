@@ -45,9 +45,10 @@ def measure(images: int, repeats: int) -> dict:
     import keras
 
     from galparam import backend
-    from galparam.data import MinMaxScaler, batches, load_dataset, with_channel
+    from galparam.data import MinMaxScaler, load_dataset, with_channel
     from galparam.kspace import KerasRenderer
     from galparam.models.xception import build_xception
+    from galparam.pipelines import batches
     from galparam.render import KSpaceRenderer
 
     ds = load_dataset(ROOT / "data" / "v1-20k.npz", mmap=True)

@@ -242,8 +242,8 @@ class Benchmark:
 
     # -- output ---------------------------------------------------------------------------------
     def write(self, done: bool = False) -> None:
-        from galparam.evaluate.report import markdown_table
         from galparam.io import write_text_atomic
+        from galparam.tables import markdown_table
 
         out = self.args.output
         out.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,11 @@ import galsim
 import numpy as np
 import pandas as pd
 
+from galparam.baseline import run_baseline
 from galparam.data import load_dataset
-from galparam.evaluate.baseline import run_baseline
 from galparam.evaluate.crb import cramer_rao
+from galparam.evaluate.galsim_fit import GalSimFit
 from galparam.evaluate.metrics import estimator_metrics
-from galparam.evaluate.mle import LikelihoodFit
 from galparam.parameters import LABEL_NAMES
 from galparam.simulate import simulate
 from galparam.specs import load_spec
@@ -38,30 +38,30 @@ from galparam.specs import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class NaiveFit(LikelihoodFit):
+class NaiveFit(GalSimFit):
     """The same fit (start, likelihood, gradient scheme, L-BFGS-B, box) without the Sérsic grid: every
     evaluation renders at the exact index, so GalSim builds a new profile each time."""
 
-    def _exact(self, theta):
+    def _exact(self, theta, psf_fwhm):
         flux, n, hlr, g1, g2 = theta
         galaxy = galsim.Sersic(n, half_light_radius=hlr, flux=flux).shear(g1=g1, g2=g2)
-        psf = galsim.Moffat(beta=2.0, fwhm=self.psf_fwhm)
+        psf = galsim.Moffat(beta=2.0, fwhm=psf_fwhm)
         return galsim.Convolve(galaxy, psf).drawImage(nx=64, ny=64, scale=0.23, dtype=np.float64).array
 
-    def model_and_jacobian(self, theta):
-        mu = self._exact(theta)
+    def model_and_jacobian(self, theta, psf_fwhm):
+        mu = self._exact(theta, psf_fwhm)
         jac = np.empty((5, *mu.shape))
         jac[0] = mu / theta[0]
         for i, h in ((1, 1e-3), (2, 1e-4), (3, 1e-4), (4, 1e-4)):
             step = np.array(theta, dtype=np.float64)
-            step[i] += h if i != 1 or theta[1] + h <= self.box.sersic_n[1] else -h
-            jac[i] = (self._exact(step) - mu) / (step[i] - theta[i])
+            step[i] += h if i != 1 or theta[1] + h <= self.box.sersic_n.high else -h
+            jac[i] = (self._exact(step, psf_fwhm) - mu) / (step[i] - theta[i])
         return mu, jac
 
 
 def naive_fit_seconds(image, psf_fwhm, sigma) -> float:
     """Seconds for :class:`NaiveFit` on one image."""
-    return NaiveFit(psf_fwhm=psf_fwhm, sigma=sigma).fit(image).result_.seconds
+    return NaiveFit().fit(image, psf_fwhm, sigma).seconds_
 
 
 def main(argv=None) -> None:

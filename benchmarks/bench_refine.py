@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from galparam.baseline import network_starting_points, run_baseline
 from galparam.data import load_dataset
 from galparam.estimator import load_estimator
-from galparam.evaluate.baseline import network_starting_points, run_baseline
 from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
 from galparam.parameters import LABEL_NAMES

@@ -51,7 +51,9 @@ def naive_rate(spec, n_images: int, seed: int = 0) -> float:
             g1=a * np.cos(2 * beta), g2=a * np.sin(2 * beta)
         )
         image = (
-            galsim.Convolve(galaxy, psf).drawImage(nx=spec.stamp_size, ny=spec.stamp_size, scale=spec.pixel_scale).array
+            galsim.Convolve(galaxy, psf)
+            .drawImage(nx=spec.geometry.stamp_size, ny=spec.geometry.stamp_size, scale=spec.geometry.pixel_scale)
+            .array
         )
         snr = np.sqrt(np.sum(image.astype(np.float64) ** 2)) / sigma
         if lo <= snr <= hi:
@@ -80,18 +82,18 @@ def table_figures() -> dict:
         old = os.environ.get(kspace.CACHE_ENV)
         os.environ[kspace.CACHE_ENV] = tmp
         try:
-            kspace._LOADED.clear()
+            kspace.cache._LOADED.clear()
             t0 = time.perf_counter()
             tables = kspace.load_tables()
             total = time.perf_counter() - t0
             path = kspace.cache_path(kspace.table_settings())
-            kspace._LOADED.clear()
+            kspace.cache._LOADED.clear()
             t0 = time.perf_counter()
             kspace.load_tables().coefficients(np.float32)
             load = time.perf_counter() - t0
             size = path.stat().st_size
         finally:
-            kspace._LOADED.clear()
+            kspace.cache._LOADED.clear()
             if old is None:
                 os.environ.pop(kspace.CACHE_ENV)
             else:

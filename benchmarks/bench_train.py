@@ -58,8 +58,9 @@ def _ensure_dataset(name: str) -> Path:
 def training_throughput(path: Path, n_images: int, repeats: int) -> list[dict]:
     import keras
 
-    from galparam.data import MinMaxScaler, load_dataset, tf_dataset, with_channel
+    from galparam.data import MinMaxScaler, load_dataset, with_channel
     from galparam.models.xception import build_xception
+    from galparam.pipelines import tf_dataset
 
     ds = load_dataset(path, mmap=True)
     idx = np.arange(n_images)
@@ -101,9 +102,10 @@ def fresh_vs_file(path: Path, spec_path: Path, n_images: int, epochs: int) -> di
     the median epoch after the first (tracing, the drawing process's start-up)."""
     import keras
 
-    from galparam.data import MinMaxScaler, load_dataset, tf_dataset, tf_generator_dataset, with_channel
+    from galparam.data import MinMaxScaler, load_dataset, with_channel
     from galparam.fresh import FreshImages
     from galparam.models.xception import build_xception
+    from galparam.pipelines import tf_dataset, tf_generator_dataset
     from galparam.specs import load_spec
 
     ds = load_dataset(path, mmap=True)
@@ -168,9 +170,10 @@ def inference_throughput(path: Path, n_images: int) -> list[dict]:
 MEMORY_CHILD = """
 import resource, sys, threading, time
 import numpy as np
-from galparam.data import MinMaxScaler, load_dataset, split_indices, tf_dataset, with_channel
+from galparam.data import MinMaxScaler, load_dataset, split_indices, with_channel
 from galparam.estimator import Estimator
 from galparam.models.xception import build_xception
+from galparam.pipelines import tf_dataset
 
 peak_anon = 0
 def sample():

@@ -89,16 +89,17 @@ def shifted_spec(spec, *, sigma=None, psf_fwhm=None, size: int, name: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from galparam.baseline import run_baseline
     from galparam.estimator import calibrated_covariance, load_estimator
     from galparam.evaluate import ood
-    from galparam.evaluate.baseline import run_baseline
     from galparam.evaluate.crb import batch_bounds
-    from galparam.evaluate.report import EFFICIENCY_BY, _quantile_edges, markdown_table
     from galparam.evaluate.uncertainty import coverage_table, efficiency_map, shear_table
     from galparam.io import write_text_atomic
     from galparam.render import renderer_for
+    from galparam.report.content import EFFICIENCY_BY, quantile_edges
     from galparam.runs import RunFolder
     from galparam.specs import load_spec
+    from galparam.tables import markdown_table
 
     run = RunFolder(args.run)
     info = run.info()
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         )
         for snr in (60, 30)
     }
-    renderer = renderer_for("kspace", train_spec.stamp_size, train_spec.pixel_scale, train_spec.psf_beta)
+    renderer = renderer_for("kspace", train_spec.geometry)
     truth = held.label.astype(np.float64)
     cov = batch_bounds(truth, held.psf_fwhm, held.sigma, poisson=train_spec.poisson_noise, renderer=renderer)
     bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
     columns = {**{n: truth[:, k] for k, n in enumerate(LABEL_NAMES)}, "snr": held.snr, "psf_fwhm": held.psf_fwhm}
     maps = []
     for by in EFFICIENCY_BY:
-        edges = _quantile_edges(columns[by])
+        edges = quantile_edges(columns[by])
         if len(edges) > 2:
             maps.append(
                 efficiency_map(truth, estimates, bound, columns[by], edges, name="bin", spread=estimates_std).assign(

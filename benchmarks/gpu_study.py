@@ -151,7 +151,7 @@ def write_specs(work: Path, scale: dict, batch_size: int, toy: bool):
     return experiment, tests
 
 
-class Study:
+class GpuStudy:
     def __init__(self, args, env: dict):
         self.args = args
         self.env = env
@@ -310,7 +310,7 @@ class Study:
 
     def fits(self, snr: int, path: Path, output: Path, n_fit: int, init):
         """Fit the first ``n_fit`` images (plain, or from ``init``); (estimates, rows), or None past the budget."""
-        from galparam.evaluate.baseline import run_baseline
+        from galparam.baseline import run_baseline
         from galparam.parameters import LABEL_NAMES
 
         name = "network-started fits" if init is not None else "fits"
@@ -364,7 +364,7 @@ class Study:
         write_text_atomic(out / "study.md", self.markdown(status, tables))
 
     def markdown(self, status: dict, tables: dict) -> str:
-        from galparam.evaluate.report import markdown_table
+        from galparam.tables import markdown_table
 
         env = status["environment"]
         lines = [
@@ -403,7 +403,7 @@ def _terminate(signum, frame):
 def main(argv=None) -> int:
     args = parse_args(argv)
     env = environment()
-    study = Study(args, env)
+    study = GpuStudy(args, env)
     signal.signal(signal.SIGTERM, _terminate)
     study.clock.say(
         f"galparam GPU study, {'toy' if args.toy else 'full'} scale, backend {env['backend']}, {env.get('devices', '')}"

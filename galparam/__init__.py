@@ -7,6 +7,7 @@ TensorFlow and Keras load only when something needs them)::
     ds = galparam.load_dataset("data/v1-small.npz")
     estimator = galparam.load_estimator("runs/xception-v1-small")
     bound = galparam.cramer_rao(theta, psf_fwhm=0.5, sigma=200)
+    fits = galparam.BatchedFit().fit(images, psf_fwhm=0.5, sigma=200)   # fits.theta_, fits.covariance_
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ _EXPORTS = {
     "PARAMETERS": "galparam.parameters",
     "check_parameters": "galparam.parameters",
     # the forward model
-    "Renderer": "galparam.render",
+    "Geometry": "galparam.geometry",
+    "KSpaceRenderer": "galparam.render",
+    "GalSimRenderer": "galparam.render",
+    "Renderer": "galparam.render:GalSimRenderer",  # the GalSim renderer's former name
     # specs and data
     "load_spec": "galparam.specs",
     "load_experiment": "galparam.specs",
@@ -30,14 +34,18 @@ _EXPORTS = {
     "load_dataset": "galparam.data",
     "load_metadata": "galparam.data",
     # training and trained models
+    "FAMILIES": "galparam.models",
     "train": "galparam.train",
     "RunFolder": "galparam.runs",
     "load_estimator": "galparam.estimator",
     # evaluation
+    "write_report": "galparam.report",
     "cramer_rao": "galparam.evaluate.crb",
     "dataset_bounds": "galparam.evaluate.crb",
-    "LikelihoodFit": "galparam.evaluate.mle",
-    "run_baseline": "galparam.evaluate.baseline",
+    "BatchedFit": "galparam.evaluate.fit",
+    "GalSimFit": "galparam.evaluate.galsim_fit",
+    "FitBox": "galparam.evaluate.fitbox",
+    "run_baseline": "galparam.baseline",
     "estimator_metrics": "galparam.evaluate.metrics",
     # searches
     "search_dashboard": "galparam.search.dashboard:dashboard",

@@ -1,25 +1,31 @@
-"""Loading and checking datasets; the deterministic train/validation split.
+"""Loading and checking datasets; the deterministic train/validation split; scalers.
 
-:func:`load_dataset` either returns a dataset whose arrays are what galparam expects (keys, shapes,
-dtypes, finite values, label ranges) or raises one :class:`DatasetError` that names the file and
-the problem.
+:func:`load_dataset` either returns a dataset whose arrays are what the file's schema
+(:data:`galparam.schema.DATASET_SCHEMA`) declares (keys, shapes, dtypes, finite values, label
+ranges) or raises one :class:`DatasetError` that names the file and the problem. Serving batches
+of a dataset to Keras is :mod:`galparam.pipelines`' job.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from galparam.errors import DatasetError, GalparamError
+from galparam.io import write_json_atomic
 from galparam.parameters import LABEL_NAMES, PARAMETERS, first_invalid
+from galparam.schema import DATASET_SCHEMA, PER_IMAGE, PER_IMAGE_OR_SET, REQUIRED_KEYS
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
-REQUIRED_KEYS = ("img", "img_nonoise", "psf_img", "label", "label_names", "snr", "sigma", "psf_fwhm", "spec")
-_PER_IMAGE = ("snr", "sigma", "psf_fwhm")
-_FLOAT_IMAGES = ("img", "img_nonoise", "psf_img")
+_CHECKED = tuple(e for e in DATASET_SCHEMA if e.required and e.dtype != "str")
+"""The arrays whose shape, dtype and values a dataset is checked for."""
+_STAMPS = tuple(e.key for e in DATASET_SCHEMA if "stamp" in e.shape)
+"""The image arrays (memory-mapped with ``mmap``)."""
 
 
 @dataclass
@@ -173,7 +179,7 @@ def load_dataset(path, *, mmap: bool = False) -> Dataset:
                 _fail(
                     path, f"not a galparam dataset: missing {', '.join(missing)} (required: {', '.join(REQUIRED_KEYS)})"
                 )
-            images = set(_FLOAT_IMAGES) if mmap else set()
+            images = set(_STAMPS) if mmap else set()
             arrays = {}
             for k in z.files:
                 mapped = _memmap_member(path, z.zip, k) if k in images else None
@@ -192,23 +198,19 @@ def load_dataset(path, *, mmap: bool = False) -> Dataset:
     if img.ndim != 3 or img.shape[1] != img.shape[2]:
         _fail(path, f"img has shape {img.shape}; expected (N, S, S)")
     n, s = img.shape[0], img.shape[1]
-    expected = {
-        "img_nonoise": (n, s, s),
-        "label": (n, len(LABEL_NAMES)),
-        **{k: (n,) for k in _PER_IMAGE},
-    }
-    for key, shape in expected.items():
-        if arrays[key].shape != shape:
-            _fail(path, f"{key} has shape {arrays[key].shape}; expected {shape}")
-    psf = arrays["psf_img"]
-    if psf.ndim != 3 or psf.shape[0] not in (1, n) or psf.shape[1:] != (s, s):
-        _fail(path, f"psf_img has shape {psf.shape}; expected (1, {s}, {s}) or ({n}, {s}, {s})")
-    for key in (*_FLOAT_IMAGES, "label", *_PER_IMAGE):
-        if arrays[key].dtype != np.float32:
-            _fail(path, f"{key} has dtype {arrays[key].dtype}; expected float32")
-        bad = _all_finite(arrays[key])
+    for entry in _CHECKED:
+        array, row = arrays[entry.key], entry.row_shape(s)
+        if entry.per == PER_IMAGE and array.shape != (n, *row):
+            _fail(path, f"{entry.key} has shape {array.shape}; expected {(n, *row)}")
+        if entry.per == PER_IMAGE_OR_SET and (
+            array.ndim != 1 + len(row) or array.shape[0] not in (1, n) or array.shape[1:] != row
+        ):
+            _fail(path, f"{entry.key} has shape {array.shape}; expected {(1, *row)} or {(n, *row)}")
+        if array.dtype != np.dtype(entry.dtype):
+            _fail(path, f"{entry.key} has dtype {array.dtype}; expected {entry.dtype}")
+        bad = _all_finite(array)
         if bad:
-            _fail(path, f"{key} holds {bad} NaN or infinite values")
+            _fail(path, f"{entry.key} holds {bad} NaN or infinite values")
     if tuple(str(v) for v in arrays["label_names"]) != LABEL_NAMES:
         _fail(path, f"label_names are {list(arrays['label_names'])}; expected {list(LABEL_NAMES)}")
 
@@ -221,11 +223,11 @@ def load_dataset(path, *, mmap: bool = False) -> Dataset:
             accepted = "|g| < 1" if name == "g" else PARAMETERS[name].range_text
             _fail(path, f"{name} of image {first} is out of range (accepted: {accepted})")
 
-    extra = {k: v for k, v in arrays.items() if k not in (*REQUIRED_KEYS, "label_names")}
+    extra = {k: v for k, v in arrays.items() if k not in REQUIRED_KEYS}
     return Dataset(
         img=img,
         img_nonoise=arrays["img_nonoise"],
-        psf_img=psf,
+        psf_img=arrays["psf_img"],
         label=label,
         snr=arrays["snr"],
         sigma=arrays["sigma"],
@@ -238,8 +240,6 @@ def load_dataset(path, *, mmap: bool = False) -> Dataset:
 
 def load_metadata(path):
     """The per-image metadata table written beside a dataset (``OUT.csv`` for ``OUT.npz``)."""
-    import pandas as pd
-
     csv = Path(path).with_suffix(".csv")
     if not csv.exists():
         raise DatasetError(f"{csv}: no metadata table beside the dataset")
@@ -318,14 +318,10 @@ class MinMaxScaler:
 
     def save(self, path) -> None:
         """Write the scaler as JSON, atomically."""
-        from galparam.io import write_json_atomic
-
         write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> MinMaxScaler:
-        import json
-
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except FileNotFoundError:
@@ -350,182 +346,6 @@ def spread_sample(indices, size: int) -> np.ndarray:
     if len(indices) <= size:
         return indices
     return indices[np.linspace(0, len(indices) - 1, size).round().astype(np.int64)]
-
-
-def epoch_order(indices, epoch: int, shuffle_seed: int | None) -> np.ndarray:
-    """An epoch's images in the order they are served: ``indices`` as they are without a
-    ``shuffle_seed``, else a permutation drawn from ``(shuffle_seed, epoch)``."""
-    indices = np.asarray(indices, dtype=np.int64)
-    if shuffle_seed is None:
-        return indices
-    return np.random.default_rng([shuffle_seed, epoch]).permutation(indices)
-
-
-def index_batches(indices, batch_size: int, *, shuffle_seed: int | None = None, first_epoch: int = 0):
-    """Yield the index batches of one epoch (no shuffling), or of every epoch from ``first_epoch`` on.
-
-    With ``shuffle_seed`` each epoch's order is a permutation drawn from ``(shuffle_seed, epoch)``:
-    a run resumed at epoch k sees the same batches as one that never stopped.
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    epoch = first_epoch
-    while True:
-        order = epoch_order(indices, epoch, shuffle_seed)
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
-        if shuffle_seed is None:
-            return
-        epoch += 1
-
-
-def gather_batch(columns: dict, names, idx) -> list[np.ndarray]:
-    """The rows ``idx`` of each named column (:func:`tf_dataset`'s ``columns``), transformed, float32.
-
-    Rows are read in sorted order: faster from a memory map, and the order inside a batch does not matter.
-    """
-    idx = np.sort(idx)
-    return [np.ascontiguousarray(columns[n][1](columns[n][0][idx]), dtype=np.float32) for n in names]
-
-
-def tf_dataset(
-    columns: dict,
-    inputs,
-    targets,
-    indices,
-    batch_size: int,
-    *,
-    shuffle_seed: int | None = None,
-    first_epoch: int = 0,
-):
-    """A ``tf.data`` pipeline of ``(inputs, targets)`` batches gathered from (memory-mapped) arrays.
-
-    Parameters
-    ----------
-    columns : dict of str to (array, callable)
-        For each model input or output name, the array holding it (indexed by image) and the
-        transform that turns a gathered block into the float32 batch (scaling, channel axis).
-    inputs, targets : str or tuple of str
-        Column names; one name gives a tensor, a tuple a dict keyed by name (Keras matches the
-        model's input and output names).
-    indices : array of int
-        The images to serve.
-    batch_size : int
-        Images per batch (the last batch of an epoch may be smaller).
-    shuffle_seed : int, optional
-        Shuffle with a fresh permutation each epoch and repeat forever (give ``steps_per_epoch``
-        to ``fit``); without it, one pass in order.
-    first_epoch : int
-        The epoch the pipeline starts at (for resumed runs).
-
-    Returns
-    -------
-    tf.data.Dataset
-        float32 throughout, prefetched; at most a few batches are in memory at any time.
-    """
-    import tensorflow as tf
-
-    names = column_names(inputs, targets)
-    indices = np.asarray(indices, dtype=np.int64)
-    if not len(indices):
-        raise GalparamError("no images to serve")
-
-    def gather(idx):
-        return gather_batch(columns, names, idx)
-
-    shapes = [a.shape[1:] for a in gather(indices[:1])]
-    batches = tf.data.Dataset.from_generator(
-        lambda: index_batches(indices, batch_size, shuffle_seed=shuffle_seed, first_epoch=first_epoch),
-        output_signature=tf.TensorSpec([None], tf.int64),
-    )
-
-    def load(idx):
-        tensors = tf.numpy_function(gather, [idx], [tf.float32] * len(names), stateful=False)
-        for tensor, shape in zip(tensors, shapes, strict=True):
-            tensor.set_shape((None, *shape))
-        return structure_batch(names, tensors, inputs, targets)
-
-    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-
-
-def batches(
-    columns: dict,
-    inputs,
-    targets,
-    indices,
-    batch_size: int,
-    *,
-    shuffle_seed: int | None = None,
-    first_epoch: int = 0,
-):
-    """The ``(inputs, targets)`` batches Keras's ``fit`` and ``evaluate`` take, on any backend.
-
-    Under TensorFlow, :func:`tf_dataset`; on other backends (JAX) an
-    :class:`~galparam.pipelines.ArrayBatches` (give ``fit`` its ``callbacks``, and both
-    ``steps_per_epoch`` and ``validation_steps``). The batches are the same on every backend.
-    Arguments as :func:`tf_dataset`.
-    """
-    from galparam import backend
-
-    if backend.is_tensorflow():
-        return tf_dataset(
-            columns, inputs, targets, indices, batch_size, shuffle_seed=shuffle_seed, first_epoch=first_epoch
-        )
-    from galparam.pipelines import ArrayBatches
-
-    return ArrayBatches(
-        columns, inputs, targets, indices, batch_size, shuffle_seed=shuffle_seed, first_epoch=first_epoch
-    )
-
-
-def generator_batches(batches, shapes, inputs, targets, *, steps: int, first_epoch: int = 0):
-    """:func:`tf_generator_dataset` under TensorFlow; on other backends a
-    :class:`~galparam.pipelines.StreamBatches` of the generator's batches (``steps`` an epoch,
-    the first of epoch ``first_epoch``). Other arguments as :func:`tf_generator_dataset`."""
-    from galparam import backend
-
-    if backend.is_tensorflow():
-        return tf_generator_dataset(batches, shapes, inputs, targets)
-    from galparam.pipelines import StreamBatches
-
-    return StreamBatches(batches(), steps, inputs, targets, first_epoch=first_epoch)
-
-
-def column_names(inputs, targets) -> tuple[str, ...]:
-    """The column names of a pipeline: the inputs', then the targets' (a name or a tuple of names each)."""
-    return tuple(dict.fromkeys((inputs,) if isinstance(inputs, str) else inputs)) + tuple(
-        (targets,) if isinstance(targets, str) else targets
-    )
-
-
-def structure_batch(names, tensors, inputs, targets):
-    """``(inputs, targets)`` of one batch: a tensor per name, or a dict where a tuple of names is given."""
-    by_name = dict(zip(names, tensors, strict=True))
-
-    def pick(spec):
-        return by_name[spec] if isinstance(spec, str) else {n: by_name[n] for n in spec}
-
-    return pick(inputs), pick(targets)
-
-
-def tf_generator_dataset(batches, shapes, inputs, targets):
-    """A ``tf.data`` pipeline of ``(inputs, targets)`` batches that a generator makes.
-
-    Parameters
-    ----------
-    batches : callable
-        Returns a generator of tuples of float32 arrays, one per name of
-        :func:`column_names` ``(inputs, targets)``, each of shape (batch, *shape).
-    shapes : sequence of tuple
-        Each column's shape without the batch axis.
-    inputs, targets : str or tuple of str
-        As in :func:`tf_dataset`.
-    """
-    import tensorflow as tf
-
-    names = column_names(inputs, targets)
-    signature = tuple(tf.TensorSpec((None, *shape), tf.float32) for shape in shapes)
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    return dataset.map(lambda *tensors: structure_batch(names, tensors, inputs, targets)).prefetch(tf.data.AUTOTUNE)
 
 
 def with_channel(images) -> np.ndarray:

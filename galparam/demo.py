@@ -18,16 +18,16 @@ Every step reuses what an earlier demo finished (``make clean`` starts over); th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from pathlib import Path
 
 from galparam.cli.common import ArgumentParser, positive_int, run
+from galparam.report.layout import Contents
+from galparam.study import BASELINE_IMAGES, TEST_SETS, Study, elapsed, read_metrics
 
 DEMO_SEARCH = "grid-v1"
 DEMO_EXPERIMENTS = ("xception-v2", "autoencoder-v2", "xception-v2-uncertainty")
-UNCERTAINTY_EXPERIMENTS = ("xception-v2-uncertainty",)
-DEMO_SNRS = (60, 30)
 DEMO_FIT_DATASET, DEMO_FIT_INIT = "v2", "xception-v2"  # fits of images drawn from a prior, plain and network-started
 
 
@@ -36,31 +36,23 @@ def prior_fit_names(dataset=DEMO_FIT_DATASET, init=DEMO_FIT_INIT) -> list[str]:
     return [f"baseline on {dataset}-small", f"refined {init}-small on {dataset}-small"]
 
 
-def report_files(
-    report_dir, experiments=DEMO_EXPERIMENTS, searches=(DEMO_SEARCH,), snrs=DEMO_SNRS, prior_fits=None
-) -> list[Path]:
-    """Every table and plot the demo's report promises (the names at the small setting)."""
-    from galparam.evaluate.report import name_slug
-
-    folder = Path(report_dir)
-    prior_fits = prior_fit_names() if prior_fits is None else list(prior_fits)
-    stems = ["test_sets", "validation", "datasets", "efficiency", "shear"] + [f"search_{s}-small" for s in searches]
-    if prior_fits or any(name in UNCERTAINTY_EXPERIMENTS for name in experiments):
-        stems.append("coverage")
-    files = [folder / f"{stem}.{ext}" for stem in stems for ext in ("csv", "md", "tex")]
-    plots = folder / "plots"
-    for snr in snrs:
-        files += [plots / f"errors_snr{snr}.png", plots / f"bias_spread_snr{snr}.png"]
-    for name in experiments:
-        files += [
-            plots / f"{kind}_{name}-small.png"
-            for kind in ("true_vs_predicted", "error_vs_true", "reconstructions", "efficiency")
-        ]
-        if name in UNCERTAINTY_EXPERIMENTS:
-            files.append(plots / f"reliability_{name}-small.png")
-    files += [plots / f"efficiency_{name_slug(name)}.png" for name in prior_fits]
-    files += [plots / f"search_{s}-small.png" for s in searches]
-    return files
+def report_contents(study: Study) -> Contents:
+    """What the demo's report holds (:mod:`galparam.report.layout` names its files from it): both
+    test sets, every network (with a reliability diagram where its spec asks for an uncertainty
+    head), the fits of the prior-drawn set, the datasets and the search."""
+    networks = tuple(study.name(base) for base in DEMO_EXPERIMENTS)
+    heads = tuple(study.name(b) for b in DEMO_EXPERIMENTS if study.experiment(b).uncertainty != "none")
+    return Contents(
+        test_sets=tuple(TEST_SETS),
+        estimated_test_sets=tuple(TEST_SETS),
+        networks=networks,
+        validated_networks=networks,
+        uncertainty_networks=heads,
+        covered=True,
+        prior_fits=tuple(prior_fit_names()),
+        searches=(study.name(DEMO_SEARCH),),
+        datasets=True,
+    )
 
 
 def _fmt(v) -> str:
@@ -74,11 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--project", default=".", help="the folder holding data/ and experiments/ (default: %(default)s)")
     p.add_argument("--jobs", type=positive_int, help="worker processes for simulation and fits (default: all cores)")
     args = p.parse_args(argv)
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
-    from galparam.study import BASELINE_IMAGES, Study, elapsed, read_metrics
-
     start = time.perf_counter()
     study = Study("small", output=args.output, project=args.project, jobs=args.jobs)
     steps = 4 + len(DEMO_EXPERIMENTS)
@@ -96,7 +84,7 @@ def main(argv=None) -> int:
         step(i, f"training {study.name(base)}")
         runs[base] = study.train(base)
     step(steps - 1, f"maximum-likelihood fits of the test sets and of {study.name(DEMO_FIT_DATASET)}")
-    fits = [study.baseline(snr) for snr in DEMO_SNRS]
+    fits = [study.baseline(snr) for snr in TEST_SETS]
     fits += [study.baseline(DEMO_FIT_DATASET), study.baseline(DEMO_FIT_DATASET, init=DEMO_FIT_INIT)]
     step(steps, f"writing the report into {args.reports}")
     report = study.report(args.reports, experiments=DEMO_EXPERIMENTS, fits=fits, searches=(DEMO_SEARCH,))

@@ -11,16 +11,24 @@ A run folder written by :func:`galparam.train.train` is usable alone::
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+from tqdm.auto import tqdm
 
-from galparam.data import MinMaxScaler, with_channel
+from galparam.data import MinMaxScaler, load_dataset, with_channel
 from galparam.errors import GalparamError
+from galparam.evaluate.uncertainty import fit_calibration
+from galparam.models import FAMILIES
+from galparam.models.heads import decode
 from galparam.parameters import LABEL_NAMES
-from galparam.runs import RunFolder
-from galparam.specs import DENOISER_FAMILIES
+from galparam.runs import AUTOKERAS_FAMILY, RunFolder
+
+DENOISERS = tuple(name for name, family in FAMILIES.items() if family.restores_images)
+"""The families whose runs restore images (loaded with :func:`load_denoiser`)."""
 
 _CHUNK = 8192  # images converted to a tensor at a time
 
@@ -48,7 +56,9 @@ class Estimator:
     model : keras.Model
         The Xception regressor (inputs ``image`` and maybe ``psf``), or the autoencoder (input
         ``noisy_image``; its ``encoder`` and ``decoder`` layers are used).
-    family : {"xception", "autoencoder"}
+    family : str
+        The run's family (:data:`galparam.models.FAMILIES`, or ``autokeras``): its declaration
+        says which layer predicts the labels and which draws images.
     label_scaler : MinMaxScaler
         Maps the network's label outputs back to physical units.
     image_scaler : MinMaxScaler, optional
@@ -92,7 +102,10 @@ class Estimator:
         self.image_scaler = image_scaler
         self.psf_input = bool(psf_input)
         self.denoiser = denoiser
-        self._net = model.get_layer("encoder") if family == "autoencoder" else model
+        declared = FAMILIES.get(family)
+        self._predictor = getattr(declared, "predictor", None)
+        self._decoder = getattr(declared, "decoder", None)
+        self._net = model.get_layer(self._predictor) if self._predictor else model
         self.image_shape = tuple(self._net.inputs[0].shape[1:3])
 
     def _check_images(self, images, what: str) -> np.ndarray:
@@ -141,8 +154,6 @@ class Estimator:
         covariance : ndarray of shape (N, 5, 5) or None
             None without an uncertainty head; scaled by the run's calibration unless ``calibrated`` is false.
         """
-        from galparam.models.heads import decode
-
         mean, cov = decode(self.predict_scaled(images, psf_images, batch_size=batch_size), self.uncertainty)
         mean = self.label_scaler.inverse_transform(mean)
         if cov is None:
@@ -181,11 +192,13 @@ class Estimator:
         return _table(mean, cov, correlations=self.uncertainty == "full", interval_scale=self.interval_scale)
 
     def reconstruct(self, labels, *, batch_size: int = 256) -> np.ndarray:
-        """The autoencoder decoder's noiseless image of each row of physical ``labels`` (N, 5), in counts."""
-        if self.family != "autoencoder" or self.image_scaler is None:
+        """The decoder's noiseless image of each row of physical ``labels`` (N, 5), in counts (a
+        family with a decoder: the autoencoder)."""
+        if self._decoder is None or self.image_scaler is None:
             raise GalparamError("only an autoencoder run reconstructs images")
         scaled = self.label_scaler.transform(np.asarray(labels, dtype=np.float64))
-        images = np.asarray(self.model.get_layer("decoder").predict(scaled, batch_size=batch_size, verbose=0))[..., 0]
+        decoder = self.model.get_layer(self._decoder)
+        images = np.asarray(decoder.predict(scaled, batch_size=batch_size, verbose=0))[..., 0]
         return self.image_scaler.inverse_transform(images.reshape(-1, 1)).reshape(images.shape).astype(np.float32)
 
 
@@ -198,8 +211,6 @@ def calibrated_covariance(cov, factors):
 def _table(mean, cov, correlations: bool, interval_scale=None) -> pd.DataFrame:
     """The estimates, their spreads (``<label>_std``), with ``interval_scale`` the calibrated
     intervals' half-widths (``<label>_ci68`` ...) and, with ``correlations``, ``corr_<a>_<b>``."""
-    from scipy import stats
-
     table = pd.DataFrame(mean, columns=list(LABEL_NAMES))
     if cov is None:
         return table
@@ -261,8 +272,6 @@ class Ensemble:
         """Fit the ensemble's calibration on images with known ``truth`` (N, 5): one factor per label
         on the mixture's spread and one per level for the intervals, as
         :func:`galparam.train.calibrate` fits a run's; returns the factors."""
-        from galparam.evaluate.uncertainty import fit_calibration
-
         mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size, calibrated=False)
         std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         self.calibration, self.interval_calibration = fit_calibration(truth, mean, std)
@@ -312,8 +321,6 @@ def load_ensemble(run_dirs, *, calibrate: bool = True, batch_size: int = 256) ->
     ensemble = Ensemble([load_estimator(r) for r in run_dirs])
     if not calibrate:
         return ensemble
-    from galparam.data import load_dataset
-
     infos = [RunFolder(r).info() for r in run_dirs]
     paths = {str(Path(i["dataset"]["path"]).resolve()) for i in infos}
     splits = [RunFolder(r).validation_indices(i) for r, i in zip(run_dirs, infos, strict=True)]
@@ -383,8 +390,6 @@ class Denoiser:
         """
         images = _check_image_stack(images, self.image_shape, "images")
         out = np.empty(images.shape, np.float32)
-        from tqdm.auto import tqdm
-
         with tqdm(total=len(images), unit="img", desc="denoise", disable=not progress) as bar:
             for start in range(0, len(images), _CHUNK):
                 chunk = images[start : start + _CHUNK]
@@ -435,9 +440,9 @@ def load_denoiser(run_dir, *, expected_sha256: str | None = None) -> Denoiser:
         info = run.info()
     except GalparamError as exc:
         raise GalparamError(f"denoiser: {exc}") from None
-    if info["family"] not in DENOISER_FAMILIES:
+    if info["family"] not in DENOISERS:
         raise GalparamError(
-            f"denoiser: {run.path} is a run of family {info['family']}; a denoiser is a run of {' or '.join(DENOISER_FAMILIES)}"
+            f"denoiser: {run.path} is a run of family {info['family']}; a denoiser is a run of {' or '.join(DENOISERS)}"
         )
     sha = run.model_sha256() if run.model_path.exists() else ""
     if sha != info.get("model_sha256"):
@@ -470,15 +475,16 @@ def load_estimator(run_dir) -> Estimator:
     """
     run = RunFolder(run_dir)
     info = run.info()
-    if info["family"] in DENOISER_FAMILIES:
+    if info["family"] in DENOISERS:
         raise GalparamError(
             f"{run.path}: a {info['family']} denoiser restores images and estimates no parameters; "
             "load it with galparam.estimator.load_denoiser, or give a run that names it as its denoiser"
         )
-    if info["family"] == "autokeras":
+    if info["family"] == AUTOKERAS_FAMILY:
         import autokeras  # noqa: F401  (registers the layers of AutoKeras' exported models)
     model = _load_model(run)
-    image_scaler = MinMaxScaler.load(run.image_scaler_path) if info["family"] == "autoencoder" else None
+    decodes = getattr(FAMILIES.get(info["family"]), "decoder", None) is not None
+    image_scaler = MinMaxScaler.load(run.image_scaler_path) if decodes else None
     denoiser = None
     recorded = info.get("denoiser")
     if recorded is not None and not info.get("joint", False):
@@ -518,8 +524,6 @@ def read_image_file(path, key: str | None = None, psf_key: str | None = None, *,
     GalparamError
         If the file is missing or not an npz, or the arrays cannot be told apart.
     """
-    import zipfile
-
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:

@@ -14,8 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from galparam.data import load_dataset
 from galparam.errors import GalparamError
+from galparam.estimator import load_estimator
+from galparam.evaluate.crb import cramer_rao, dataset_bounds
+from galparam.evaluate.fit import BatchedFit
 from galparam.parameters import LABEL_NAMES
+from galparam.render import KSpaceRenderer, renderer_for
+from galparam.simulate import add_noise
 
 RUNS_ENV = "GALPARAM_EXPLORE_RUNS"
 """How ``galparam-explore`` passes the run folders to the app (separated by ``os.pathsep``)."""
@@ -89,11 +95,7 @@ def draw(point: Point, renderer=None, *, window=TRAINING_SNR_WINDOW) -> View:
     GalparamError
         If a parameter is outside what can be drawn.
     """
-    from galparam.evaluate.crb import cramer_rao
-    from galparam.render import KSpaceRenderer
-    from galparam.simulate import add_noise
-
-    renderer = renderer or KSpaceRenderer()
+    renderer = renderer or renderer_for(KSpaceRenderer.NAME)
     theta = point.theta
     noiseless = renderer.images(*theta, point.psf_fwhm, dtype=np.float64)[0]
     noisy = add_noise(noiseless, point.sigma, np.random.default_rng(point.seed), poisson=point.poisson)
@@ -143,19 +145,15 @@ def fit(view: View, renderer=None):
 
     Returns
     -------
-    result : galparam.evaluate.mle.FitResult
+    result : galparam.evaluate.fit.FitResult
     errors : Series
         (estimate − truth) / bound per label.
     residual : ndarray (S, S)
     """
-    from galparam.evaluate.batchfit import BatchedFit
-    from galparam.render import KSpaceRenderer
-
-    renderer = renderer or KSpaceRenderer()
+    renderer = renderer or renderer_for(KSpaceRenderer.NAME)
     point = view.point
-    result = BatchedFit(poisson=point.poisson, renderer=renderer).fit(
-        view.noisy[None], point.psf_fwhm, point.sigma, psf_images=view.psf[None]
-    )[0]
+    fitter = BatchedFit(poisson=point.poisson, renderer=renderer)
+    result = fitter.fit(view.noisy[None], point.psf_fwhm, point.sigma, psf_images=view.psf[None]).results_[0]
     model = renderer.images(*result.theta, point.psf_fwhm, dtype=np.float64)[0]
     errors = pd.Series((result.theta - point.theta) / view.bound.std.to_numpy(), index=list(LABEL_NAMES))
     return result, errors, view.noisy - model
@@ -180,8 +178,6 @@ def stretch(image: np.ndarray, kind: str = "linear") -> np.ndarray:
 
 def load(dataset_path):
     """A dataset, memory-mapped (see :func:`galparam.data.load_dataset`)."""
-    from galparam.data import load_dataset
-
     return load_dataset(dataset_path, mmap=True)
 
 
@@ -216,8 +212,6 @@ def predictions(dataset, estimator, indices, *, batch_size: int = 256) -> pd.Dat
     DataFrame indexed by image: ``<label>`` (truth), ``<label>_pred`` and ``<label>_err/crb``
     per label, and ``snr``.
     """
-    from galparam.evaluate.crb import dataset_bounds
-
     indices = np.sort(np.asarray(indices, dtype=np.int64))
     if not len(indices):
         return pd.DataFrame()
@@ -242,8 +236,6 @@ def check_runs(run_dirs) -> dict:
     GalparamError
         A missing, unfinished or foreign run folder.
     """
-    from galparam.estimator import load_estimator
-
     estimators = {}
     for run_dir in run_dirs:
         estimators[Path(run_dir).name] = load_estimator(run_dir)

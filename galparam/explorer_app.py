@@ -14,6 +14,7 @@ import streamlit as st
 from galparam import explorer
 from galparam.errors import GalparamError
 from galparam.parameters import LABEL_NAMES, LABEL_UNITS
+from galparam.render import KSpaceRenderer, renderer_for
 
 SLIDER_LABELS = {
     "flux": "flux (counts)",
@@ -28,9 +29,7 @@ SLIDER_LABELS = {
 
 @st.cache_resource
 def _renderer():
-    from galparam.render import KSpaceRenderer
-
-    return KSpaceRenderer()
+    return renderer_for(KSpaceRenderer.NAME)
 
 
 @st.cache_resource

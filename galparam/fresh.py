@@ -21,7 +21,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from galparam.parameters import LABEL_NAMES
+from galparam.jobs import available_cores
+from galparam.render import KSpaceRenderer, renderer_for
+from galparam.schema import BATCH_KEYS, Draws
+from galparam.simulate import SNRScreen, Workers, simulate_chunk
 from galparam.specs import DatasetSpec
 
 FRESH_STREAM = 2
@@ -52,11 +55,7 @@ DRAWING_NICENESS = 5
 _SCREENS: dict = {}
 
 
-FRESH_KEYS = ("img", "img_nonoise", "psf_img", "label")
-"""What :func:`draw` can return."""
-
-
-def draw(spec: DatasetSpec, start: int, stop: int, keys=FRESH_KEYS) -> dict:
+def draw(spec: DatasetSpec, start: int, stop: int, keys=BATCH_KEYS) -> dict:
     """Samples ``start`` to ``stop - 1`` of ``spec`` in this process: the images and labels a batch needs.
 
     Parameters
@@ -66,7 +65,8 @@ def draw(spec: DatasetSpec, start: int, stop: int, keys=FRESH_KEYS) -> dict:
     start, stop : int
         The samples drawn.
     keys : sequence of str
-        The arrays to return (the others are not sent back from the drawing process).
+        The arrays to return, among a dataset's batch arrays (:data:`galparam.schema.BATCH_KEYS`;
+        the others are not sent back from the drawing process).
 
     Returns
     -------
@@ -74,19 +74,15 @@ def draw(spec: DatasetSpec, start: int, stop: int, keys=FRESH_KEYS) -> dict:
         Of ``keys``: ``img``, ``img_nonoise`` (and ``psf_img`` where the PSF varies): float32
         (m, S, S); ``label``: float32 (m, 5), columns :data:`~galparam.parameters.LABEL_NAMES`.
     """
-    from galparam.render import renderer_for
-    from galparam.simulate import SNRScreen, Workers, simulate_chunk
-
     screen = None
-    if spec.renderer == "kspace" and SNRScreen.applies(spec):
+    if spec.renderer == KSpaceRenderer.NAME and SNRScreen.applies(spec):
         key = replace(spec, seed=0).digest()  # the screen depends on the priors, not the seed
         if key not in _SCREENS:
-            renderer = renderer_for(spec.renderer, spec.stamp_size, spec.pixel_scale, spec.psf_beta)
-            _SCREENS[key] = SNRScreen(spec, renderer)
+            _SCREENS[key] = SNRScreen(spec, renderer_for(spec.renderer, spec.geometry))
         screen = _SCREENS[key]
     with Workers(1) as workers:
         part = simulate_chunk(spec, start, stop, workers, screen=screen)
-    part["label"] = part["params"][:, : len(LABEL_NAMES)].astype(np.float32)
+    part["label"] = Draws(part["params"]).labels.astype(np.float32)
     return {k: part[k] for k in keys if k in part}
 
 
@@ -122,8 +118,6 @@ class FreshImages:
         prefetch: int = 2,
         processes: int | None = None,
     ):
-        from galparam.jobs import available_cores
-
         if images_per_epoch < 1 or batch_size < 1:
             raise ValueError("images_per_epoch and batch_size must be positive")
         self.processes = max(1, available_cores() - 1) if processes is None else int(processes)
@@ -152,7 +146,7 @@ class FreshImages:
                 yield epoch, start, min(start + self.chunk_images, self.images_per_epoch)
             epoch += 1
 
-    def chunks(self, first_epoch: int = 0, keys=FRESH_KEYS):
+    def chunks(self, first_epoch: int = 0, keys=BATCH_KEYS):
         """``(epoch, arrays)`` of each chunk (:func:`draw`'s ``keys``), in training order, forever."""
         tasks = self.tasks(first_epoch)
         if self.prefetch == 0:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from galparam.errors import GalparamError, SpecError
+from galparam.interval import Interval
 
 
 class ParameterError(GalparamError):
@@ -32,10 +33,8 @@ class Parameter:
         Column name in label matrices, metadata tables and specs.
     unit : str
         Physical unit ("" for dimensionless).
-    low, high : float
-        The valid range.
-    low_inclusive, high_inclusive : bool
-        Whether the range's ends are valid.
+    valid : Interval
+        The values the forward model accepts.
     training_prior : tuple of float or None
         The range of the reference's training prior (design notes, section 1), where the parameter
         is drawn from a range there.
@@ -45,26 +44,14 @@ class Parameter:
 
     name: str
     unit: str
-    low: float
-    high: float
-    low_inclusive: bool
-    high_inclusive: bool
+    valid: Interval
     training_prior: tuple[float, float] | None
     description: str
-
-    def contains(self, value) -> bool:
-        """Whether ``value`` lies in the valid range."""
-        above = value >= self.low if self.low_inclusive else value > self.low
-        below = value <= self.high if self.high_inclusive else value < self.high
-        return bool(above and below)
 
     @property
     def range_text(self) -> str:
         """The valid range as text, e.g. ``(0, inf) counts``."""
-        left = "[" if self.low_inclusive else "("
-        right = "]" if self.high_inclusive else ")"
-        text = f"{left}{self.low:g}, {self.high:g}{right}"
-        return f"{text} {self.unit}" if self.unit else text
+        return self.valid.text(self.unit)
 
     def check(self, value) -> float:
         """``value`` as a float, or a :class:`ParameterError` naming it and the valid range."""
@@ -72,7 +59,7 @@ class Parameter:
             number = float(value)
         except (TypeError, ValueError):
             raise ParameterError(f"{self.name} {value!r} is not a number") from None
-        if not math.isfinite(number) or not self.contains(number):
+        if not math.isfinite(number) or not self.valid.contains(number):
             raise ParameterError(f"{self.name} {number:g} is outside the valid range {self.range_text}")
         return number
 
@@ -86,16 +73,18 @@ TRAINING_SHEAR_AMPLITUDE = 0.67
 PARAMETERS = {
     p.name: p
     for p in (
-        Parameter("flux", "counts", 0.0, math.inf, False, False, (3.0e4, 4.0e5), "total flux"),
+        Parameter("flux", "counts", Interval.open(0.0, math.inf), (3.0e4, 4.0e5), "total flux"),
         # GalSim's Sersic accepts 0.3 <= n <= 6.2.
-        Parameter("sersic_n", "", 0.3, 6.2, True, True, (0.5, 6.0), "Sérsic index"),
-        Parameter("hlr", "arcsec", 0.0, 20.0, False, True, (0.1, 0.6), "half-light radius before shear"),
-        Parameter("g1", "", -SHEAR_LIMIT, SHEAR_LIMIT, False, False, None, "reduced shear, first component"),
-        Parameter("g2", "", -SHEAR_LIMIT, SHEAR_LIMIT, False, False, None, "reduced shear, second component"),
-        Parameter("shear_amplitude", "", 0.0, SHEAR_LIMIT, True, False, (0.0, TRAINING_SHEAR_AMPLITUDE), "|g| = A"),
-        Parameter("shear_angle", "radians", 0.0, math.pi, True, True, (0.0, math.pi), "β: g1 + i g2 = A e^{2iβ}"),
-        Parameter("psf_fwhm", "arcsec", 0.0, 20.0, False, True, (0.5, 1.0), "FWHM of the Moffat PSF"),
-        Parameter("sigma", "counts", 0.0, math.inf, False, False, (200.0, 400.0), "Gaussian noise per pixel"),
+        Parameter("sersic_n", "", Interval.closed(0.3, 6.2), (0.5, 6.0), "Sérsic index"),
+        Parameter("hlr", "arcsec", Interval(0.0, 20.0, False, True), (0.1, 0.6), "half-light radius before shear"),
+        Parameter("g1", "", Interval.open(-SHEAR_LIMIT, SHEAR_LIMIT), None, "reduced shear, first component"),
+        Parameter("g2", "", Interval.open(-SHEAR_LIMIT, SHEAR_LIMIT), None, "reduced shear, second component"),
+        Parameter(
+            "shear_amplitude", "", Interval(0.0, SHEAR_LIMIT, True, False), (0.0, TRAINING_SHEAR_AMPLITUDE), "|g| = A"
+        ),
+        Parameter("shear_angle", "radians", Interval.closed(0.0, math.pi), (0.0, math.pi), "β: g1 + i g2 = A e^{2iβ}"),
+        Parameter("psf_fwhm", "arcsec", Interval(0.0, 20.0, False, True), (0.5, 1.0), "FWHM of the Moffat PSF"),
+        Parameter("sigma", "counts", Interval.open(0.0, math.inf), (200.0, 400.0), "Gaussian noise per pixel"),
     )
 }
 """Every physical quantity of the image model, by name."""
@@ -106,7 +95,7 @@ LABEL_NAMES = ("flux", "sersic_n", "hlr", "g1", "g2")
 LABEL_UNITS = {name: PARAMETERS[name].unit for name in LABEL_NAMES}
 """Unit of each label ("" for dimensionless)."""
 
-SERSIC_N_LIMITS = (PARAMETERS["sersic_n"].low, PARAMETERS["sersic_n"].high)
+SERSIC_N_LIMITS = (PARAMETERS["sersic_n"].valid.low, PARAMETERS["sersic_n"].valid.high)
 """Sérsic indices GalSim can render (``galsim.Sersic`` rejects others)."""
 
 
@@ -178,9 +167,6 @@ def first_invalid(name: str, values) -> int | None:
     if name == "g":
         ok = np.hypot(values[:, 0], values[:, 1]) < SHEAR_LIMIT
     else:
-        p = PARAMETERS[name]
-        low = values >= p.low - 1e-6 if p.low_inclusive else values > p.low
-        high = values <= p.high + 1e-6 if p.high_inclusive else values < p.high
-        ok = low & high & np.isfinite(values)
+        ok = PARAMETERS[name].valid.contains(values, tolerance=1e-6) & np.isfinite(values)
     bad = np.flatnonzero(~ok)
     return int(bad[0]) if len(bad) else None

@@ -1,7 +1,7 @@
 """Figures for looking at datasets and trainings in a notebook (each returns a matplotlib Figure).
 
 The report's figures (true vs predicted, errors against the bound, reconstructions) are written by
-:mod:`galparam.evaluate.report`; these are the exploratory ones the notebooks show.
+:mod:`galparam.report`; these are the exploratory ones the notebooks show.
 """
 
 from __future__ import annotations

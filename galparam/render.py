@@ -1,22 +1,24 @@
 """The one forward model: five galaxy parameters and a Moffat PSF → a pixel image.
 
 Simulation, the likelihood fit, Fisher matrices and reconstructions all render through this
-module; there is no second copy of the galaxy model. It offers two renderers of the same image:
+module; there is no second copy of the galaxy model. It offers two renderers of the same image,
+each declaring its name (what a dataset spec's ``renderer`` says) and the Sérsic indices it draws:
 
-* :class:`KSpaceRenderer` (``renderer: kspace``, the default of dataset specs): many galaxies per
-  call, drawn in k-space from GalSim's own per-index Sérsic transforms (:mod:`galparam.kspace`),
-  within 1e-4 of GalSim's peak at a fraction of a millisecond an image;
-* :class:`Renderer` (``renderer: galsim``): GalSim's ``drawImage`` itself, the exact reference.
+* :class:`KSpaceRenderer` (``kspace``, the default of dataset specs): many galaxies per call,
+  drawn in k-space from GalSim's own per-index Sérsic transforms (:mod:`galparam.kspace`), within
+  1e-4 of GalSim's peak at a fraction of a millisecond an image;
+* :class:`GalSimRenderer` (``galsim``): GalSim's ``drawImage`` itself, the exact reference.
 
-The rest of this docstring is about the GalSim renderer.
+:data:`RENDERERS` lists them; :func:`renderer_for` gives this process's renderer of a name and a
+:class:`~galparam.geometry.Geometry`.
 
 GalSim builds Hankel-transform tables for every new Sérsic index (4 ms at n = 0.5, ~300 ms at
 n = 6 on a 2-core machine) and keeps only the last 100 in its C++ cache, which cannot be enlarged
-from Python. A :class:`Renderer` therefore keeps one unit-flux, unit-radius ``galsim.Sersic`` per
-index it has seen and derives each galaxy from it by dilation, flux scaling and shear: the derived
-profile shares the retained tables, so an index is built once per process however the work is
-ordered, and the image equals GalSim's drawing of ``Sersic(n, half_light_radius, flux).shear(...)``
-to float32 rounding.
+from Python. A :class:`GalSimRenderer` therefore keeps one unit-flux, unit-radius
+``galsim.Sersic`` per index it has seen and derives each galaxy from it by dilation, flux scaling
+and shear: the derived profile shares the retained tables, so an index is built once per process
+however the work is ordered, and the image equals GalSim's drawing of
+``Sersic(n, half_light_radius, flux).shear(...)`` to float32 rounding.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from galparam import kspace
 from galparam.errors import GalparamError
+from galparam.geometry import DEFAULT_GEOMETRY, Geometry
 from galparam.parameters import (
     LABEL_NAMES,
     PARAMETERS,
@@ -35,61 +39,31 @@ from galparam.parameters import (
     ParameterError,
     check_parameters,
     first_invalid,
-    sersic_grid,
 )
-from galparam.specs import DATASET_SETTINGS
 
 if TYPE_CHECKING:
     import galsim
 
-__all__ = [
-    "LABEL_NAMES",
-    "RENDERERS",
-    "SERSIC_N_LIMITS",
-    "KSpaceRenderer",
-    "Renderer",
-    "renderer_for",
-    "renderer_provenance",
-    "sersic_grid",
-    "shared_renderer",
-]
-
-RENDERERS = DATASET_SETTINGS["renderer"].choices
-"""The renderers a dataset spec may name: the batched k-space renderer (default) or GalSim's drawImage."""
-
-DEFAULT_STAMP_SIZE = 64
-DEFAULT_PIXEL_SCALE_ARCSEC = 0.23
-DEFAULT_PSF_BETA = 2.0
+MAX_PROFILES = 4096
+"""Unit Sérsic profiles a :class:`GalSimRenderer` keeps (one per index, least recently used out
+first): a 1,000-value grid with room to spare, a few kB each."""
 
 
-class Renderer:
-    """Draws galaxies and PSFs on a square stamp.
+class GalSimRenderer:
+    """Draws galaxies and PSFs with GalSim's ``drawImage``: the exact reference.
 
     Parameters
     ----------
-    stamp_size : int
-        Image side in pixels.
-    pixel_scale : float
-        Arcsec per pixel.
-    psf_beta : float
-        Moffat β of the PSF.
-    max_profiles : int
-        How many unit Sérsic profiles (one per distinct index) to keep; the least recently used
-        goes first. The default holds a 1,000-value grid with room to spare (a few kB each).
+    geometry : Geometry
+        The stamp, pixel scale and PSF profile.
     """
 
-    def __init__(
-        self,
-        *,
-        stamp_size: int = DEFAULT_STAMP_SIZE,
-        pixel_scale: float = DEFAULT_PIXEL_SCALE_ARCSEC,
-        psf_beta: float = DEFAULT_PSF_BETA,
-        max_profiles: int = 4096,
-    ):
-        self.stamp_size = int(stamp_size)
-        self.pixel_scale = float(pixel_scale)
-        self.psf_beta = float(psf_beta)
-        self.max_profiles = int(max_profiles)
+    NAME = "galsim"
+    SERSIC_RANGE = SERSIC_N_LIMITS
+    """The Sérsic indices it draws: all that ``galsim.Sersic`` accepts."""
+
+    def __init__(self, geometry: Geometry = DEFAULT_GEOMETRY):
+        self.geometry = geometry
         self._galsim = require_galsim("the GalSim renderer (renderer: galsim)")
         self._unit_sersic: OrderedDict[float, galsim.Sersic] = OrderedDict()
         self._psf: OrderedDict[float, galsim.Moffat] = OrderedDict()
@@ -101,7 +75,7 @@ class Renderer:
         if prof is None:
             prof = self._galsim.Sersic(n, half_light_radius=1.0, flux=1.0)
             self._unit_sersic[n] = prof
-            if len(self._unit_sersic) > self.max_profiles:
+            if len(self._unit_sersic) > MAX_PROFILES:
                 self._unit_sersic.popitem(last=False)
         else:
             self._unit_sersic.move_to_end(n)
@@ -138,7 +112,7 @@ class Renderer:
         fwhm = float(fwhm)
         prof = self._psf.get(fwhm)
         if prof is None:
-            prof = self._galsim.Moffat(beta=self.psf_beta, fwhm=fwhm)
+            prof = self._galsim.Moffat(beta=self.geometry.psf_beta, fwhm=fwhm)
             self._psf[fwhm] = prof
             if len(self._psf) > 8:
                 self._psf.popitem(last=False)
@@ -146,7 +120,8 @@ class Renderer:
 
     # -- images ---------------------------------------------------------------------------------
     def _draw(self, obj, dtype) -> np.ndarray:
-        image = self._galsim.Image(self.stamp_size, self.stamp_size, scale=self.pixel_scale, dtype=dtype)
+        rows, columns = self.geometry.shape
+        image = self._galsim.Image(columns, rows, scale=self.geometry.pixel_scale, dtype=dtype)
         obj.drawImage(image=image)
         return image.array
 
@@ -169,6 +144,22 @@ class Renderer:
         obj = self._galsim.Convolve(self.galaxy(flux, sersic_n, hlr, g1, g2), self.psf(psf_fwhm))
         return self._draw(obj, dtype)
 
+    def images(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
+        """Many galaxies, one ``drawImage`` each, galaxies of one index one after another (so each
+        index's profile is touched once a call); as :meth:`KSpaceRenderer.images`.
+
+        Returns
+        -------
+        ndarray of shape (B, stamp_size, stamp_size)
+        """
+        columns = np.broadcast_arrays(
+            *(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (flux, sersic_n, hlr, g1, g2, psf_fwhm))
+        )
+        out = np.empty((len(columns[0]), *self.geometry.shape), dtype)
+        for row in np.argsort(columns[1], kind="stable"):
+            out[row] = self.image(*(c[row] for c in columns), dtype=dtype)
+        return out
+
     def psf_image(self, psf_fwhm: float, *, dtype=np.float32) -> np.ndarray:
         """The unit-flux PSF image on the same stamp, pixel response included.
 
@@ -178,15 +169,13 @@ class Renderer:
         """
         return self._draw(self.psf(psf_fwhm), dtype)
 
-
-@lru_cache(maxsize=8)
-def shared_renderer(stamp_size: int, pixel_scale: float, psf_beta: float) -> Renderer:
-    """This process's renderer for a stamp geometry.
-
-    Its retained profiles outlive one dataset or one fit, so a worker process that makes several
-    datasets or fits many images builds each Sérsic index once.
-    """
-    return Renderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
+    def psf_images(self, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
+        """Unit-flux PSF images, one ``drawImage`` each (see :meth:`KSpaceRenderer.psf_images`)."""
+        fwhm = np.atleast_1d(np.asarray(psf_fwhm, dtype=np.float64))
+        out = np.empty((len(fwhm), *self.geometry.shape), dtype)
+        for row, value in enumerate(fwhm):
+            out[row] = self.psf_image(value, dtype=dtype)
+        return out
 
 
 BOX_STEP = 8
@@ -198,35 +187,20 @@ class KSpaceRenderer:
 
     Parameters
     ----------
-    stamp_size : int
-        Image side in pixels.
-    pixel_scale : float
-        Arcsec per pixel.
-    psf_beta : float
-        Moffat β of the PSF.
+    geometry : Geometry
+        The stamp, pixel scale and PSF profile.
 
     The tables are loaded from the cache (built from GalSim once per machine and geometry).
-    Sérsic indices are drawable within :attr:`sersic_range` (the tabulated indices).
+    Sérsic indices are drawable within :attr:`SERSIC_RANGE` (the tabulated indices).
     """
 
-    def __init__(
-        self,
-        *,
-        stamp_size: int = DEFAULT_STAMP_SIZE,
-        pixel_scale: float = DEFAULT_PIXEL_SCALE_ARCSEC,
-        psf_beta: float = DEFAULT_PSF_BETA,
-    ):
-        from galparam import kspace
+    NAME = "kspace"
+    SERSIC_RANGE = kspace.N_RANGE
+    """The Sérsic indices it draws: those its tables hold."""
 
-        self.stamp_size = int(stamp_size)
-        self.pixel_scale = float(pixel_scale)
-        self.psf_beta = float(psf_beta)
-        self.tables = kspace.load_tables(stamp=self.stamp_size, pixel_scale=self.pixel_scale, psf_beta=self.psf_beta)
-
-    @property
-    def sersic_range(self) -> tuple[float, float]:
-        """The Sérsic indices this renderer draws (those its tables cover)."""
-        return self.tables.n_range
+    def __init__(self, geometry: Geometry = DEFAULT_GEOMETRY):
+        self.geometry = geometry
+        self.tables = kspace.load_tables(geometry)
 
     def check(self, flux, sersic_n, hlr, g1, g2) -> None:
         """Refuse parameters outside what can be drawn, naming the first and the accepted range.
@@ -243,7 +217,7 @@ class KSpaceRenderer:
             if first is not None:
                 check_parameters([c[first] for c in columns])
         n = np.atleast_1d(np.asarray(sersic_n, dtype=np.float64))
-        lo, hi = self.sersic_range
+        lo, hi = self.tables.n_range
         bad = np.flatnonzero((n < lo - 1e-9) | (n > hi + 1e-9))
         if bad.size:
             raise ParameterError(
@@ -257,7 +231,7 @@ class KSpaceRenderer:
         Parameters
         ----------
         flux, sersic_n, hlr, g1, g2, psf_fwhm : array_like of shape (B,) or scalars
-            As in :meth:`Renderer.image` (counts, arcsec).
+            As in :meth:`GalSimRenderer.image` (counts, arcsec).
         dtype : numpy dtype
             Arithmetic and output precision: ``np.float32`` (datasets) or ``np.float64``.
         grid : pair of int arrays (B,), optional
@@ -275,8 +249,6 @@ class KSpaceRenderer:
         ParameterError
             If a parameter is outside what can be drawn.
         """
-        from galparam import kspace
-
         self.check(flux, sersic_n, hlr, g1, g2)
         # k-boxes padded to multiples of 8 draw in fewer, larger groups (exact zeros: same images)
         return kspace.render_numpy(
@@ -307,8 +279,6 @@ class KSpaceRenderer:
         ParameterError
             If a parameter is outside what can be drawn.
         """
-        from galparam import kspace
-
         self.check(flux, sersic_n, hlr, g1, g2)
         return kspace.render_numpy(
             self.tables,
@@ -337,8 +307,6 @@ class KSpaceRenderer:
             with ``w = ∂NLL/∂image`` the likelihood's gradient, at a third of the cost of
             :meth:`images_and_jacobians`.
         """
-        from galparam import kspace
-
         self.check(flux, sersic_n, hlr, g1, g2)
         return kspace.render_numpy(
             self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float64, box_step=BOX_STEP, vjp=True, grid=grid
@@ -347,8 +315,6 @@ class KSpaceRenderer:
     def grid(self, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> tuple[np.ndarray, np.ndarray]:
         """Each galaxy's own grid: FFT size N and k-box half-width h, int arrays (B,) (the
         ``grid`` that :meth:`images` takes; :func:`galparam.kspace.choose_grid`)."""
-        from galparam import kspace
-
         self.check(flux, sersic_n, hlr, g1, g2)
         N, h, _ = kspace.choose_grid(self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, box_step=BOX_STEP)
         return N, h
@@ -356,16 +322,14 @@ class KSpaceRenderer:
     def enclosing_grid(self, grid, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> tuple[np.ndarray, np.ndarray]:
         """The smallest grids that enclose both ``grid`` and each galaxy's own
         (:func:`galparam.kspace.enclosing_grid`): ``grid`` itself where it does already."""
-        from galparam import kspace
-
         self.check(flux, sersic_n, hlr, g1, g2)
         return kspace.enclosing_grid(self.tables, grid, flux, sersic_n, hlr, g1, g2, psf_fwhm)
 
     def psf_images(self, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
         """Unit-flux PSF images on the same stamp, pixel response included, many per call.
 
-        GalSim's drawing of them (:meth:`Renderer.psf_image`) to ~3e-13 of the peak in float64
-        (:mod:`galparam.kspace_psf`); an image depends only on its own FWHM.
+        GalSim's drawing of them (:meth:`GalSimRenderer.psf_image`) to ~3e-13 of the peak in
+        float64 (:mod:`galparam.kspace.psf`); an image depends only on its own FWHM.
 
         Parameters
         ----------
@@ -378,38 +342,45 @@ class KSpaceRenderer:
         -------
         ndarray of shape (B, stamp_size, stamp_size)
         """
-        from galparam.kspace_psf import psf_images
-
         fwhm = np.atleast_1d(np.asarray(psf_fwhm, dtype=np.float64))
         bad = first_invalid("psf_fwhm", fwhm)
         if bad is not None:
             PARAMETERS["psf_fwhm"].check(fwhm[bad])
-        return psf_images(self.tables, fwhm, dtype=dtype)
+        return kspace.psf_images(self.tables, fwhm, dtype=dtype)
 
     def psf_image(self, psf_fwhm: float, *, dtype=np.float32) -> np.ndarray:
         """One PSF image (see :meth:`psf_images`)."""
         return self.psf_images(psf_fwhm, dtype=dtype)[0]
 
 
+RENDERERS = {cls.NAME: cls for cls in (KSpaceRenderer, GalSimRenderer)}
+"""The renderers by the name a dataset spec gives them; the first is the default."""
+
+DEFAULT_RENDERER = next(iter(RENDERERS))
+
+
 @lru_cache(maxsize=8)
-def renderer_for(name: str, stamp_size: int, pixel_scale: float, psf_beta: float):
-    """This process's renderer ``name`` (:data:`RENDERERS`) for a stamp geometry."""
-    if name == "galsim":
-        return shared_renderer(stamp_size, pixel_scale, psf_beta)
-    if name == "kspace":
-        return KSpaceRenderer(stamp_size=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta)
-    raise ParameterError(f"renderer {name!r} is not one of {', '.join(RENDERERS)}")
+def renderer_for(name: str, geometry: Geometry = DEFAULT_GEOMETRY):
+    """This process's renderer ``name`` (:data:`RENDERERS`) for a geometry.
+
+    One per process: a GalSim renderer's retained profiles outlive one dataset or one fit (a
+    worker that makes several datasets or fits many images builds each Sérsic index once), and
+    the k-space tables are read once.
+
+    Raises
+    ------
+    ParameterError
+        An unknown renderer name.
+    """
+    if name not in RENDERERS:
+        raise ParameterError(f"renderer {name!r} is not one of {', '.join(RENDERERS)}")
+    return RENDERERS[name](geometry)
 
 
-def renderer_provenance(name: str, stamp_size: int, pixel_scale: float, psf_beta: float) -> dict:
+def renderer_provenance(name: str, geometry: Geometry) -> dict:
     """What drew a dataset: the renderer and, for ``kspace``, its tables' settings and GalSim's version."""
-    from galparam import kspace
-
-    if name == "kspace":
-        return {
-            "renderer": name,
-            **kspace.resolve_table_settings(stamp=stamp_size, pixel_scale=pixel_scale, psf_beta=psf_beta),
-        }
+    if name == KSpaceRenderer.NAME:
+        return {"renderer": name, **kspace.resolve_table_settings(geometry)}
     return {"renderer": name, "galsim": kspace.galsim_version()}
 
 

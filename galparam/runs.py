@@ -34,8 +34,14 @@ import numpy as np
 import yaml
 
 from galparam import __version__
+from galparam.data import load_dataset, split_indices, spread_sample, with_channel
 from galparam.errors import GalparamError, Remedy, TrainingError
+from galparam.fresh import FreshImages, validation_spec
+from galparam.io import write_json_atomic
+from galparam.models import FAMILIES
 from galparam.parameters import LABEL_NAMES
+from galparam.simulate import simulate
+from galparam.specs import load_spec
 
 SPEC_FILE = "experiment.yaml"
 SCALER_FILE = "scaler.json"
@@ -48,8 +54,11 @@ RUN_FILE = "run.json"
 VALIDATION_FILE = "validation.npz"
 CALIBRATION_FILE = "calibration.json"
 
-RUN_FAMILIES = ("xception", "autoencoder", "autokeras", "edsr", "rdn")
-"""Families a run folder may hold (``autokeras``: the best model of an AutoKeras search)."""
+AUTOKERAS_FAMILY = "autokeras"
+"""The family of an AutoKeras search's best model exported as a run (an image → labels regressor)."""
+
+RUN_FAMILIES = (*FAMILIES, AUTOKERAS_FAMILY)
+"""Families a run folder may hold: the model families, and the best model of an AutoKeras search."""
 
 ADAPT_SAMPLE = 10_000
 """Training images the models' Normalization layers are adapted on."""
@@ -218,8 +227,6 @@ class RunFolder:
         """``metrics.json``: per-label validation metrics (name → {rmse, bias, ...}), a
         denoiser's restoration metrics (``images``, see :meth:`restoration_metrics`), and an
         uncertainty head's calibration and coverage (``uncertainty``)."""
-        from galparam.io import write_json_atomic
-
         out = {"split": "validation", "n_images": int(n_images), "labels": labels}
         if images is not None:
             out["images"] = images
@@ -234,8 +241,6 @@ class RunFolder:
 
         ``extra`` adds family-specific entries (learning rate, stages, timing).
         """
-        from galparam.io import write_json_atomic
-
         if not self.model_path.exists() or not self.metrics_path.exists():
             raise RuntimeError(f"{self.path}: run.json goes last, after {MODEL_FILE} and {METRICS_FILE}")
         info = {
@@ -320,8 +325,6 @@ class ExperimentData:
     """
 
     def __init__(self, spec, *, on_the_fly: bool = False):
-        from galparam.data import load_dataset
-
         self.spec = spec
         self.image_kind = spec.images
         self.image_key = "img" if spec.images == "noisy" else "img_nonoise"
@@ -357,9 +360,6 @@ class ExperimentData:
         self.fit_rows = self.train
 
     def _plan_fresh(self, spec) -> None:
-        from galparam.fresh import FreshImages
-        from galparam.specs import load_spec
-
         try:
             self.dataset_spec = load_spec(spec.dataset)
         except GalparamError as exc:
@@ -373,8 +373,6 @@ class ExperimentData:
     def _split(self, available: int) -> None:
         """The first ``n`` of ``available`` images (``max_images``), split by the experiment's
         validation fraction or the dataset spec's."""
-        from galparam.data import split_indices
-
         spec = self.spec
         self.n = min(available, spec.max_images or available)
         fraction = spec.validation_fraction
@@ -388,10 +386,8 @@ class ExperimentData:
             )
 
     def _resolve_psf_input(self, psf_varies: bool) -> None:
-        spec = self.spec
-        if spec.family != "xception" and spec.psf_input is True:
-            raise GalparamError(f"{spec.source}: psf_input: the {spec.family} family takes no PSF input")
-        psf = spec.psf_input if spec.psf_input != "auto" else (psf_varies and spec.family == "xception")
+        spec = self.spec  # a psf_input its family does not take was refused with the spec
+        psf = spec.psf_input if spec.psf_input != "auto" else (psf_varies and FAMILIES[spec.family].takes_psf)
         if psf and not psf_varies:
             raise GalparamError(
                 f"{spec.source}: psf_input is true but {spec.dataset.name} has one PSF for all images "
@@ -419,10 +415,6 @@ class ExperimentData:
         """
         if self.fresh is None:
             return
-        from galparam.data import load_dataset
-        from galparam.fresh import validation_spec
-        from galparam.simulate import simulate
-
         path = RunFolder(Path(folder).resolve()).validation_path
         wanted = validation_spec(self.dataset_spec, len(self.val))
         if not path.exists():
@@ -445,8 +437,7 @@ class ExperimentData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(height, width, 1): the model's input shape."""
-        size = self.dataset_spec.stamp_size
-        return (size, size, 1)
+        return (*self.dataset_spec.geometry.shape, 1)
 
     def describe(self) -> dict:
         """The dataset entry of ``run.json``."""
@@ -470,8 +461,6 @@ class ExperimentData:
 
     def adapt_samples(self) -> dict:
         """Normalization layer name → the images it is adapted on (a spread sample of :attr:`fit_rows`)."""
-        from galparam.data import spread_sample, with_channel
-
         index = np.sort(spread_sample(self.fit_rows, ADAPT_SAMPLE))
         images = self.images if self.denoised is None else self.denoised
         out = {"normalize_image": with_channel(images[index])}

@@ -19,7 +19,6 @@ search is pointed at the study's own copy of its dataset.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,10 +26,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galparam import __version__
+from galparam import report as reporting
+from galparam.baseline import network_starting_points, run_baseline
 from galparam.data import load_dataset
 from galparam.errors import GalparamError
-from galparam.io import atomic_path
+from galparam.parameters import LABEL_NAMES
+from galparam.runs import RunFolder
+from galparam.search.automl import run_autokeras
+from galparam.search.dashboard import read_trials, write_dashboard
+from galparam.search.grid import run_grid
+from galparam.search.tuner import run_tuner
+from galparam.simulate import Workers, simulate
+from galparam.specs import load_experiment, load_search, load_spec
+from galparam.tables import provenance, sha256
+from galparam.train import train
 
 SETTINGS = ("small", "full")
 DATASETS = ("v1", "v2", "v3", "test_snr60", "test_snr30")
@@ -155,9 +164,6 @@ class Study:
         One set of worker processes serves every dataset simulated here, so each Sérsic index's
         GalSim tables are built once per worker.
         """
-        from galparam.simulate import Workers, simulate
-        from galparam.specs import load_spec
-
         todo = []
         for base in bases:
             spec = load_spec(self.project / "data" / f"{self.name(base)}.yaml")
@@ -175,8 +181,6 @@ class Study:
     def experiment(self, base: str):
         """Experiment spec ``base`` at this setting, reading the study's copy of its dataset (and
         of its denoiser's run, for a two-stage or joint experiment)."""
-        from galparam.specs import load_experiment
-
         spec = load_experiment(self.project / "experiments" / f"{self.name(base)}.yaml")
         if spec.denoiser is not None:  # the study's own run of that denoiser
             spec = dataclasses.replace(spec, denoiser=(self.runs_dir / spec.denoiser.name).resolve())
@@ -186,8 +190,6 @@ class Study:
 
     def search_spec(self, base: str):
         """Search spec ``base`` at this setting, reading the study's copy of its dataset."""
-        from galparam.specs import load_search
-
         spec = load_search(self.project / "experiments" / "search" / f"{self.name(base)}.yaml")
         experiment = dataclasses.replace(
             spec.experiment, dataset=(self.data_dir / spec.experiment.dataset.name).resolve()
@@ -208,8 +210,6 @@ class Study:
         is the former name of the same thing).
         """
         overwrite = overwrite or force
-        from galparam.search.dashboard import read_trials
-
         spec = self.search_spec(base)
         self._needs(spec.experiment.dataset)
         results = self.search_results(base)
@@ -217,29 +217,19 @@ class Study:
             _say(f"{spec.search} search {spec.name} into {results}")
         verbose = 1 if self.progress else 0
         if spec.search == "grid":
-            from galparam.search.grid import run_grid
-
             run_grid(spec, results, overwrite=overwrite, progress=self.progress)
         elif spec.search == "tune":
-            from galparam.search.tuner import run_tuner
-
             run_tuner(spec, results, overwrite=overwrite, verbose=verbose)
         else:
-            from galparam.search.automl import run_autokeras
-
             run_autokeras(spec, results, overwrite=overwrite, verbose=verbose)
         return read_trials(results)
 
     def dashboard(self, base: str):
         """Write search ``base``'s HiPlot dashboard; return (html path, png path, trials)."""
-        from galparam.search.dashboard import write_dashboard
-
         return write_dashboard(self.search_results(base))
 
     def train(self, base: str) -> Path:
         """Train (or resume, or reuse the finished run of) experiment ``base``; return the run folder."""
-        from galparam.train import train
-
         spec = self.experiment(base)
         if not spec.on_the_fly:
             self._needs(spec.dataset)
@@ -270,8 +260,6 @@ class Study:
             The fits file (``fits/baseline-snrS.csv`` or ``fits/refined-NAME-snrS.csv``; for a
             dataset ``fits/baseline-v2.csv`` ...).
         """
-        from galparam.evaluate.baseline import network_starting_points, run_baseline
-
         if isinstance(snr, str):
             if snr not in DATASETS or snr in TEST_SETS.values():
                 accepted = ", ".join(b for b in DATASETS if b not in TEST_SETS.values())
@@ -321,37 +309,31 @@ class Study:
 
         Returns
         -------
-        galparam.evaluate.report.Report
+        galparam.report.Report
             With ``files`` listing every table and plot written, and ``datasets_table``.
         """
-        from galparam.evaluate.report import git_commit, sha256, write_report, write_tables
-        from galparam.search.dashboard import write_dashboard
-
         folder = Path(folder) if folder is not None else self.output / "report"
         n = BASELINE_IMAGES[self.setting] if n_images == -1 else n_images
         test_sets = [self.dataset_path(base) for base in TEST_SETS.values()]
         for path in test_sets:
             self._needs(path)
-        report = write_report(
-            folder, runs=[self.run_dir(e) for e in experiments], test_sets=test_sets, fits=fits, n_images=n
+        report = reporting.compute_report(
+            runs=[self.run_dir(e) for e in experiments], test_sets=test_sets, fits=fits, n_images=n
         )
-        provenance = f"galparam {__version__}, git commit {git_commit()}"
         paths = sorted(self.data_dir.glob("*.npz"))
         report.datasets_table = dataset_table(paths)
-        header = [provenance] + [f"dataset {p.name}: sha256 {sha256(p)}" for p in paths]
-        report.files += write_tables(folder, "datasets", report.datasets_table, header, "The simulated datasets")
+        report.headers["datasets"] = [provenance()] + [f"dataset {p.name}: sha256 {sha256(p)}" for p in paths]
         for base in searches:
             results = self.search_results(base)
             _, png, trials = write_dashboard(results)
-            table = trials.drop(columns=[c for c in ("status", "family") if c in trials.columns])
-            report.search_tables[self.name(base)] = table
-            stem = f"search_{self.name(base)}"
-            report.files += write_tables(folder, stem, table, [provenance, f"trials of {results}"], f"Trials of {stem}")
-            target = folder / "plots" / f"{stem}.png"
-            with atomic_path(target, suffix=".png") as tmp:
-                shutil.copyfile(png, tmp)
-            report.files.append(target)
-        return report
+            name = self.name(base)
+            report.search_tables[name] = trials.drop(columns=[c for c in ("status", "family") if c in trials.columns])
+            report.search_plots[name] = png
+            report.headers[f"search_{name}"] = [provenance(), f"trials of {results}"]
+        report.contents = dataclasses.replace(
+            report.contents, datasets=True, searches=tuple(self.name(base) for base in searches)
+        )
+        return reporting.write(report, folder)
 
 
 def elapsed(start: float) -> str:
@@ -362,7 +344,4 @@ def elapsed(start: float) -> str:
 
 def read_metrics(run_dir) -> pd.DataFrame:
     """A run's validation metrics (``metrics.json``) as a table, one row per parameter."""
-    from galparam.parameters import LABEL_NAMES
-    from galparam.runs import RunFolder
-
     return pd.DataFrame(RunFolder(run_dir).metrics()).T.loc[list(LABEL_NAMES)]

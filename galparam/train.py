@@ -1,14 +1,15 @@
 """Training runs: an experiment spec in, a self-contained run folder out (see :mod:`galparam.runs`).
 
-Xception trains in one stage (``xception``); the autoencoder in up to three, as the reference
-did: ``encoder`` (noisy image → labels), ``decoder`` (labels → noiseless image), ``joint``
-(the autoencoder, loss weights 5 : 1, learning rate reduced on plateaus); a denoiser (EDSR, RDN)
-in one, ``denoiser`` (noisy → noiseless image). An Xception with a ``denoiser`` run trains on that
-denoiser's restored images (two stages; the restored dataset is kept in the run folder), or with
-``joint`` trains the denoiser and itself together (stage ``denoiser_xception``). Each stage checkpoints
-every epoch and resumes from its last checkpoint; each epoch's shuffling is drawn from (seed,
-epoch), so a resumed run sees the same batches as one that never stopped. Every model is built
-and compiled by its family's HyperModel (:mod:`galparam.models`), as in a search.
+One loop trains every family: the stages its declaration lists (:mod:`galparam.models`), each
+built and compiled by the family's HyperModel as in a search, each fed the data columns its
+stage declares. The Xception trains in one stage (``xception``, or ``denoiser_xception`` together
+with a denoiser under ``joint: true``; with a ``denoiser`` run it measures that denoiser's restored
+images, kept in the run folder); the autoencoder in up to three, as the reference did: ``encoder``
+(noisy image → labels), ``decoder`` (labels → noiseless image), ``joint`` (loss weights 5 : 1,
+learning rate reduced on plateaus); a denoiser (EDSR, RDN) in one, ``denoiser`` (noisy → noiseless
+image). Each stage checkpoints every epoch and resumes from its last checkpoint; each epoch's
+shuffling is drawn from (seed, epoch), so a resumed run sees the same batches as one that never
+stopped.
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ import numpy as np
 import pandas as pd
 
 from galparam import backend
-from galparam.data import MinMaxScaler, batches, column_names, column_range, generator_batches, with_channel
+from galparam.data import MinMaxScaler, column_range, with_channel
 from galparam.errors import TrainingError
-from galparam.estimator import Estimator
+from galparam.estimator import Denoiser, Estimator, load_denoiser
+from galparam.evaluate import ood
+from galparam.evaluate.fitbox import FitBox
+from galparam.evaluate.metrics import estimator_metrics
+from galparam.evaluate.restoration import restoration_metrics
+from galparam.evaluate.uncertainty import coverage, fit_calibration
 from galparam.io import atomic_path, write_json_atomic, write_text_atomic
-from galparam.models import hypermodel, resolve_hyperparameters
+from galparam.models import FAMILIES, resolve_hyperparameters
+from galparam.models.compile import register_losses
+from galparam.models.family import Family, Stage
+from galparam.models.hypermodel import hypermodel
 from galparam.parameters import LABEL_NAMES
+from galparam.pipelines import batches, column_names, generator_batches
 from galparam.runs import ExperimentData, RunFolder
-from galparam.specs import DENOISER_FAMILIES, ExperimentSpec
-
-SEARCH_STAGE = {"xception": "xception", "autoencoder": "joint", "edsr": "denoiser", "rdn": "denoiser"}
-JOINT_DENOISER_STAGE = "denoiser_xception"
-"""The stage of a joint denoiser and Xception (``joint: true``); the autoencoder's own is ``joint``."""
-"""What a search trial of each family trains (the autoencoder's stages are a training refinement,
-not a different architecture)."""
+from galparam.specs import ExperimentSpec
 
 
 def default_run_dir(spec: ExperimentSpec) -> Path:
@@ -164,6 +168,7 @@ def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=
     """Train one stage to its end (or load it if it finished), returning the model with its best weights."""
     import keras
 
+    register_losses()  # a checkpoint compiled with one of galparam's losses loads only once it is known
     stage_dir = run.stage_dir(stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
     state = _read_state(stage_dir)
@@ -211,32 +216,32 @@ def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=
 
 @dataclass
 class Scalers:
-    """The label scaler ([-1, 1] for the Xception, [0, 1] for the autoencoder) and the autoencoder's
-    noiseless-image scaler, fitted on the training split."""
+    """The label scaler (to the family's label range) and the noiseless-image scaler (families that
+    scale images), fitted on the training split."""
 
     label: MinMaxScaler | None
     image: MinMaxScaler | None = None
 
     @classmethod
-    def fit(cls, family: str, data: ExperimentData) -> Scalers:
-        labels = data.dataset.label[data.fit_rows]
-        if family == "xception":
-            return cls(MinMaxScaler((-1.0, 1.0), names=LABEL_NAMES).fit(labels))
-        low, high = column_range(data.dataset.img_nonoise, data.fit_rows)
-        image = MinMaxScaler((0.0, 1.0), names=["pixel"]).fit([[low], [high]])
-        if family in DENOISER_FAMILIES:
-            return cls(None, image)
-        return cls(MinMaxScaler((0.0, 1.0), names=LABEL_NAMES).fit(labels), image)
+    def fit(cls, family: Family, data: ExperimentData) -> Scalers:
+        label = None
+        if family.label_range is not None:
+            label = MinMaxScaler(family.label_range, names=LABEL_NAMES).fit(data.dataset.label[data.fit_rows])
+        image = None
+        if family.scales_images:
+            low, high = column_range(data.dataset.img_nonoise, data.fit_rows)
+            image = MinMaxScaler((0.0, 1.0), names=["pixel"]).fit([[low], [high]])
+        return cls(label, image)
 
     @classmethod
     def for_run(
-        cls, run: RunFolder, family: str, data: ExperimentData, *, image: MinMaxScaler | None = None
+        cls, run: RunFolder, family: Family, data: ExperimentData, *, image: MinMaxScaler | None = None
     ) -> Scalers:
         """The run's saved scalers, or new ones saved into it (a resumed run keeps its scaling).
 
         ``image`` gives the image scaler instead of fitting one (a joint run takes its denoiser's).
         """
-        label_path = None if family in DENOISER_FAMILIES else run.scaler_path
+        label_path = run.scaler_path if family.label_range is not None else None
         if (label_path or run.image_scaler_path).exists():
             saved = MinMaxScaler.load(run.image_scaler_path) if run.image_scaler_path.exists() else None
             return cls(MinMaxScaler.load(label_path) if label_path else None, saved)
@@ -250,40 +255,49 @@ class Scalers:
         return scalers
 
 
-def _stage_columns(stage: str, data: ExperimentData, scalers: Scalers):
-    """Pipeline columns (model input/output name → the data's key and a transform), inputs and targets of a stage."""
-    noisy = (data.image_key, with_channel)
+def stage_columns(stage: Stage, data: ExperimentData, scalers: Scalers):
+    """A stage's pipeline columns (model input or output name → the data's key and a transform),
+    and its inputs and targets (a name, or a tuple of names where there are several).
+
+    The columns a stage declares (:class:`~galparam.models.family.Stage`):
+
+    * ``images``: the experiment's images (noisy, or noiseless with ``images: noiseless``);
+    * ``measured_images``: what the regressor measures: a two-stage run's restored images, else ``images``;
+    * ``images_in_image_units``, ``clean_in_image_units``: the images and the noiseless images in the
+      run's image scaling, unclipped (a denoiser's: the noise keeps its shape);
+    * ``clean_scaled``: the noiseless images in the image scaling, clipped to [0, 1] (a sigmoid's range);
+    * ``labels``: the labels in the label scaling; ``psf``: the PSF images.
+    """
 
     def scale_image(block, clip=True):
         flat = scalers.image.transform(block.reshape(-1, 1)).reshape(block.shape)
         return with_channel(np.clip(flat, 0.0, 1.0) if clip else flat)
 
-    if stage == "denoiser":  # both in the image scaling, unclipped: the noise keeps its shape
-        scaled = partial(scale_image, clip=False)
-        return {"image": (data.image_key, scaled), "denoised": ("img_nonoise", scaled)}, "image", "denoised"
-    labels = ("label", scalers.label.transform)
-    if stage in ("xception", JOINT_DENOISER_STAGE):
-        image = ("denoised", with_channel) if stage == "xception" and data.denoised is not None else noisy
-        columns, inputs = {"image": image}, "image"
-        if data.psf_input:
-            columns["psf"], inputs = ("psf_img", with_channel), ("image", "psf")
-        columns["labels"] = labels
-        if stage == "xception":
-            return columns, inputs, "labels"
-        columns["denoised"] = ("img_nonoise", partial(scale_image, clip=False))
-        return columns, inputs, ("labels", "denoised")
+    images = (data.image_key, with_channel)
+    unclipped = partial(scale_image, clip=False)
+    sources = {
+        "images": images,
+        "measured_images": ("denoised", with_channel) if data.denoised is not None else images,
+        "images_in_image_units": (data.image_key, unclipped),
+        "clean_in_image_units": ("img_nonoise", unclipped),
+        "clean_scaled": ("img_nonoise", scale_image),
+        "labels": ("label", scalers.label.transform if scalers.label is not None else None),
+        "psf": ("psf_img", with_channel),
+    }
+    inputs = dict(stage.inputs)
+    if stage.takes_psf and data.psf_input:
+        inputs["psf"] = "psf"
+    columns = {name: sources[kind] for name, kind in (*inputs.items(), *stage.targets.items())}
 
-    clean = ("img_nonoise", scale_image)
-    if stage == "encoder":
-        return {"image": noisy, "labels": labels}, "image", "labels"
-    if stage == "decoder":
-        return {"labels": labels, "image": clean}, "labels", "image"
-    return {"noisy_image": noisy, "labels": labels, "image": clean}, "noisy_image", ("labels", "image")
+    def names(mapping):
+        return next(iter(mapping)) if len(mapping) == 1 else tuple(mapping)
+
+    return columns, names(inputs), names(stage.targets)
 
 
-def stage_pipelines(stage: str, spec: ExperimentSpec, data: ExperimentData, scalers: Scalers, first_epoch: int = 0):
+def stage_pipelines(stage: Stage, spec: ExperimentSpec, data: ExperimentData, scalers: Scalers, first_epoch: int = 0):
     """The training and validation pipelines of one stage (``tf.data`` under TensorFlow, see
-    :func:`galparam.data.batches`).
+    :func:`galparam.pipelines.batches`).
 
     Training images come from the dataset's training split (shuffled each epoch) or, on the fly,
     fresh from its spec (:mod:`galparam.fresh`); validation images from the fixed split.
@@ -293,7 +307,7 @@ def stage_pipelines(stage: str, spec: ExperimentSpec, data: ExperimentData, scal
     train, validation : tf.data.Dataset or iterator of batches
     steps, validation_steps : int
     """
-    columns, inputs, targets = _stage_columns(stage, data, scalers)
+    columns, inputs, targets = stage_columns(stage, data, scalers)
     arrays = {name: (data.column(key), transform) for name, (key, transform) in columns.items()}
     val_ds = batches(arrays, inputs, targets, data.val, spec.batch_size)
     val_steps = math.ceil(len(data.val) / spec.batch_size)
@@ -316,115 +330,12 @@ def stage_pipelines(stage: str, spec: ExperimentSpec, data: ExperimentData, scal
 
 
 def search_pipelines(spec: ExperimentSpec, data: ExperimentData):
-    """``pipelines(first_epoch)`` of a search trial (scalers fitted on the training split)."""
-    scalers = Scalers.fit(spec.family, data)
-    return lambda first_epoch=0: stage_pipelines(SEARCH_STAGE[spec.family], spec, data, scalers, first_epoch)
-
-
-# ----------------------------------------------------------------------------- families
-
-
-def _train_xception(spec, run, data, strategy, hm, history, verbose, deadline, denoiser=None):
-    stage = JOINT_DENOISER_STAGE if spec.joint else "xception"
-    scalers = Scalers.for_run(run, "xception", data, image=denoiser.image_scaler if spec.joint else None)
-    build = hm.build_fixed
-    if spec.joint:
-        import keras_tuner
-
-        from galparam.models.denoise import build_joint
-
-        def build():
-            import keras
-
-            args, lr = hm.choose(keras_tuner.HyperParameters())
-            regressor = hm.regressor(args)  # uncompiled: the joint model has the one optimizer
-            # the denoiser trains on: a copy of its trained model, not the one the Estimator holds
-            restorer = keras.models.clone_model(denoiser.model)
-            restorer.set_weights(denoiser.model.get_weights())
-            restorer.trainable = True
-            joint = build_joint(restorer, regressor, denoiser.image_scaler, psf_input=data.psf_input)
-            weights = dict(zip(("labels", "denoised"), spec.loss_weights, strict=True))
-            return hm.compile(joint, lr, loss={"labels": hm.loss, "denoised": "mae"}, loss_weights=weights)
-
-    model = _run_stage(
-        stage,
-        run,
-        spec,
-        strategy,
-        build,
-        lambda first: stage_pipelines(stage, spec, data, scalers, first),
-        history,
-        verbose=verbose,
-        deadline=deadline,
-    )
-    estimator = Estimator(
-        model,
-        "xception",
-        scalers.label,
-        psf_input=data.psf_input,
-        denoiser=None if spec.joint else denoiser,
-        uncertainty=spec.uncertainty,
-    )
-    return model, estimator, {stage: _read_state(run.stage_dir(stage))}
-
-
-def _train_denoiser(spec, run, data, strategy, hm, history, verbose, deadline):
-    from galparam.estimator import Denoiser
-
-    scalers = Scalers.for_run(run, spec.family, data)
-    model = _run_stage(
-        "denoiser",
-        run,
-        spec,
-        strategy,
-        hm.build_fixed,
-        lambda first: stage_pipelines("denoiser", spec, data, scalers, first),
-        history,
-        verbose=verbose,
-        deadline=deadline,
-    )
-    return (
-        model,
-        Denoiser(model, scalers.image, name=spec.name, family=spec.family),
-        {"denoiser": _read_state(run.stage_dir("denoiser"))},
-    )
-
-
-def _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline):
-    import keras_tuner
-
-    from galparam.models.autoencoder import build_autoencoder
-
-    scalers = Scalers.for_run(run, "autoencoder", data)
-    hp = keras_tuner.HyperParameters()
-    trained = {"encoder": None, "decoder": None}
-    for stage in spec.stages:
-        parts = dict(trained)
-
-        def build(stage=stage, parts=parts):
-            return hm.build_stage(stage, hp, **parts)
-
-        model = _run_stage(
-            stage,
-            run,
-            spec,
-            strategy,
-            build,
-            lambda first, stage=stage: stage_pipelines(stage, spec, data, scalers, first),
-            history,
-            plateau=stage == "joint",
-            verbose=verbose,
-            deadline=deadline,
-        )
-        if stage == "joint":
-            trained = {"encoder": model.get_layer("encoder"), "decoder": model.get_layer("decoder")}
-        else:
-            trained[stage] = model
-    args, _ = hm.choose(hp)
-    with strategy.scope():
-        model = build_autoencoder(trained["encoder"] or hm.encoder(args), trained["decoder"] or hm.decoder(args))
-    estimator = Estimator(model, "autoencoder", scalers.label, scalers.image, uncertainty=spec.uncertainty)
-    return model, estimator, {s: _read_state(run.stage_dir(s)) for s in spec.stages}
+    """``pipelines(first_epoch)`` of a search trial: the family's search stage (scalers fitted on
+    the training split)."""
+    family = FAMILIES[spec.family]
+    scalers = Scalers.fit(family, data)
+    stage = family.stage(family.search_stage)
+    return lambda first_epoch=0: stage_pipelines(stage, spec, data, scalers, first_epoch)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -432,8 +343,6 @@ def _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline
 
 def restoration_validation(denoiser, data: ExperimentData) -> dict:
     """A denoiser's validation metrics: residual RMS, PSNR and SSIM of the restored and the noisy images."""
-    from galparam.evaluate.restoration import restoration_metrics
-
     noisy, clean = data.images[data.val], data.dataset.img_nonoise[data.val]
     return restoration_metrics(noisy, denoiser.denoise(noisy), clean)
 
@@ -471,8 +380,6 @@ def validation_predictions(estimator: Estimator, data: ExperimentData):
 
 def validation_metrics(estimates, data: ExperimentData) -> dict:
     """Per-label RMSE, bias, standard deviation and explained variance of the validation split's ``estimates``."""
-    from galparam.evaluate.metrics import estimator_metrics
-
     table = estimator_metrics(data.dataset.label[data.val], estimates)
     return {name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}
 
@@ -481,12 +388,9 @@ def training_range(estimates, data: ExperimentData) -> dict:
     """What the out-of-distribution flags compare with (:mod:`galparam.evaluate.ood`): the training
     images' noise σ, PSF FWHM and SNR ranges, and the validation images' χ² per pixel under the
     model re-drawn from the network's ``estimates`` (its 99th percentile)."""
-    from galparam.evaluate import ood
-    from galparam.evaluate.mle import FitBox
-
     ds, val = data.dataset, data.val
     box = FitBox.from_spec(data.dataset_spec)
-    models = ood.redraw(estimates, ds.psf_fwhm[val], geometry(data), box)
+    models = ood.redraw(estimates, ds.psf_fwhm[val], data.dataset_spec.geometry, box)
     poisson = data.dataset_spec.poisson_noise
     chi2 = ood.chi2_per_pixel(ds.img[val], models, ds.sigma[val], poisson=poisson)
     measured = ood.chi2_per_pixel(ds.img[val], models, ood.border_sigma(ds.img[val]), poisson=poisson)
@@ -494,22 +398,15 @@ def training_range(estimates, data: ExperimentData) -> dict:
 
 
 def geometry(data: ExperimentData) -> dict:
-    """The images' stamp, pixel scale, PSF profile and noise model (``run.json``'s ``geometry``)."""
+    """The images' geometry and noise model (``run.json``'s ``geometry``)."""
     spec = data.dataset_spec
-    return {
-        "stamp_size": spec.stamp_size,
-        "pixel_scale": spec.pixel_scale,
-        "psf_beta": spec.psf_beta,
-        "poisson_noise": spec.poisson_noise,
-    }
+    return {**spec.geometry.to_dict(), "poisson_noise": spec.poisson_noise}
 
 
 def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData, mean, cov) -> dict:
     """Fit the run's calibration (one factor per label on the predicted spreads ``cov``, uncalibrated,
     of the validation split), save ``calibration.json`` and give it to ``estimator``; return the
     coverage of the validation split before and after (what ``metrics.json``'s ``uncertainty`` holds)."""
-    from galparam.evaluate.uncertainty import coverage, fit_calibration
-
     truth = data.dataset.label[data.val]
     std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     factors, intervals = fit_calibration(truth, mean, std)
@@ -585,12 +482,11 @@ def train(
         During training: a loss that turns NaN.
     """
     run = RunFolder(output if output is not None else default_run_dir(spec))
+    family = FAMILIES[spec.family]
     hp, lr = resolve_hyperparameters(spec)
     data = ExperimentData(spec, on_the_fly=True)
     denoiser = None
     if spec.denoiser is not None:  # checked before the folder is touched
-        from galparam.estimator import load_denoiser
-
         denoiser = load_denoiser(spec.denoiser)
     strategy = backend.strategy(spec.strategy)
     state = run.prepare(spec.to_yaml(), source=spec.source, resume=resume, overwrite=overwrite)
@@ -606,29 +502,46 @@ def train(
     if state == "new":
         run.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run.spec_path, spec.to_yaml())
-    stage_names = {"xception": (JOINT_DENOISER_STAGE if spec.joint else "xception",), "autoencoder": spec.stages}.get(
-        spec.family, ("denoiser",)
-    )
-    history = _read_history(run, {s: _read_state(run.stage_dir(s)) for s in stage_names})
+    stages = family.stages_of(spec)
+    history = _read_history(run, {s.name: _read_state(run.stage_dir(s.name)) for s in stages})
     extra = {}
     with data:
         data.materialize(run.path, progress=verbose != 0)
         if denoiser is not None:
             restore_dataset(run, data, denoiser, progress=verbose != 0)
             extra = {"denoiser": denoiser.describe(spec.denoiser), "joint": spec.joint}
-        hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr})
-        if spec.family == "xception":
-            model, estimator, states = _train_xception(
-                spec, run, data, strategy, hm, history, verbose, deadline, denoiser
+        hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr}, denoiser=denoiser)
+        scalers = Scalers.for_run(run, family, data, image=denoiser.image_scaler if spec.joint else None)
+        trained = {}
+        for stage in stages:
+            trained[stage.name] = _run_stage(
+                stage.name,
+                run,
+                spec,
+                strategy,
+                partial(hm.build_fixed, stage.name, dict(trained)),
+                partial(stage_pipelines, stage, spec, data, scalers),
+                history,
+                plateau=stage.plateau,
+                verbose=verbose,
+                deadline=deadline,
             )
-        elif spec.family == "autoencoder":
-            model, estimator, states = _train_autoencoder(spec, run, data, strategy, hm, history, verbose, deadline)
-        else:
-            model, estimator, states = _train_denoiser(spec, run, data, strategy, hm, history, verbose, deadline)
+        with strategy.scope():
+            model = hm.finish(trained)
         _save_model(model, run.model_path)
-        if spec.family in DENOISER_FAMILIES:
-            run.write_metrics({}, len(data.val), images=restoration_validation(estimator, data))
+        if family.restores_images:
+            restorer = Denoiser(model, scalers.image, name=spec.name, family=spec.family)
+            run.write_metrics({}, len(data.val), images=restoration_validation(restorer, data))
         else:
+            estimator = Estimator(
+                model,
+                family.name,
+                scalers.label,
+                scalers.image if family.decoder else None,
+                psf_input=data.psf_input,
+                denoiser=None if spec.joint else denoiser,
+                uncertainty=spec.uncertainty,
+            )
             uncertainty = None
             estimates, cov = validation_predictions(estimator, data)
             if cov is not None:
@@ -636,6 +549,7 @@ def train(
                 extra["uncertainty"] = spec.uncertainty
             run.write_metrics(validation_metrics(estimates, data), len(data.val), uncertainty=uncertainty)
             extra.update(geometry=geometry(data), training_range=training_range(estimates, data))
+    states = {s.name: _read_state(run.stage_dir(s.name)) for s in stages}
     run.write_info(
         name=spec.name,
         family=spec.family,

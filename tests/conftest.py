@@ -9,35 +9,31 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
+from galparam.search.grid import run_grid
 from galparam.simulate import simulate
 from galparam.specs import experiment_from_dict, search_from_dict, spec_from_dict
+from galparam.specs.files import merge
+from galparam.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository: shipped specs are read from here, wherever pytest runs."""
 DATA = ROOT / "data"
 
-BASE_SPEC = {
-    "name": "tiny",
-    "size": 40,
-    "seed": 7,
-    "validation_fraction": 0.25,
-    "stamp_size": 64,
-    "pixel_scale": 0.23,
-    "psf_beta": 2.0,
-    "sersic_grid_size": 12,
-    "poisson_noise": True,
-    "snr_window": [10, 100],
-    "priors": {
-        "flux": {"uniform": [3.0e4, 4.0e5]},
-        "sersic_n": {"discretized": [0.5, 1.6]},
-        "hlr": {"uniform": [0.1, 0.6]},
-        "shear_amplitude": {"uniform": [0.0, 0.67]},
-        "shear_angle": {"uniform": [0.0, 3.141592653589793]},
-        "psf_fwhm": {"fixed": 0.5},
-        "sigma": {"integers": [200, 400]},
+BASE_SPEC = merge(
+    yaml.safe_load((DATA / "v1.yaml").read_text()),
+    {
+        "name": "tiny",
+        "size": 40,
+        "seed": 7,
+        "validation_fraction": 0.25,
+        "sersic_grid_size": 12,
+        "priors": {"sersic_n": {"discretized": [0.5, 1.6]}, "sigma": {"integers": [200, 400]}},
     },
-}
+)
+"""``data/v1.yaml`` at test size: 40 images, Sérsic indices in [0.5, 1.6] (whose GalSim tables
+build in milliseconds) and σ drawn as in v2."""
 
 
 def make_spec(**changes):
@@ -94,8 +90,6 @@ def tiny_experiment(dataset, **changes):
 @pytest.fixture(scope="session")
 def tiny_run(datasets, tmp_path_factory):
     """One finished run of :func:`tiny_experiment` on the fixed-PSF dataset, shared; do not write into it."""
-    from galparam.train import train
-
     return train(tiny_experiment(datasets["fixed"]), tmp_path_factory.mktemp("tiny-run") / "run", verbose=0)
 
 
@@ -120,8 +114,6 @@ def grid_spec_dict(datasets, **changes):
 @pytest.fixture(scope="session")
 def tiny_grid(datasets, tmp_path_factory):
     """The finished results folder of :func:`grid_spec_dict`'s search, shared; copy it before changing it."""
-    from galparam.search.grid import run_grid
-
     folder = tmp_path_factory.mktemp("tiny-grid")
     spec = search_from_dict(grid_spec_dict(datasets), source=str(folder / "g.yaml"))
     run_grid(spec, folder / "results", progress=False)

@@ -16,9 +16,10 @@ import pytest
 from conftest import ROOT, tiny_experiment
 
 from galparam import backend, kspace
-from galparam.data import batches, index_batches, load_dataset, with_channel
+from galparam.data import load_dataset, with_channel
 from galparam.errors import GalparamError, TrainingError
-from galparam.evaluate import mle
+from galparam.evaluate import start
+from galparam.pipelines import batches, index_batches
 
 BLOCKER = """
 import sys
@@ -131,7 +132,7 @@ def test_a_deadline_stops_training_at_a_whole_epoch_with_the_best_weights(datase
 def test_the_autoencoders_cross_entropy_keeps_a_gradient_below_kerass_clip():
     import keras
 
-    from galparam.models.common import backend_loss, pixel_binary_crossentropy
+    from galparam.models.compile import backend_loss, pixel_binary_crossentropy
 
     target = np.array([[0.0, 0.3, 1.0], [0.5, 0.02, 0.9]], np.float32)
     predicted = np.array([[0.01, 0.4, 0.97], [0.5, 0.03, 0.6]], np.float32)
@@ -149,17 +150,17 @@ def test_the_autoencoders_cross_entropy_keeps_a_gradient_below_kerass_clip():
 
 
 def test_the_numpy_adaptive_moments_are_galsims(spec_factory):
-    from galparam.render import KSpaceRenderer
+    from galparam.render import renderer_for
 
-    renderer = KSpaceRenderer()
+    renderer = renderer_for("kspace")
     rng = np.random.default_rng(4)
     for noise in (0.0, 30.0):
         for n, hlr, g1, g2 in ((0.7, 0.3, 0.2, -0.1), (2.5, 0.5, -0.3, 0.25), (4.5, 0.2, 0.05, 0.4)):
             image = renderer.image(1e5, n, hlr, g1, g2, 0.6).astype(np.float64) + rng.normal(0, noise, (64, 64))
-            hsm = mle.adaptive_moments(image)
-            ours = mle._numpy_adaptive_moments(image)
+            hsm = start.adaptive_moments(image)
+            ours = start._numpy_adaptive_moments(image)
             np.testing.assert_allclose(ours, hsm, rtol=1e-4, atol=1e-4)
-    assert mle._numpy_adaptive_moments(np.zeros((64, 64))) is None
+    assert start._numpy_adaptive_moments(np.zeros((64, 64))) is None
 
 
 def test_tables_are_found_without_galsim_and_missing_ones_say_what_to_do(tmp_path, monkeypatch, capsys):
@@ -169,7 +170,7 @@ def test_tables_are_found_without_galsim_and_missing_ones_say_what_to_do(tmp_pat
     copied = tmp_path / "carried" / kspace.cache_path(kspace.resolve_table_settings()).name
     assert copied.is_file() and str(copied) in capsys.readouterr().out
     installed = kspace.resolve_table_settings()
-    monkeypatch.setattr(kspace, "galsim_version", lambda: None)
+    monkeypatch.setattr(kspace.cache, "galsim_version", lambda: None)
     assert kspace.resolve_table_settings(folder=tmp_path / "carried") == installed
     copied.rename(copied.with_name("sersic-tables-carried.npz"))  # any name the glob finds
     tables = kspace.load_tables(folder=tmp_path / "carried")

@@ -9,8 +9,9 @@ import pytest
 
 from galparam import kspace
 from galparam.errors import GalparamError
+from galparam.kspace import cache
 from galparam.parameters import ParameterError
-from galparam.render import KSpaceRenderer, Renderer
+from galparam.render import GalSimRenderer, KSpaceRenderer
 
 CORNERS = [
     # flux, n, hlr, g1, g2, psf_fwhm
@@ -128,7 +129,7 @@ def test_on_a_held_grid_the_model_is_smooth_across_a_grid_change_and_as_accurate
 
 
 def test_psf_images_are_galsims_also_at_its_k_box_jumps_and_outside_the_table(renderer):
-    from galparam.kspace_psf import _breaks
+    from galparam.kspace.psf import _breaks
 
     jumps = _breaks(renderer.tables, 0.45, 1.1)[::7]
     fwhm = np.concatenate(
@@ -140,7 +141,7 @@ def test_psf_images_are_galsims_also_at_its_k_box_jumps_and_outside_the_table(re
         ]
     )
     ours = renderer.psf_images(fwhm, dtype=np.float64)
-    galsim_psf = Renderer()
+    galsim_psf = GalSimRenderer()
     for image, f in zip(ours, fwhm, strict=True):
         truth = galsim_psf.psf_image(f, dtype=np.float64)
         assert np.abs(image - truth).max() <= 1e-10 * truth.max(), f
@@ -222,7 +223,7 @@ def test_a_bad_cache_file_is_rebuilt_with_one_notice(damage, tmp_path, monkeypat
     settings = kspace.table_settings()
     real = kspace.cache_path(settings).read_bytes()
     monkeypatch.setenv(kspace.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(kspace, "_LOADED", {})
+    monkeypatch.setattr(cache, "_LOADED", {})
     path = kspace.cache_path(settings)
     if damage == "foreign":  # a readable file made for other settings (another GalSim version)
         other = dict(settings, galsim="0.0")
@@ -234,12 +235,12 @@ def test_a_bad_cache_file_is_rebuilt_with_one_notice(damage, tmp_path, monkeypat
     else:
         path.write_bytes(real[: len(real) // 2] if damage == "truncated" else b"not an npz at all")
     built = []
-    monkeypatch.setattr(kspace, "build_tables", lambda **kwargs: built.append(kwargs) or good)
+    monkeypatch.setattr(cache, "build_tables", lambda **kwargs: built.append(kwargs) or good)
     tables = kspace.load_tables()
     notice = capsys.readouterr().err.strip().splitlines()
     assert len(notice) == 1 and str(path) in notice[0] and "rebuilding it" in notice[0], notice
     assert built and tables is good
-    monkeypatch.setattr(kspace, "_LOADED", {})
+    monkeypatch.setattr(cache, "_LOADED", {})
     assert kspace.load_tables().sersic.shape == good.sersic.shape  # the rewritten file is trusted
     assert capsys.readouterr().err == "" and len(built) == 1
 

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 
 from galparam.errors import GalparamError
-from galparam.models import hypermodel
-from galparam.models.autoencoder import AutoencoderHyperModel, build_autoencoder, build_decoder, build_encoder
-from galparam.models.xception import XceptionHyperModel, build_xception
+from galparam.models import FAMILIES
+from galparam.models.autoencoder import build_autoencoder, build_decoder, build_encoder
+from galparam.models.compile import CompileSettings
+from galparam.models.heads import loss_for
+from galparam.models.hypermodel import FamilyHyperModel, hypermodel
+from galparam.models.xception import build_xception
 from galparam.specs import experiment_from_dict
 
 
@@ -44,13 +47,18 @@ def test_xception_rejects_bad_arguments(kwargs, words):
 
 
 def test_xception_hypermodel_builds_from_its_space():
-    hm = XceptionHyperModel(fixed={"num_residual_blocks": 1, "sep_num_filters": 8, "conv2d_num_filters": 4})
+    hm = FamilyHyperModel("xception", fixed={"num_residual_blocks": 1, "sep_num_filters": 8, "conv2d_num_filters": 4})
     hp = keras_tuner.HyperParameters()
     model = hm.build(hp)
     assert model.optimizer is not None and set(hp.values) >= {"learning_rate", "kernel_size", "activation"}
     assert hp.values["num_residual_blocks"] == 1
+    # what is not fixed starts at the family's default, among its search choices
+    family = FAMILIES["xception"]
+    for h in family.hyperparameters:
+        if h.name not in hm.fixed:
+            assert hp.values[h.name] == h.default and h.default in h.choices, h.name
     with pytest.raises(GalparamError, match="unknown xception hyperparameters"):
-        XceptionHyperModel(fixed={"filters": 3})
+        FamilyHyperModel("xception", fixed={"filters": 3})
 
 
 class _Data:
@@ -117,11 +125,11 @@ def test_autoencoder_shapes_and_shared_weights():
 
 
 def test_autoencoder_stages_compile_their_own_losses():
-    hm = AutoencoderHyperModel(fixed={"base_filters": 4, "dense_units": 16})
+    hm = FamilyHyperModel("autoencoder", fixed={"base_filters": 4, "dense_units": 16})
     hp = keras_tuner.HyperParameters()
     encoder = hm.build_stage("encoder", hp)
     decoder = hm.build_stage("decoder", hp)
-    joint = hm.build_stage("joint", hp, encoder=encoder, decoder=decoder)
+    joint = hm.build_stage("joint", hp, {"encoder": encoder, "decoder": decoder})
     assert encoder.name == "encoder" and decoder.name == "decoder"
     assert encoder.get_compile_config()["loss"] == "binary_crossentropy"
     config = joint.get_compile_config()
@@ -132,9 +140,6 @@ def test_autoencoder_stages_compile_their_own_losses():
 
 @pytest.mark.parametrize("kind, units", [("diagonal", 10), ("full", 20)])
 def test_an_autoencoder_with_an_uncertainty_head_decodes_its_means(kind, units):
-    from galparam.models.common import CompileSettings
-    from galparam.models.heads import loss_for
-
     encoder = build_encoder(base_filters=4, dense_units=16, uncertainty=kind)
     decoder = build_decoder(base_filters=4, dense_units=16)
     ae = build_autoencoder(encoder, decoder)
@@ -145,11 +150,13 @@ def test_an_autoencoder_with_an_uncertainty_head_decodes_its_means(kind, units):
     assert ((means >= 0) & (means <= 1)).all()
     # the image is the decoder's of the means alone
     np.testing.assert_allclose(out["image"], decoder.predict(means, verbose=0), atol=1e-5)
-    hm = AutoencoderHyperModel(fixed={"base_filters": 4, "dense_units": 16}, settings=CompileSettings(uncertainty=kind))
+    hm = FamilyHyperModel(
+        "autoencoder", fixed={"base_filters": 4, "dense_units": 16}, settings=CompileSettings(uncertainty=kind)
+    )
     hp = keras_tuner.HyperParameters()
     stage = hm.build_stage("encoder", hp)
     assert stage.output.shape[-1] == units and stage.loss is loss_for(kind)
-    joint = hm.build_stage("joint", hp, encoder=stage, decoder=hm.build_stage("decoder", hp))
+    joint = hm.build_stage("joint", hp, {"encoder": stage, "decoder": hm.build_stage("decoder", hp)})
     assert (
         joint.loss["labels"] is loss_for(kind) and joint.get_compile_config()["loss"]["image"] == "binary_crossentropy"
     )

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from galparam.errors import SpecError
-from galparam.parameters import ParameterError
-from galparam.render import Renderer, sersic_grid
+from galparam.geometry import Geometry
+from galparam.parameters import ParameterError, sersic_grid
+from galparam.render import GalSimRenderer
 
 CASES = [
     (1.0e5, 3.0, 0.3, -0.069, 0.15, 0.5),
@@ -15,7 +16,7 @@ CASES = [
 
 @pytest.mark.parametrize("flux,n,hlr,g1,g2,fwhm", CASES)
 def test_image_equals_galsims_own_drawing(flux, n, hlr, g1, g2, fwhm):
-    ours = Renderer().image(flux, n, hlr, g1, g2, fwhm)
+    ours = GalSimRenderer().image(flux, n, hlr, g1, g2, fwhm)
     galaxy = galsim.Sersic(n, half_light_radius=hlr, flux=flux).shear(g1=g1, g2=g2)
     theirs = galsim.Convolve(galaxy, galsim.Moffat(beta=2.0, fwhm=fwhm)).drawImage(nx=64, ny=64, scale=0.23).array
     assert ours.dtype == np.float32 and ours.shape == (64, 64)
@@ -24,9 +25,9 @@ def test_image_equals_galsims_own_drawing(flux, n, hlr, g1, g2, fwhm):
 
 def test_noiseless_image_sums_to_flux_within_stamp_loss():
     flux, n, hlr, g1, g2, fwhm = 1.0e5, 4.0, 0.6, 0.2, 0.1, 0.8
-    stamp = Renderer().image(flux, n, hlr, g1, g2, fwhm)
+    stamp = GalSimRenderer().image(flux, n, hlr, g1, g2, fwhm)
     # The light outside a 64-pixel stamp, measured on a 512-pixel stamp of the same profile.
-    wide = Renderer(stamp_size=512).image(flux, n, hlr, g1, g2, fwhm, dtype=np.float64)
+    wide = GalSimRenderer(Geometry(stamp_size=512)).image(flux, n, hlr, g1, g2, fwhm, dtype=np.float64)
     inside = wide[224:288, 224:288].sum()
     assert stamp.sum() <= flux
     assert stamp.sum() == pytest.approx(inside, rel=2e-3)
@@ -34,7 +35,7 @@ def test_noiseless_image_sums_to_flux_within_stamp_loss():
 
 
 def test_retained_profiles_survive_galsim_cache_eviction():
-    renderer = Renderer()
+    renderer = GalSimRenderer()
     first = renderer.image(1e5, 0.5, 0.3, 0.1, 0.0, 0.5)
     for n in np.linspace(0.6, 1.4, 120):  # more indices than GalSim's 100-entry cache
         renderer.image(1e5, n, 0.3, 0.1, 0.0, 0.5)
@@ -43,7 +44,7 @@ def test_retained_profiles_survive_galsim_cache_eviction():
 
 
 def test_psf_image_has_unit_flux_and_is_centred():
-    psf = Renderer().psf_image(0.5)
+    psf = GalSimRenderer().psf_image(0.5)
     assert 0.99 < psf.sum() <= 1.0  # a beta = 2 Moffat has wide wings
     assert np.unravel_index(psf.argmax(), psf.shape) in {(31, 31), (31, 32), (32, 31), (32, 32)}
 
@@ -67,4 +68,4 @@ def test_sersic_grid():
 )
 def test_out_of_range_galaxies_are_refused_naming_value_and_range(theta, words):
     with pytest.raises(ParameterError, match=words):
-        Renderer().image(*theta, 0.5)
+        GalSimRenderer().image(*theta, 0.5)

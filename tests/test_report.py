@@ -12,7 +12,7 @@ from galparam.cli.evaluate import main as evaluate_main
 from galparam.data import load_dataset
 from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
-from galparam.evaluate.report import write_report
+from galparam.report import write_report
 from galparam.simulate import simulate
 
 TEST_GALAXY = {

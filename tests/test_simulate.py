@@ -8,7 +8,7 @@ from scipy import stats
 
 from galparam.data import load_dataset
 from galparam.errors import SimulationError
-from galparam.render import KSpaceRenderer, Renderer
+from galparam.render import GalSimRenderer, KSpaceRenderer
 from galparam.simulate import draw_candidates, merge, simulate
 
 
@@ -89,15 +89,19 @@ def test_rejection_redraws_every_parameter(tiny_run):
     spec, one, _, _ = tiny_run
     ds = load_dataset(one)
     draws = ds.extra["draws"]
-    renderer = Renderer()
+    renderer = GalSimRenderer()
+    indices_redrawn = []
     for i in np.flatnonzero(draws > 1)[:5]:
         candidates = draw_candidates(spec, [i] * draws[i], np.arange(draws[i]))
-        for k, (flux, n, hlr, g1, g2, fwhm, sigma) in enumerate(candidates):
+        for k, (flux, n, hlr, g1, g2, fwhm, sigma) in enumerate(candidates.array):
             image = renderer.image(flux, n, hlr, g1, g2, fwhm)
             snr = np.sqrt((image.astype(np.float64) ** 2).sum()) / sigma
             assert (10 <= snr <= 100) == (k == draws[i] - 1)
-        np.testing.assert_array_equal(ds.label[i], candidates[-1, :5].astype(np.float32))
-        assert len({c[1] for c in candidates}) > 1 or len(candidates) == 2  # n is redrawn too
+        np.testing.assert_array_equal(ds.label[i], candidates.labels[-1].astype(np.float32))
+        for column in (candidates.flux, candidates.hlr, candidates.g1, candidates.g2):  # drawn from ranges
+            assert len(set(column)) == len(column)
+        indices_redrawn.append(len(set(candidates.sersic_n)) > 1)
+    assert any(indices_redrawn)  # the index, from a 12-value grid, is redrawn too
 
 
 def test_noise_on_blank_pixels_matches_sigma(spec_factory, tmp_path):
@@ -141,7 +145,7 @@ def test_varying_psf_stores_each_psf_image(spec_factory, tmp_path):
     spec = spec_factory(size=12, priors={"psf_fwhm": {"uniform": [0.5, 1.0]}})
     ds = load_dataset(simulate(spec, tmp_path / "v3.npz", jobs=2, progress=False).output)
     assert ds.psf_img.shape == (12, 64, 64) and ds.psf_varies
-    drawn_by, galsim_psf = KSpaceRenderer(), Renderer()
+    drawn_by, galsim_psf = KSpaceRenderer(), GalSimRenderer()
     for i in (0, 11):
         fwhm = float(np.float64(_fwhm(ds, i)))
         np.testing.assert_array_equal(ds.psf_img[i], drawn_by.psf_image(fwhm))
@@ -213,14 +217,14 @@ def test_the_snr_screen_bounds_hold_and_change_no_byte(spec_factory, tmp_path, m
     renderer = KSpaceRenderer()
     for spec in (load_spec(DATA / "v1.yaml"), load_spec(DATA / "v3.yaml")):
         screen = SNRScreen(spec, renderer)
-        params = draw_candidates(spec, np.arange(3000), np.zeros(3000, dtype=np.int64))
-        lower, upper = screen.norm_bounds(params)
-        images = renderer.images(np.ones(3000), *params[:, 1:6].T)
+        draws = draw_candidates(spec, np.arange(3000), np.zeros(3000, dtype=np.int64))
+        lower, upper = screen.norm_bounds(draws)
+        images = renderer.images(np.ones(3000), draws.sersic_n, draws.hlr, draws.g1, draws.g2, draws.psf_fwhm)
         norm = np.sqrt(np.sum(images.reshape(3000, -1).astype(np.float64) ** 2, axis=1))
         assert ((lower <= norm) & (norm <= upper)).all()
-        snr = params[:, 0] * norm / params[:, 6]
+        snr = draws.flux * norm / draws.sigma
         inside = (snr >= spec.snr_window[0]) & (snr <= spec.snr_window[1])
-        skipped = screen.surely_outside(params)
+        skipped = screen.surely_outside(draws)
         assert not (skipped & inside).any() and skipped.sum() > 0.3 * (~inside).sum()
     spec = spec_factory(size=120)
     plain = simulate(spec, tmp_path / "plain.npz", jobs=1, progress=False).output

@@ -5,6 +5,7 @@ import yaml
 from conftest import DATA
 
 from galparam.errors import SpecError
+from galparam.geometry import Geometry
 from galparam.specs import experiment_from_dict, load_spec, search_from_dict, spec_from_dict
 
 SHIPPED = [
@@ -24,7 +25,7 @@ SHIPPED = [
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_specs_load(name):
     spec = load_spec(DATA / f"{name}.yaml")
-    assert spec.stamp_size == 64 and spec.pixel_scale == 0.23 and spec.psf_beta == 2.0
+    assert spec.geometry == Geometry(stamp_size=64, pixel_scale=0.23, psf_beta=2.0)
 
 
 def test_reference_datasets_as_in_design():

@@ -9,6 +9,7 @@ import os
 import sys
 
 from galparam.errors import GalparamError
+from galparam.settings import TYPE_NAMES, Setting, check_setting
 
 EXIT_USAGE = 2
 
@@ -112,6 +113,23 @@ def _int_at_least(minimum: int, what: str):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
         return value
+
+    return parse
+
+
+def setting_type(name: str, setting: Setting):
+    """argparse type of a declared setting (:mod:`galparam.settings`): its type, range and choices
+    checked at parse time, so the error names the flag."""
+
+    def parse(text: str):
+        try:
+            value = setting.type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {TYPE_NAMES[setting.type]}") from None
+        try:
+            return check_setting("", name, value, setting)
+        except GalparamError as exc:
+            raise argparse.ArgumentTypeError(exc.message.split(": ", 2)[-1]) from None
 
     return parse
 

@@ -8,10 +8,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from galparam.baseline import network_starting_points, run_baseline
 from galparam.cli.common import ArgumentParser, add_jobs, add_overwrite, load_tensorflow_quietly, positive_int, run
+from galparam.data import load_dataset
 from galparam.errors import GalparamError
+from galparam.estimator import load_ensemble, load_estimator, read_image_file
+from galparam.evaluate.crb import cramer_rao, dataset_bounds
+from galparam.evaluate.ood import check_images
+from galparam.io import write_text_atomic
 from galparam.parameters import LABEL_NAMES
+from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
+from galparam.report import write_report
 from galparam.runs import RunFolder
 
 DESCRIPTION = """\
@@ -47,7 +56,7 @@ def build_parser() -> ArgumentParser:
     c.add_argument("-o", "--output", metavar="BOUNDS.csv", help="with --dataset: where to write the bounds")
     c.add_argument(
         "--renderer",
-        choices=("kspace", "galsim"),
+        choices=tuple(RENDERERS),
         default=None,
         help="how the model is differentiated: kspace (exact Jacobian; --dataset's default, many images a call) "
         "or galsim (central differences of GalSim's images; one galaxy's default)",
@@ -65,8 +74,8 @@ def build_parser() -> ArgumentParser:
     )
     b.add_argument(
         "--renderer",
-        choices=("kspace", "galsim"),
-        default="kspace",
+        choices=tuple(RENDERERS),
+        default=KSpaceRenderer.NAME,
         help="the fit's forward model: kspace (batched, exact gradients; default) or galsim (the reference, slow)",
     )
     add_overwrite(b, "start again instead of resuming")
@@ -111,28 +120,19 @@ def build_parser() -> ArgumentParser:
 
 
 def _crb(args) -> int:
-    from galparam.evaluate.crb import cramer_rao, dataset_bounds
-
     if args.dataset:
-        from galparam.data import load_dataset
-        from galparam.io import write_text_atomic
-
         if not args.output:
             raise GalparamError("crb --dataset needs -o BOUNDS.csv")
         ds = load_dataset(args.dataset)
         n = len(ds) if args.n_images is None else min(args.n_images, len(ds))
         table = dataset_bounds(
-            ds, np.arange(n), poisson=False if args.no_poisson else None, renderer=args.renderer or "kspace"
+            ds, np.arange(n), poisson=False if args.no_poisson else None, renderer=args.renderer or KSpaceRenderer.NAME
         )
         write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
         print(f"wrote {args.output}: the bound of {n} images")
         return 0
     theta = [args.flux, args.sersic_n, args.hlr, args.g1, args.g2]
-    renderer = None
-    if args.renderer == "kspace":
-        from galparam.render import KSpaceRenderer
-
-        renderer = KSpaceRenderer()
+    renderer = renderer_for(args.renderer or GalSimRenderer.NAME)
     bound = cramer_rao(theta, args.psf_fwhm, args.sigma, poisson=not args.no_poisson, renderer=renderer)
     if args.json:
         print(json.dumps({k: float(v) for k, v in bound.std.items()}, indent=2))
@@ -146,8 +146,6 @@ def _crb(args) -> int:
 
 
 def _baseline(args) -> int:
-    from galparam.evaluate.baseline import network_starting_points, run_baseline
-
     init = source = None
     if args.init:
         RunFolder(args.init).info()  # a finished run, checked before TensorFlow loads
@@ -177,15 +175,9 @@ def _baseline(args) -> int:
 
 
 def _predict(args) -> int:
-    from galparam.io import write_text_atomic
-
     info = RunFolder(args.run).info()  # the inputs are checked before TensorFlow loads
-    from galparam.estimator import read_image_file
-
     images, psf = read_image_file(args.images, args.key, args.psf_key, need_psf=info.get("psf_input", False))
     load_tensorflow_quietly()
-    from galparam.estimator import load_ensemble, load_estimator
-
     if args.ensemble:
         estimator = load_ensemble([args.run, *args.ensemble], batch_size=args.batch_size)
     else:
@@ -194,10 +186,6 @@ def _predict(args) -> int:
     note = ""
     if not args.no_flags:
         if "training_range" in info:
-            import pandas as pd
-
-            from galparam.evaluate.ood import check_images
-
             sigma, psf_fwhm = _columns_of(args.images, len(images))
             checked = check_images(
                 info, images, table[list(LABEL_NAMES)].to_numpy(), sigma=sigma, psf_fwhm=psf_fwhm, psf_images=psf
@@ -221,8 +209,6 @@ def _columns_of(path, n: int):
 
 
 def _report(args) -> int:
-    from galparam.evaluate.report import write_report
-
     for run_dir in args.runs:
         RunFolder(run_dir).info()
     if args.runs:

@@ -7,8 +7,10 @@ import socket
 import sys
 from pathlib import Path
 
+from galparam import explorer
 from galparam.cli.common import ArgumentParser, run
 from galparam.errors import GalparamError
+from galparam.runs import RunFolder
 
 PROG = "galparam-explore"
 DESCRIPTION = (
@@ -55,9 +57,6 @@ def check_port(host: str, port: int) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from galparam import explorer
-    from galparam.runs import RunFolder
-
     port = _port(args.port)
     for run_dir in args.runs:  # an unfinished or foreign folder is refused before anything starts
         RunFolder(run_dir).info()

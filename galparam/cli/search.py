@@ -8,6 +8,12 @@ from pathlib import Path
 
 from galparam.cli.common import ArgumentParser, add_overwrite, load_tensorflow_quietly, run
 from galparam.errors import GalparamError
+from galparam.search.automl import run_autokeras
+from galparam.search.common import default_results_dir
+from galparam.search.dashboard import write_dashboard
+from galparam.search.grid import run_grid
+from galparam.search.tuner import run_tuner
+from galparam.specs import load_search
 
 PROG = "galparam-search"
 DESCRIPTION = """\
@@ -57,15 +63,10 @@ def _print_best(trials, top: int) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "dashboard":
-        from galparam.search.dashboard import write_dashboard
-
         html, png, trials = write_dashboard(args.results, args.output)
         _print_best(trials, args.top)
         print(f"wrote {html} and {png}")
         return 0
-
-    from galparam.search.common import default_results_dir
-    from galparam.specs import load_search
 
     spec = load_search(args.spec)
     if spec.search != args.command:
@@ -73,19 +74,13 @@ def main(argv=None) -> int:
     output = Path(args.output) if args.output else default_results_dir(spec)
     load_tensorflow_quietly()
     if args.command == "grid":
-        from galparam.search.grid import run_grid
-
         trials = run_grid(spec, output, overwrite=args.overwrite, progress=not args.quiet)
         _print_best(trials, 10)
     elif args.command == "tune":
-        from galparam.search.tuner import run_tuner
-
         best = run_tuner(spec, output, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
         if best:
             print(f"best val_loss {best['val_loss']:.4g}: {best['hyperparameters']}")
     else:
-        from galparam.search.automl import run_autokeras
-
         best = run_autokeras(spec, output, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
         print(f"best val_loss {best['val_loss']:.4g}: {best['hyperparameters']}")
     print(f"results in {output}")

@@ -4,8 +4,11 @@ the k-space renderer's table file (``tables``)."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from pathlib import Path
 
+from galparam import kspace
 from galparam.cli.common import (
     ArgumentParser,
     add_jobs,
@@ -14,7 +17,10 @@ from galparam.cli.common import (
     nonnegative_int,
     positive_int,
     run,
+    setting_type,
 )
+from galparam.geometry import GEOMETRY_SETTINGS, Geometry
+from galparam.io import atomic_path
 from galparam.simulate import DEFAULT_CHUNK_SIZE, default_output, merge, parse_shard, simulate
 from galparam.specs import load_spec
 
@@ -72,28 +78,21 @@ def build_parser() -> ArgumentParser:
     m.add_argument("-o", "--output", metavar="OUT.npz", required=True, help="the dataset to write")
     add_overwrite(m, "replace an existing output")
     t = sub.add_parser("tables", help="make and name the k-space renderer's table file", description=TABLES_DESCRIPTION)
-    t.add_argument("--stamp-size", type=positive_int, default=64, help="stamp side, pixels (default: %(default)s)")
-    t.add_argument("--pixel-scale", type=float, default=0.23, help="arcsec per pixel (default: %(default)s)")
-    t.add_argument("--psf-beta", type=float, default=2.0, help="Moffat beta of the PSF (default: %(default)s)")
+    for key, setting in GEOMETRY_SETTINGS.items():
+        t.add_argument(
+            "--" + key.replace("_", "-"),
+            type=setting_type(key, setting),
+            default=setting.default,
+            help=f"{setting.help} (default: %(default)s)",
+        )
     t.add_argument("--copy-to", metavar="DIR", help="also copy the file into DIR (a cache folder to carry)")
     return p
 
 
 def _tables(args) -> int:
-    import shutil
-    from pathlib import Path
-
-    from galparam import kspace
-    from galparam.errors import GalparamError
-    from galparam.io import atomic_path
-
-    if not (args.pixel_scale > 0 and args.psf_beta > 1):
-        raise GalparamError(
-            f"--pixel-scale {args.pixel_scale:g} and --psf-beta {args.psf_beta:g}: a scale > 0 and a beta > 1 are accepted"
-        )
-    geometry = dict(stamp=args.stamp_size, pixel_scale=args.pixel_scale, psf_beta=args.psf_beta)
-    kspace.load_tables(**geometry)
-    path = kspace.table_file(**geometry)[1]
+    geometry = Geometry(**{key: getattr(args, key) for key in GEOMETRY_SETTINGS})
+    kspace.load_tables(geometry)
+    path = kspace.table_file(geometry)[1]
     print(path)
     if args.copy_to:
         target = Path(args.copy_to) / path.name

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from galparam import runs
 from galparam.cli.common import ArgumentParser, add_overwrite, default_subcommand, load_tensorflow_quietly, run
+from galparam.evaluate.restoration import COLUMNS as RESTORATION_COLUMNS
+from galparam.models import FAMILIES
+from galparam.parameters import LABEL_NAMES
+from galparam.specs import load_experiment
+from galparam.train import train
 
 PROG = "galparam-train"
 COMMANDS = ("run",)
 DESCRIPTION = (
-    "Train the Xception regressor or the conditional autoencoder described by an experiment spec "
-    f"(experiments/*.yaml). The run folder receives {runs.MODEL_FILE}, {runs.SCALER_FILE}, the resolved "
-    f"{runs.SPEC_FILE}, {runs.HISTORY_FILE}, {runs.METRICS_FILE} (validation RMSE, bias and explained "
-    f"variance per parameter, in physical units), checkpoints each epoch, and {runs.RUN_FILE} once the "
-    "run is complete."
+    f"Train a model of one of the families {', '.join(FAMILIES)} described by an experiment spec "
+    f"(experiments/*.yaml). The run folder receives {runs.MODEL_FILE}, the scalers, the resolved "
+    f"{runs.SPEC_FILE}, {runs.HISTORY_FILE}, {runs.METRICS_FILE} (a regressor's validation RMSE, bias and "
+    "explained variance per parameter, in physical units; a denoiser's residual RMS, PSNR and SSIM), "
+    f"checkpoints each epoch, and {runs.RUN_FILE} once the run is complete."
 )
 
 
@@ -49,31 +55,37 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(default_subcommand(argv, COMMANDS, "run"))
-    from galparam.specs import load_experiment
-
     spec = load_experiment(args.experiment)
     output = args.output
     if args.seed is not None:
         if not 0 <= args.seed < 2**31:
             print(f"{PROG}: --seed {args.seed}: a whole number from 0 to 2**31 - 1 is accepted", file=sys.stderr)
             return 2
-        import dataclasses
-
         spec = dataclasses.replace(spec, seed=args.seed)
         output = output or str(Path("runs") / f"{spec.name}-seed{args.seed}")
     load_tensorflow_quietly()  # only once the spec is known to be valid
-    from galparam.parameters import LABEL_NAMES
-    from galparam.train import train
-
     run_dir = train(spec, output, resume=args.resume, overwrite=args.overwrite, verbose=0 if args.quiet else "auto")
     folder = runs.RunFolder(run_dir)
-    metrics = folder.metrics()
     print(f"run complete: {run_dir}")
-    print(f"validation ({len(folder.validation_indices())} images)   rmse        bias   explained variance")
+    print(validation_summary(folder, FAMILIES[spec.family].restores_images))
+    return 0
+
+
+def validation_summary(folder: runs.RunFolder, restores_images: bool) -> str:
+    """The run's validation metrics as the console prints them: per label, or a denoiser's images."""
+    n = len(folder.validation_indices())
+    if restores_images:
+        images = folder.restoration_metrics()
+        lines = [f"validation ({n} images)   " + "   ".join(f"{c:>12s}" for c in RESTORATION_COLUMNS)]
+        for kind in ("noisy", "denoised"):
+            lines.append(f"  {kind:9s}" + "   ".join(f"{images[kind][c]:12.5g}" for c in RESTORATION_COLUMNS))
+        return "\n".join(lines)
+    metrics = folder.metrics()
+    lines = [f"validation ({n} images)   rmse        bias   explained variance"]
     for name in LABEL_NAMES:
         m = metrics[name]
-        print(f"  {name:9s} {m['rmse']:12.5g} {m['bias']:11.4g} {m['explained_variance']:12.4f}")
-    return 0
+        lines.append(f"  {name:9s} {m['rmse']:12.5g} {m['bias']:11.4g} {m['explained_variance']:12.4f}")
+    return "\n".join(lines)
 
 
 def entry_point() -> None:

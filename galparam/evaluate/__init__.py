@@ -1,1 +1,3 @@
-"""Evaluation: Cramér–Rao bounds, the likelihood fit, metrics and reports."""
+"""Pure measures of estimators and images: bounds, the likelihood and its fits, metrics, uncertainty,
+restoration, out-of-distribution flags. Workflows over datasets and runs build on these
+(:mod:`galparam.baseline`, :mod:`galparam.report`)."""

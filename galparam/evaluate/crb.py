@@ -18,15 +18,16 @@ import numpy as np
 import pandas as pd
 
 from galparam.errors import GalparamError
+from galparam.evaluate.likelihood import pixel_variance
 from galparam.parameters import LABEL_NAMES, SERSIC_N_LIMITS, check_parameters
-from galparam.render import Renderer
+from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
 
 DEFAULT_STEPS = {"sersic_n": 0.01, "hlr": 0.003, "g1": 1e-3, "g2": 1e-3}
 """Central-difference steps: absolute for n, g1, g2; relative to the radius for hlr. Halving them
 changes the bounds by less than 1e-4 relative at the test-set galaxy."""
 
 
-def image_derivatives(theta, psf_fwhm: float, *, renderer: Renderer | None = None, scale: float = 1.0):
+def image_derivatives(theta, psf_fwhm: float, *, renderer=None, scale: float = 1.0):
     """The model image and its derivatives by each parameter.
 
     Parameters
@@ -35,7 +36,7 @@ def image_derivatives(theta, psf_fwhm: float, *, renderer: Renderer | None = Non
         flux (counts), sersic_n, hlr (arcsec), g1, g2.
     psf_fwhm : float
         Moffat FWHM in arcsec.
-    renderer : Renderer or KSpaceRenderer, optional
+    renderer : GalSimRenderer or KSpaceRenderer, optional
         The forward model (default GalSim's, differentiated by central differences; the k-space
         renderer gives exact derivatives).
     scale : float
@@ -47,7 +48,7 @@ def image_derivatives(theta, psf_fwhm: float, *, renderer: Renderer | None = Non
     jac : ndarray of shape (5, S, S), float64
         ∂μ/∂θ_i.
     """
-    renderer = renderer or Renderer()
+    renderer = renderer or renderer_for(GalSimRenderer.NAME)
     theta = np.asarray(theta, dtype=np.float64)
     if hasattr(renderer, "images_and_jacobians"):  # the k-space model: exact derivatives
         mu, jac = renderer.images_and_jacobians(*theta, psf_fwhm)
@@ -74,7 +75,7 @@ def image_derivatives(theta, psf_fwhm: float, *, renderer: Renderer | None = Non
 
 
 def fisher_matrix(
-    theta, psf_fwhm: float, sigma: float, *, poisson: bool = True, renderer: Renderer | None = None, scale: float = 1.0
+    theta, psf_fwhm: float, sigma: float, *, poisson: bool = True, renderer=None, scale: float = 1.0
 ) -> np.ndarray:
     """The 5×5 Fisher information matrix of (flux, sersic_n, hlr, g1, g2).
 
@@ -88,8 +89,8 @@ def fisher_matrix(
         Gaussian noise level per pixel, counts.
     poisson : bool
         Add the model's Poisson variance ``μ_p`` to ``σ²``.
-    renderer : Renderer, optional
-        The forward model.
+    renderer : GalSimRenderer or KSpaceRenderer, optional
+        The forward model (default GalSim's).
     scale : float
         Multiplies the finite-difference steps.
 
@@ -120,8 +121,7 @@ def fisher_matrices(model, jacobian, sigma, *, poisson: bool = True) -> np.ndarr
     -------
     ndarray of shape (B, K, K)
     """
-    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), model.shape[:1])
-    variance = sigma[:, None, None] ** 2 + (np.clip(model, 0.0, None) if poisson else 0.0)
+    variance = pixel_variance(model, sigma, poisson=poisson)
     flat = jacobian.reshape(*jacobian.shape[:2], -1)
     return np.einsum("bip,bjp->bij", flat / variance.reshape(len(model), 1, -1), flat)
 
@@ -157,16 +157,14 @@ def batch_bounds(theta, psf_fwhm, sigma, *, poisson: bool = True, renderer=None)
     poisson : bool
         Add the model's Poisson variance.
     renderer : galparam.render.KSpaceRenderer, optional
-        The forward model (default: the default geometry's).
+        The forward model (default: the reference geometry's).
 
     Returns
     -------
     ndarray of shape (B, 5, 5)
         The inverse Fisher matrices (NaN where an image does not constrain every parameter).
     """
-    from galparam.render import KSpaceRenderer
-
-    renderer = renderer or KSpaceRenderer()
+    renderer = renderer or renderer_for(KSpaceRenderer.NAME)
     theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
     mu, jac = renderer.images_and_jacobians(*theta.T, psf_fwhm)
     return covariances(fisher_matrices(mu, jac, sigma, poisson=poisson))
@@ -208,10 +206,6 @@ def cramer_rao(theta, psf_fwhm: float, sigma: float, *, poisson: bool = True, re
     return Bound(np.asarray(theta, dtype=np.float64), fisher, covariance)
 
 
-BOUND_RENDERERS = ("kspace", "galsim")
-"""How :func:`dataset_bounds` differentiates the model: the k-space model's exact Jacobian, many
-images per call, or GalSim's images by central differences (the reference)."""
-
 BOUND_BATCH = 64
 """Images per call of the k-space model in :func:`dataset_bounds`."""
 
@@ -232,7 +226,8 @@ def dataset_bounds(
     progress : bool
         Show a progress bar.
     renderer : {"kspace", "galsim"}
-        :data:`BOUND_RENDERERS`.
+        How the model is differentiated (:data:`galparam.render.RENDERERS`): the k-space model's
+        exact Jacobian, many images a call, or GalSim's images by central differences (the reference).
 
     Returns
     -------
@@ -240,12 +235,12 @@ def dataset_bounds(
     """
     from tqdm.auto import tqdm
 
-    if renderer not in BOUND_RENDERERS:
-        raise GalparamError(f"renderer {renderer!r}: accepted {', '.join(BOUND_RENDERERS)}", argument="renderer")
+    if renderer not in RENDERERS:
+        raise GalparamError(f"renderer {renderer!r}: accepted {', '.join(RENDERERS)}", argument="renderer")
     spec = dataset.spec
     poisson = spec.poisson_noise if poisson is None else poisson
     indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
-    geometry = {"stamp_size": spec.stamp_size, "pixel_scale": spec.pixel_scale, "psf_beta": spec.psf_beta}
+    model = renderer_for(renderer, spec.geometry)
     # fixed-parameter test sets: one bound serves every image
     keys = np.column_stack([dataset.label[indices], dataset.psf_fwhm[indices], dataset.sigma[indices]]).astype(
         np.float64
@@ -253,17 +248,13 @@ def dataset_bounds(
     unique, inverse = np.unique(keys, axis=0, return_inverse=True)
     std = np.empty((len(unique), len(LABEL_NAMES)))
     bar = tqdm(total=len(unique), desc="bounds", unit="img", disable=not progress)
-    if renderer == "kspace":
-        from galparam.render import KSpaceRenderer
-
-        model = KSpaceRenderer(**geometry)
+    if renderer == KSpaceRenderer.NAME:
         for a in range(0, len(unique), BOUND_BATCH):
             block = unique[a : a + BOUND_BATCH]
             cov = batch_bounds(block[:, :5], block[:, 5], block[:, 6], poisson=poisson, renderer=model)
             std[a : a + len(block)] = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
             bar.update(len(block))
     else:
-        model = Renderer(**geometry)
         for row, key in enumerate(unique):
             std[row] = cramer_rao(key[:5], key[5], key[6], poisson=poisson, renderer=model).std.to_numpy()
             bar.update(1)

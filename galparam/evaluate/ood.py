@@ -15,7 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from galparam.evaluate.fitbox import FitBox
+from galparam.evaluate.likelihood import pixel_variance
+from galparam.geometry import Geometry
 from galparam.parameters import LABEL_NAMES
+from galparam.render import KSpaceRenderer, renderer_for
 
 BORDER_PX = 4
 CHI2_QUANTILE = 0.99
@@ -39,24 +43,20 @@ def _effective_area(images) -> np.ndarray:
     return flat.sum(axis=1) ** 2 / (flat**2).sum(axis=1)
 
 
-def psf_fwhm_from_images(psf_images, geometry: dict) -> np.ndarray:
+def psf_fwhm_from_images(psf_images, geometry: Geometry) -> np.ndarray:
     """Each PSF image's FWHM (arcsec): its effective area (Σp)² / Σp² matched to the renderer's own
     PSF images of known FWHM (0.2″ to 3″), which are drawn the same way."""
-    from galparam.render import renderer_for
-
-    renderer = renderer_for("kspace", geometry["stamp_size"], geometry["pixel_scale"], geometry["psf_beta"])
+    renderer = renderer_for(KSpaceRenderer.NAME, geometry)
     grid = np.geomspace(0.2, 3.0, 64)
     reference = _effective_area(renderer.psf_images(grid))
     return np.interp(_effective_area(psf_images), reference, grid)
 
 
-def redraw(estimates, psf_fwhm, geometry: dict, box) -> np.ndarray:
-    """The noiseless images of the estimates, each first clipped into ``box`` (a
-    :class:`~galparam.evaluate.mle.FitBox`: a network's estimate may stray outside what can be drawn)."""
-    from galparam.render import renderer_for
-
-    theta = np.array([box.to_theta(box.to_variables(t)) for t in np.asarray(estimates, dtype=np.float64)])
-    renderer = renderer_for("kspace", geometry["stamp_size"], geometry["pixel_scale"], geometry["psf_beta"])
+def redraw(estimates, psf_fwhm, geometry: Geometry, box: FitBox) -> np.ndarray:
+    """The noiseless images of the estimates, each first clipped into ``box`` (a network's
+    estimate may stray outside what can be drawn)."""
+    theta = box.clip(estimates)
+    renderer = renderer_for(KSpaceRenderer.NAME, geometry)
     psf = np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (len(theta),))
     return renderer.images(*theta.T, psf, dtype=np.float64)
 
@@ -64,7 +64,7 @@ def redraw(estimates, psf_fwhm, geometry: dict, box) -> np.ndarray:
 def chi2_per_pixel(images, models, sigma, *, poisson: bool = True) -> np.ndarray:
     """Mean over pixels of (image − model)² / (σ² + the model's Poisson counts)."""
     images, models = np.asarray(images, dtype=np.float64), np.asarray(models, dtype=np.float64)
-    var = np.asarray(sigma, dtype=np.float64)[:, None, None] ** 2 + (np.maximum(models, 0.0) if poisson else 0.0)
+    var = pixel_variance(models, sigma, poisson=poisson)
     return ((images - models) ** 2 / var).mean(axis=(1, 2))
 
 
@@ -78,8 +78,7 @@ def training_range(dataset, rows, chi2, box, chi2_border_sigma=None) -> dict:
         name: [float(getattr(dataset, name)[rows].min()), float(getattr(dataset, name)[rows].max())]
         for name in ("sigma", "psf_fwhm", "snr")
     }
-    clip = {"flux": list(box.flux), "sersic_n": list(box.sersic_n), "hlr": list(box.hlr), "shear_max": box.shear_max}
-    out = {**span, "chi2_per_pixel_q99": float(np.quantile(chi2, CHI2_QUANTILE)), "box": clip}
+    out = {**span, "chi2_per_pixel_q99": float(np.quantile(chi2, CHI2_QUANTILE)), "box": box.to_dict()}
     if chi2_border_sigma is not None:
         out["chi2_per_pixel_q99_border_sigma"] = float(np.quantile(chi2_border_sigma, CHI2_QUANTILE))
     return out
@@ -134,7 +133,7 @@ def check_images(run_info: dict, images, estimates, *, sigma=None, psf_fwhm=None
     DataFrame
         ``ood``, ``ood_reason``, and the ``sigma``, ``psf_fwhm``, ``snr`` and ``chi2_per_pixel`` used.
     """
-    ranges, geometry = run_info["training_range"], run_info["geometry"]
+    ranges, geometry = run_info["training_range"], Geometry.from_dict(run_info["geometry"])
     images = np.asarray(images, dtype=np.float64)
     measured = sigma is None
     sigma = border_sigma(images) if measured else np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(images),))
@@ -144,11 +143,9 @@ def check_images(run_info: dict, images, estimates, *, sigma=None, psf_fwhm=None
         else:  # a run trained on one PSF: the images are assumed to share it (their size is checked)
             psf_fwhm = np.full(len(images), ranges["psf_fwhm"][0])
     psf_fwhm = np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (len(images),))
-    from galparam.evaluate.mle import FitBox
-
-    box = FitBox(**{k: tuple(v) if isinstance(v, list) else v for k, v in ranges["box"].items()})
+    box = FitBox.from_dict(ranges["box"])
     models = redraw(np.asarray(estimates)[:, : len(LABEL_NAMES)], psf_fwhm, geometry, box)
-    chi2 = chi2_per_pixel(images, models, sigma, poisson=geometry.get("poisson_noise", True))
+    chi2 = chi2_per_pixel(images, models, sigma, poisson=run_info["geometry"].get("poisson_noise", True))
     snr = np.sqrt((models**2).sum(axis=(1, 2))) / sigma
     limit = ranges.get("chi2_per_pixel_q99_border_sigma") if measured else None
     table = flag(ranges, sigma=sigma, psf_fwhm=psf_fwhm, snr=snr, chi2=chi2, chi2_limit=limit)

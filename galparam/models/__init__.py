@@ -1,27 +1,20 @@
-"""Model families: plain Keras builders and the KerasTuner HyperModels that build and compile them.
+"""Model families: the registry of their declarations.
 
-Each family is a module with ``DEFAULTS`` (its builder arguments) and a HyperModel (a
-:class:`~galparam.models.common.FamilyHyperModel`); :data:`FAMILY_MODULES` registers it. Importing
-this package loads no Keras: :func:`hypermodel` imports the family when it is needed.
+Each family is a module that declares itself once, as a :class:`~galparam.models.family.Family`
+named ``FAMILY`` (its builder arguments, stages, losses, spec rules and builders), and is
+registered here: adding a family is its module and one line below. Importing this package loads
+no Keras; the builders import it when they build.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from galparam.errors import SpecError
+from galparam.models import autoencoder, edsr, rdn, xception
+from galparam.models.compile import DEFAULT_LEARNING_RATE
+from galparam.models.family import Family
 
-FAMILY_MODULES = {
-    "xception": "galparam.models.xception",
-    "autoencoder": "galparam.models.autoencoder",
-    "edsr": "galparam.models.edsr",
-    "rdn": "galparam.models.rdn",
-}
-
-
-def family_module(family: str):
-    """The module of a model family (its builder, ``DEFAULTS`` and ``HyperModel``)."""
-    return importlib.import_module(FAMILY_MODULES[family])
+FAMILIES: dict[str, Family] = {module.FAMILY.name: module.FAMILY for module in (xception, autoencoder, edsr, rdn)}
+"""Every model family by name, in the order the docs list them."""
 
 
 def resolve_hyperparameters(experiment, extra: dict | None = None) -> tuple[dict, float]:
@@ -33,48 +26,15 @@ def resolve_hyperparameters(experiment, extra: dict | None = None) -> tuple[dict
     Raises
     ------
     SpecError
-        On a hyperparameter the family's builder does not take.
+        On a hyperparameter the family's builder does not take, or a value it does not accept.
     """
-    from galparam.models.common import DEFAULT_LEARNING_RATE
-
-    defaults = family_module(experiment.family).DEFAULTS
+    family = FAMILIES[experiment.family]
     hp = {**experiment.hyperparameters, **(extra or {})}
-    valid = [*defaults, "learning_rate"]
-    unknown = sorted(set(hp) - set(valid))
-    if unknown:
-        raise SpecError(
-            f"{experiment.source}: hyperparameters: unknown {experiment.family} argument {unknown[0]!r}; "
-            f"accepted: {', '.join(valid)}"
-        )
-    lr = hp.pop("learning_rate", None)
+    arguments = family.check_arguments(hp, source=experiment.source)
+    lr = hp.get("learning_rate")
     if experiment.learning_rate is not None:
         lr = experiment.learning_rate
     lr = DEFAULT_LEARNING_RATE if lr is None else float(lr)
     if not 0 < lr <= 1:
         raise SpecError(f"{experiment.source}: learning_rate {lr}: accepted (0, 1]")
-    return {**defaults, **hp}, lr
-
-
-def hypermodel(experiment, data, *, fixed: dict | None = None):
-    """The family's HyperModel for an experiment on its data.
-
-    Parameters
-    ----------
-    experiment : ExperimentSpec
-        Family, compile settings (optimizer, learning rate, loss, loss weights).
-    data : galparam.runs.ExperimentData
-        Image shape, PSF input and the Normalization layers' adaptation samples.
-    fixed : dict, optional
-        Hyperparameters held fixed (default: the spec's); training passes every one.
-    """
-    from galparam.models.common import CompileSettings
-
-    module = family_module(experiment.family)
-    kwargs = {"psf_input": data.psf_input} if experiment.family == "xception" else {}
-    return module.HyperModel(
-        data.image_shape,
-        fixed=experiment.hyperparameters if fixed is None else fixed,
-        adapt=data.adapt_samples(),
-        settings=CompileSettings.of(experiment),
-        **kwargs,
-    )
+    return arguments, lr

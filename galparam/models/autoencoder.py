@@ -10,22 +10,10 @@ decoder, then jointly with loss weights 5 : 1).
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
 from galparam.errors import GalparamError
-from galparam.models.common import FamilyHyperModel
-
-DEFAULTS = {"base_filters": 32, "dense_units": 256, "dropout_rate": 0.5}
-
-
-def _check(base_filters, dense_units, dropout_rate):
-    if not (isinstance(base_filters, int) and base_filters >= 1):
-        raise GalparamError(f"base_filters {base_filters!r}: accepted whole numbers >= 1")
-    if not (isinstance(dense_units, int) and dense_units >= 1):
-        raise GalparamError(f"dense_units {dense_units!r}: accepted whole numbers >= 1")
-    if not 0 <= dropout_rate < 1:
-        raise GalparamError(f"dropout_rate {dropout_rate}: accepted [0, 1)")
+from galparam.interval import Interval
+from galparam.models.family import WHOLE_POSITIVE, Family, Hyperparameter, Stage
+from galparam.models.heads import head_units
 
 
 def _stages(image_size: int) -> int:
@@ -38,15 +26,7 @@ def _stages(image_size: int) -> int:
     return stages
 
 
-def build_encoder(
-    input_shape=(64, 64, 1),
-    n_labels: int = 5,
-    *,
-    base_filters: int = DEFAULTS["base_filters"],
-    dense_units: int = DEFAULTS["dense_units"],
-    dropout_rate: float = DEFAULTS["dropout_rate"],
-    uncertainty: str = "none",
-) -> keras.Model:
+def build_encoder(input_shape=(64, 64, 1), n_labels: int = 5, *, uncertainty: str = "none", **arguments):
     """Noisy image → labels scaled to [0, 1] (uncompiled; adapt ``normalize_image`` before fitting).
 
     Parameters
@@ -55,23 +35,24 @@ def build_encoder(
         Image shape, side 4 × 2^k.
     n_labels : int
         Outputs.
-    base_filters : int
-        Filters of the first convolution; doubled at each halving of the image.
-    dense_units : int
-        Units of the first dense layer (the second has a quarter).
-    dropout_rate : float
-        Dropout after each dense layer.
     uncertainty : {"none", "diagonal", "full"}
         The head (:mod:`galparam.models.heads`): with one, ``labels`` holds the ``n_labels`` means
         (sigmoid, as without) followed by the log-variances or the precision's Cholesky factor.
+    **arguments
+        The family's builder arguments (the defaults for those not given): ``base_filters``
+        (filters of the first convolution, doubled at each halving of the image),
+        ``dense_units`` (units of the first dense layer; the second has a quarter) and
+        ``dropout_rate`` (after each dense layer).
 
     Returns
     -------
     keras.Model with input ``image`` and output ``labels``
     """
-    from galparam.models.heads import head_units
+    import keras
+    from keras import layers
 
-    _check(base_filters, dense_units, dropout_rate)
+    a = FAMILY.check_arguments(arguments)
+    base_filters, dense_units, dropout_rate = a["base_filters"], a["dense_units"], a["dropout_rate"]
     image = keras.Input(shape=input_shape, name="image")
     x = layers.Normalization(axis=None, name="normalize_image")(image)
     for stage in range(_stages(input_shape[0])):
@@ -93,13 +74,7 @@ def build_encoder(
     return keras.Model(image, labels, name="encoder")
 
 
-def build_decoder(
-    n_labels: int = 5,
-    output_shape=(64, 64, 1),
-    *,
-    base_filters: int = DEFAULTS["base_filters"],
-    dense_units: int = DEFAULTS["dense_units"],
-) -> keras.Model:
+def build_decoder(n_labels: int = 5, output_shape=(64, 64, 1), **arguments):
     """Labels scaled to [0, 1] → noiseless image scaled to [0, 1] (uncompiled).
 
     Parameters
@@ -108,16 +83,20 @@ def build_decoder(
         Inputs.
     output_shape : tuple of int
         Image shape, side 4 × 2^k.
-    base_filters : int
-        Filters of the last transposed convolution; doubled at each earlier one.
-    dense_units : int
-        Units of the dense layer before the reshape.
+    **arguments
+        The family's builder arguments (the defaults for those not given; ``dropout_rate`` is
+        the encoder's): ``base_filters`` (filters of the last transposed convolution, doubled at
+        each earlier one) and ``dense_units`` (units of the dense layer before the reshape).
 
     Returns
     -------
     keras.Model with input ``labels`` and output ``image``
     """
-    _check(base_filters, dense_units, 0.0)
+    import keras
+    from keras import layers
+
+    a = FAMILY.check_arguments(arguments)
+    base_filters, dense_units = a["base_filters"], a["dense_units"]
     stages = _stages(output_shape[0])
     labels = keras.Input(shape=(n_labels,), name="labels")
     x = layers.Dense(dense_units)(labels)
@@ -133,9 +112,12 @@ def build_decoder(
     return keras.Model(labels, image, name="decoder")
 
 
-def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model:
+def build_autoencoder(encoder, decoder):
     """Join an encoder and a decoder: ``noisy_image`` → {``labels``, ``image``}, sharing their weights
     (with an uncertainty head the decoder draws the encoder's means)."""
+    import keras
+    from keras import layers
+
     noisy = keras.Input(shape=encoder.input_shape[1:], name="noisy_image")
     labels = encoder(noisy)
     n_labels = decoder.input_shape[-1]
@@ -147,53 +129,74 @@ def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model
     )
 
 
-class AutoencoderHyperModel(FamilyHyperModel):
-    """The autoencoder, built and compiled: filters, dense units, dropout and the learning rate.
-
-    :meth:`build` gives the joint model (what a search trains); :meth:`build_stage` each stage
-    of the three-stage training. ``adapt`` may hold ``normalize_image``, the encoder's sample.
-    """
-
-    FAMILY = "autoencoder"
-    DEFAULT_LOSS = "binary_crossentropy"
-    SPACE = {"base_filters": [8, 16, 32, 64], "dense_units": [64, 128, 256, 512], "dropout_rate": [0.0, 0.25, 0.5]}
-
-    @property
-    def labels_loss(self):
-        """The labels' loss: the uncertainty head's Gaussian NLL, or the spec's loss."""
-        from galparam.models.heads import loss_for
-
-        return loss_for(self.settings.uncertainty) or self.loss
-
-    def encoder(self, args: dict) -> keras.Model:
-        """A new encoder with the spec's head, its normalization adapted."""
-        encoder = build_encoder(self.input_shape, uncertainty=self.settings.uncertainty, **args)
-        self.adapt_layers(encoder)
-        return encoder
-
-    def decoder(self, args: dict) -> keras.Model:
-        return build_decoder(
-            output_shape=self.input_shape, base_filters=args["base_filters"], dense_units=args["dense_units"]
-        )
-
-    def build_stage(self, stage: str, hp, *, encoder=None, decoder=None):
-        """The compiled model of one stage: ``encoder`` (image → labels), ``decoder`` (labels →
-        image) or ``joint`` (the autoencoder, the spec's loss on both outputs, weighted labels : image);
-        given trained parts are used, missing ones are built new."""
-        args, lr = self.choose(hp)
-        encoder = encoder or (self.encoder(args) if stage != "decoder" else None)
-        decoder = decoder or (self.decoder(args) if stage != "encoder" else None)
-        if stage == "encoder":
-            return self.compile(encoder, lr, loss=self.labels_loss)
-        if stage == "decoder":
-            return self.compile(decoder, lr)
-        weights = dict(zip(("labels", "image"), self.settings.loss_weights, strict=True))
-        loss = {"labels": self.labels_loss, "image": self.loss}
-        return self.compile(build_autoencoder(encoder, decoder), lr, loss=loss, loss_weights=weights)
-
-    def build(self, hp):
-        return self.build_stage("joint", hp)
+def new_encoder(arguments: dict, context):
+    """A new encoder with the experiment's head, its normalization adapted."""
+    model = build_encoder(context.input_shape, uncertainty=context.uncertainty, **arguments)
+    context.adapt(model)
+    return model
 
 
-HyperModel = AutoencoderHyperModel
-"""This family's HyperModel (see :mod:`galparam.models`)."""
+def new_decoder(arguments: dict, context):
+    """A new decoder (``dropout_rate`` is the encoder's alone)."""
+    return build_decoder(
+        output_shape=context.input_shape,
+        base_filters=arguments["base_filters"],
+        dense_units=arguments["dense_units"],
+    )
+
+
+def _build(stage: str, arguments: dict, context, trained: dict):
+    """A stage's model from the parts trained so far (the joint stage after the encoder and the
+    decoder stages starts from them; a part not trained yet is new)."""
+    parts = _parts(trained)
+    if stage == "encoder":
+        return parts["encoder"] or new_encoder(arguments, context)
+    if stage == "decoder":
+        return parts["decoder"] or new_decoder(arguments, context)
+    first = parts["encoder"] or new_encoder(arguments, context)
+    return build_autoencoder(first, parts["decoder"] or new_decoder(arguments, context))
+
+
+def _parts(trained: dict) -> dict:
+    if "joint" in trained:
+        joint = trained["joint"]
+        return {"encoder": joint.get_layer("encoder"), "decoder": joint.get_layer("decoder")}
+    return {"encoder": trained.get("encoder"), "decoder": trained.get("decoder")}
+
+
+def _finish(trained: dict, arguments: dict, context):
+    parts = _parts(trained)
+    first = parts["encoder"] or new_encoder(arguments, context)
+    return build_autoencoder(first, parts["decoder"] or new_decoder(arguments, context))
+
+
+FAMILY = Family(
+    name="autoencoder",
+    summary="the conditional autoencoder: noisy image → the five labels → noiseless image",
+    hyperparameters=(
+        Hyperparameter("base_filters", 32, (8, 16, 32, 64), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("dense_units", 256, (64, 128, 256, 512), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("dropout_rate", 0.5, (0.0, 0.25, 0.5), Interval(0.0, 1.0, True, False)),
+    ),
+    stages=(
+        Stage("encoder", inputs={"image": "images"}, targets={"labels": "labels"}, losses={"labels": "labels"}),
+        Stage("decoder", inputs={"labels": "labels"}, targets={"image": "clean_scaled"}, losses={"image": "spec"}),
+        Stage(
+            "joint",
+            inputs={"noisy_image": "images"},
+            targets={"labels": "labels", "image": "clean_scaled"},
+            losses={"labels": "labels", "image": "spec"},
+            plateau=True,
+        ),
+    ),
+    search_stage="joint",
+    default_loss="binary_crossentropy",
+    keys=("uncertainty", "stages", "loss_weights", "lr_factor", "lr_patience"),
+    label_range=(0.0, 1.0),
+    scales_images=True,
+    predictor="encoder",
+    decoder="decoder",
+    build=_build,
+    finish=_finish,
+)
+"""The autoencoder family; its defaults are the reference's."""

@@ -10,25 +10,26 @@ input (global residual learning): the identity is where it starts, and what it m
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
 from galparam.errors import GalparamError
-from galparam.models.common import FamilyHyperModel
+from galparam.models.family import Family, Rule, Stage
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "denoised"
 
-
-def check_whole(**values) -> None:
-    """Raise :class:`GalparamError` unless every value is a whole number >= 1."""
-    for name, value in values.items():
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise GalparamError(f"{name} {value!r}: accepted whole numbers >= 1")
+DENOISER_STAGE = Stage(
+    "denoiser",
+    inputs={INPUT_NAME: "images_in_image_units"},
+    targets={OUTPUT_NAME: "clean_in_image_units"},
+    losses={OUTPUT_NAME: "spec"},
+)
+"""A denoiser's one stage: the noisy image to the noiseless one, both in the run's image scaling
+(unclipped, so the noise keeps its shape)."""
 
 
 def restoration_input(input_shape):
     """The denoiser's input (the noisy image in the run's image scaling)."""
+    import keras
+
     if len(input_shape) != 3 or input_shape[-1] != 1:
         raise GalparamError(f"input_shape {tuple(input_shape)}: a denoiser takes (height, width, 1)")
     return keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
@@ -36,26 +37,42 @@ def restoration_input(input_shape):
 
 def restoration_output(image, features, kernel_size: int = 3):
     """The restored image: one convolution of ``features`` to a correction, added to the input."""
+    from keras import layers
+
     correction = layers.Conv2D(1, kernel_size, padding="same", name="correction")(features)
     return layers.Add(name=OUTPUT_NAME)([image, correction])
 
 
-class DenoiserHyperModel(FamilyHyperModel):
-    """Base of the denoisers' HyperModels: MAE (the EDSR paper's loss) unless the spec says mse.
+def denoiser_family(name: str, summary: str, hyperparameters: tuple, builder) -> Family:
+    """The declaration of a denoiser family whose plain builder is ``builder(input_shape, **arguments)``:
+    one stage (:data:`DENOISER_STAGE`), MAE (the EDSR paper's loss) unless the spec says mse or
+    huber, noiseless images scaled to [0, 1], no labels and no PSF input."""
 
-    Subclasses set ``FAMILY``, ``SPACE`` and ``BUILDER`` (the plain builder).
-    """
+    def build(stage, arguments, context, trained):
+        return builder(context.input_shape, **arguments)
 
-    DEFAULT_LOSS = "mae"
-    BUILDER = None
+    def finish(trained, arguments, context):
+        return trained[DENOISER_STAGE.name]
 
-    def build(self, hp):
-        args, lr = self.choose(hp)
-        model = type(self).BUILDER(self.input_shape, **args)
-        return self.compile(model, lr)
+    return Family(
+        name=name,
+        summary=summary,
+        hyperparameters=hyperparameters,
+        stages=(DENOISER_STAGE,),
+        search_stage=DENOISER_STAGE.name,
+        default_loss="mae",
+        refused_losses={
+            "binary_crossentropy": "a denoiser restores images with mae, mse or huber, not binary_crossentropy"
+        },
+        rules=(Rule("images", "images: a denoiser learns noisy → noiseless; leave images at noisy"),),
+        scales_images=True,
+        restores_images=True,
+        build=build,
+        finish=finish,
+    )
 
 
-def build_joint(denoiser: keras.Model, regressor: keras.Model, image_scaler, *, psf_input: bool = False) -> keras.Model:
+def build_joint(denoiser, regressor, image_scaler, *, psf_input: bool = False):
     """The denoiser and the regressor as one model, trained together (the reference's proposal).
 
     The noisy image in counts is scaled as the denoiser was trained, restored, read back in counts
@@ -78,6 +95,9 @@ def build_joint(denoiser: keras.Model, regressor: keras.Model, image_scaler, *, 
     keras.Model
         Inputs ``image`` (and ``psf``); outputs ``labels`` and ``denoised`` (a mapping).
     """
+    import keras
+    from keras import layers
+
     scale, offset = (float(v[0]) for v in image_scaler.affine())
     image = keras.Input(shape=denoiser.input_shape[1:], name="image")
     restored = denoiser(layers.Rescaling(scale, offset, name="to_denoiser_units")(image))

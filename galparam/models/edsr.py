@@ -12,21 +12,17 @@ residual scaling 0.1).
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
-from galparam.errors import GalparamError
-from galparam.models.denoise import DenoiserHyperModel, check_whole, restoration_input, restoration_output
-
-DEFAULTS = {"num_filters": 64, "num_res_blocks": 8, "res_scaling": 0.0}
-"""The EDSR baseline's size (64 filters, 8 blocks) that the reference's code defaults to;
-``res_scaling`` 0 means none (its full run used 256 filters, 16 blocks and 0.1)."""
+from galparam.interval import Interval
+from galparam.models.denoise import denoiser_family, restoration_input, restoration_output
+from galparam.models.family import WHOLE_POSITIVE, Hyperparameter
 
 REFERENCE_RUN = {"num_filters": 256, "num_res_blocks": 16, "res_scaling": 0.1}
 """The configuration the reference trained (MAE, Adam 1e-4)."""
 
 
 def _res_block(x, filters, scaling, index):
+    from keras import layers
+
     y = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{index}_conv1")(x)
     y = layers.Conv2D(filters, 3, padding="same", name=f"block{index}_conv2")(y)
     if scaling:
@@ -34,26 +30,18 @@ def _res_block(x, filters, scaling, index):
     return layers.Add(name=f"block{index}_add")([x, y])
 
 
-def build_edsr(
-    input_shape=(64, 64, 1),
-    *,
-    num_filters: int = DEFAULTS["num_filters"],
-    num_res_blocks: int = DEFAULTS["num_res_blocks"],
-    res_scaling: float = DEFAULTS["res_scaling"],
-) -> keras.Model:
+def build_edsr(input_shape=(64, 64, 1), **arguments):
     """Build the EDSR denoiser (uncompiled).
 
     Parameters
     ----------
     input_shape : tuple of int
         (height, width, 1) of the image.
-    num_filters : int
-        Feature maps of every convolution but the last.
-    num_res_blocks : int
-        Residual blocks in the body.
-    res_scaling : float
-        Factor on each block's residual before it is added (0: none), in [0, 1]; EDSR used 0.1
-        for its widest models to keep training stable.
+    **arguments
+        The family's builder arguments (the defaults for those not given): ``num_filters``
+        (feature maps of every convolution but the last), ``num_res_blocks`` (residual blocks in
+        the body), ``res_scaling`` (factor on each block's residual before it is added, 0: none,
+        in [0, 1]; EDSR used 0.1 for its widest models to keep training stable).
 
     Returns
     -------
@@ -63,32 +51,31 @@ def build_edsr(
     Raises
     ------
     GalparamError
-        If an argument is out of range.
+        An unknown argument, or a value outside what it accepts.
     """
-    check_whole(num_filters=num_filters, num_res_blocks=num_res_blocks)
-    if not 0 <= res_scaling <= 1:
-        raise GalparamError(f"res_scaling {res_scaling}: accepted [0, 1]")
+    import keras
+    from keras import layers
+
+    a = FAMILY.check_arguments(arguments)
     image = restoration_input(input_shape)
-    head = layers.Conv2D(num_filters, 3, padding="same", name="head")(image)
+    head = layers.Conv2D(a["num_filters"], 3, padding="same", name="head")(image)
     x = head
-    for i in range(num_res_blocks):
-        x = _res_block(x, num_filters, res_scaling, i)
-    x = layers.Conv2D(num_filters, 3, padding="same", name="body_end")(x)
+    for i in range(a["num_res_blocks"]):
+        x = _res_block(x, a["num_filters"], a["res_scaling"], i)
+    x = layers.Conv2D(a["num_filters"], 3, padding="same", name="body_end")(x)
     x = layers.Add(name="body_skip")([head, x])
     return keras.Model(image, restoration_output(image, x), name="edsr")
 
 
-class EDSRHyperModel(DenoiserHyperModel):
-    """EDSR, built and compiled; its search space: filters, blocks and residual scaling."""
-
-    FAMILY = "edsr"
-    SPACE = {
-        "num_filters": [16, 32, 64, 128, 256],
-        "num_res_blocks": [2, 4, 8, 16],
-        "res_scaling": [0.0, 0.1],
-    }
-    BUILDER = staticmethod(build_edsr)
-
-
-HyperModel = EDSRHyperModel
-"""This family's HyperModel (see :mod:`galparam.models`)."""
+FAMILY = denoiser_family(
+    "edsr",
+    "EDSR (Lim et al. 2017) as a same-size denoiser: noisy → noiseless image",
+    (
+        Hyperparameter("num_filters", 64, (16, 32, 64, 128, 256), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("num_res_blocks", 8, (2, 4, 8, 16), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("res_scaling", 0.0, (0.0, 0.1), Interval.closed(0.0, 1.0)),
+    ),
+    build_edsr,
+)
+"""The EDSR family; its defaults are the EDSR baseline's size (64 filters, 8 blocks) that the
+reference's code defaults to, ``res_scaling`` 0 meaning none (its full run: :data:`REFERENCE_RUN`)."""

@@ -16,18 +16,20 @@ covariance matrices (numpy), which :class:`galparam.estimator.Estimator` maps to
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
-from galparam.specs import UNCERTAINTY_KINDS  # noqa: F401  (re-exported: the kinds this module implements)
+from galparam.parameters import LABEL_NAMES
 
-N_LABELS = 5
+UNCERTAINTY_KINDS = ("none", "diagonal", "full")
+"""The heads an experiment's ``uncertainty`` key may name."""
+
+N_LABELS = len(LABEL_NAMES)
 LOG_SCALE_LIMIT = 8.0  # |log σ| at most this in scaled units: keeps the NLL finite early in training
 _ROWS, _COLS = np.tril_indices(N_LABELS, -1)  # the 10 off-diagonal entries of P, row-major
 
 
 def head_units(kind: str, n_labels: int = N_LABELS) -> int:
-    """Outputs of the ``labels`` layer for an uncertainty kind."""
+    """Outputs of the ``labels`` layer for an uncertainty kind (:data:`UNCERTAINTY_KINDS`)."""
     return {"none": n_labels, "diagonal": 2 * n_labels, "full": n_labels + n_labels * (n_labels + 1) // 2}[kind]
 
 
@@ -37,18 +39,20 @@ def _off_diagonal_basis() -> np.ndarray:
     return basis
 
 
-@keras.saving.register_keras_serializable(package="galparam")
 def gaussian_nll_diagonal(y_true, y_pred):
     """Gaussian NLL (less ½ log 2π) of the labels under the head's means and log-variances."""
+    import keras
+
     mean, log_var = y_pred[:, :N_LABELS], y_pred[:, N_LABELS : 2 * N_LABELS]
     log_var = keras.ops.clip(log_var, -2 * LOG_SCALE_LIMIT, 2 * LOG_SCALE_LIMIT)
     residual = keras.ops.cast(y_true, mean.dtype) - mean
     return keras.ops.mean(0.5 * (log_var + residual**2 * keras.ops.exp(-log_var)), axis=-1)
 
 
-@keras.saving.register_keras_serializable(package="galparam")
 def gaussian_nll_full(y_true, y_pred):
     """Gaussian NLL (less ½ log 2π, divided by the 5 labels) under a mean and a precision Cholesky factor."""
+    import keras
+
     mean = y_pred[:, :N_LABELS]
     log_diag = keras.ops.clip(y_pred[:, N_LABELS : 2 * N_LABELS], -LOG_SCALE_LIMIT, LOG_SCALE_LIMIT)
     off = y_pred[:, 2 * N_LABELS :]

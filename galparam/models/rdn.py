@@ -13,19 +13,16 @@ parameters here (1 channel, no upsampler): per block 9G·(C·G0 + G·C(C−1)/2)
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
-from galparam.models.denoise import DenoiserHyperModel, check_whole, restoration_input, restoration_output
-
-DEFAULTS = {"num_features": 32, "num_blocks": 4, "num_layers": 4, "growth_rate": 16}
-"""A size a CPU trains in minutes; see :data:`REFERENCE_RUN` for the reference's."""
+from galparam.models.denoise import denoiser_family, restoration_input, restoration_output
+from galparam.models.family import WHOLE_POSITIVE, Hyperparameter
 
 REFERENCE_RUN = {"num_features": 64, "num_blocks": 20, "num_layers": 6, "growth_rate": 32}
 """The configuration the reference trained."""
 
 
 def _dense_block(x, features, layers_per_block, growth, index):
+    from keras import layers
+
     inputs = [x]
     for c in range(layers_per_block):
         joined = inputs[0] if len(inputs) == 1 else layers.Concatenate(name=f"rdb{index}_cat{c}")(inputs)
@@ -34,28 +31,18 @@ def _dense_block(x, features, layers_per_block, growth, index):
     return layers.Add(name=f"rdb{index}_add")([x, fused])
 
 
-def build_rdn(
-    input_shape=(64, 64, 1),
-    *,
-    num_features: int = DEFAULTS["num_features"],
-    num_blocks: int = DEFAULTS["num_blocks"],
-    num_layers: int = DEFAULTS["num_layers"],
-    growth_rate: int = DEFAULTS["growth_rate"],
-) -> keras.Model:
+def build_rdn(input_shape=(64, 64, 1), **arguments):
     """Build the RDN denoiser (uncompiled).
 
     Parameters
     ----------
     input_shape : tuple of int
         (height, width, 1) of the image.
-    num_features : int
-        Feature maps between blocks (G0).
-    num_blocks : int
-        Residual dense blocks (D).
-    num_layers : int
-        Convolutions in each block (C).
-    growth_rate : int
-        Maps each convolution of a block adds (G).
+    **arguments
+        The family's builder arguments (the defaults for those not given): ``num_features``
+        (feature maps between blocks, G0), ``num_blocks`` (residual dense blocks, D),
+        ``num_layers`` (convolutions in each block, C), ``growth_rate`` (maps each convolution of
+        a block adds, G).
 
     Returns
     -------
@@ -65,35 +52,36 @@ def build_rdn(
     Raises
     ------
     GalparamError
-        If an argument is not a whole number >= 1.
+        An unknown argument, or a value that is not a whole number >= 1.
     """
-    check_whole(num_features=num_features, num_blocks=num_blocks, num_layers=num_layers, growth_rate=growth_rate)
+    import keras
+    from keras import layers
+
+    a = FAMILY.check_arguments(arguments)
+    features = a["num_features"]
     image = restoration_input(input_shape)
-    shallow = layers.Conv2D(num_features, 3, padding="same", name="shallow1")(image)
-    x = layers.Conv2D(num_features, 3, padding="same", name="shallow2")(shallow)
+    shallow = layers.Conv2D(features, 3, padding="same", name="shallow1")(image)
+    x = layers.Conv2D(features, 3, padding="same", name="shallow2")(shallow)
     outputs = []
-    for d in range(num_blocks):
-        x = _dense_block(x, num_features, num_layers, growth_rate, d)
+    for d in range(a["num_blocks"]):
+        x = _dense_block(x, features, a["num_layers"], a["growth_rate"], d)
         outputs.append(x)
-    joined = outputs[0] if num_blocks == 1 else layers.Concatenate(name="global_cat")(outputs)
-    x = layers.Conv2D(num_features, 1, name="global_fusion1")(joined)
-    x = layers.Conv2D(num_features, 3, padding="same", name="global_fusion2")(x)
+    joined = outputs[0] if a["num_blocks"] == 1 else layers.Concatenate(name="global_cat")(outputs)
+    x = layers.Conv2D(features, 1, name="global_fusion1")(joined)
+    x = layers.Conv2D(features, 3, padding="same", name="global_fusion2")(x)
     x = layers.Add(name="global_skip")([shallow, x])
     return keras.Model(image, restoration_output(image, x), name="rdn")
 
 
-class RDNHyperModel(DenoiserHyperModel):
-    """RDN, built and compiled; its search space: feature maps, blocks, layers per block, growth."""
-
-    FAMILY = "rdn"
-    SPACE = {
-        "num_features": [16, 32, 64],
-        "num_blocks": [2, 4, 8, 20],
-        "num_layers": [3, 4, 6],
-        "growth_rate": [8, 16, 32],
-    }
-    BUILDER = staticmethod(build_rdn)
-
-
-HyperModel = RDNHyperModel
-"""This family's HyperModel (see :mod:`galparam.models`)."""
+FAMILY = denoiser_family(
+    "rdn",
+    "RDN (Zhang et al. 2018), the residual dense network, as a same-size denoiser",
+    (
+        Hyperparameter("num_features", 32, (16, 32, 64), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("num_blocks", 4, (2, 4, 8, 20), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("num_layers", 4, (3, 4, 6), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("growth_rate", 16, (8, 16, 32), WHOLE_POSITIVE, whole=True),
+    ),
+    build_rdn,
+)
+"""The RDN family; its defaults are a size a CPU trains in minutes (the reference's: :data:`REFERENCE_RUN`)."""

@@ -8,33 +8,26 @@ separately normalized channel (the v3 dataset, where the PSF varies).
 
 With the reference's arguments the builder reproduces its parameter counts exactly: 109,304 for
 (conv2d_num_filters=16, sep_num_filters=64, 8 blocks) and 3,479,224 for (16, 384, 8 blocks).
+
+The family trains in one stage, ``xception`` (labels scaled to [-1, 1]); with a finished denoiser
+(an experiment's ``denoiser``) it measures that denoiser's restored images, and with ``joint: true``
+it trains together with the denoiser instead (stage ``denoiser_xception``, :mod:`galparam.models.denoise`).
 """
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
-from galparam.errors import GalparamError
-from galparam.models.common import FamilyHyperModel
+from galparam.interval import Interval
+from galparam.models.denoise import build_joint
+from galparam.models.family import GIVEN, WHOLE_POSITIVE, Family, Hyperparameter, Rule, Stage
+from galparam.models.heads import head_units
 
 ACTIVATIONS = ("relu", "selu")
 POOLINGS = ("avg", "max", "flatten")
 
-DEFAULTS = {
-    "conv2d_num_filters": 16,
-    "sep_num_filters": 64,
-    "num_residual_blocks": 8,
-    "kernel_size": 5,
-    "initial_strides": 2,
-    "activation": "selu",
-    "pooling": "avg",
-    "dropout_rate": 0.0,
-}
-"""The reference's best model (grid search on v1): 109,304 parameters."""
-
 
 def _conv(x, filters, kernel_size, activation, strides):
+    from keras import layers
+
     if activation == "selu":
         return layers.Conv2D(
             filters, kernel_size, strides=strides, padding="same", activation="selu", kernel_initializer="lecun_normal"
@@ -45,6 +38,8 @@ def _conv(x, filters, kernel_size, activation, strides):
 
 
 def _sep_conv(x, filters, kernel_size, activation):
+    from keras import layers
+
     if activation == "selu":
         return layers.SeparableConv2D(
             filters,
@@ -60,6 +55,8 @@ def _sep_conv(x, filters, kernel_size, activation):
 
 
 def _residual(x, filters, activation, *, max_pooling, kernel_size=3):
+    from keras import layers
+
     if max_pooling:
         shortcut = layers.Conv2D(filters, 1, strides=2, padding="same")(x)
     elif x.shape[-1] != filters:
@@ -73,20 +70,7 @@ def _residual(x, filters, activation, *, max_pooling, kernel_size=3):
     return layers.add([x, shortcut])
 
 
-def build_xception(
-    input_shape=(64, 64, 1),
-    n_outputs: int = 5,
-    *,
-    psf_input: bool = False,
-    conv2d_num_filters: int = DEFAULTS["conv2d_num_filters"],
-    sep_num_filters: int = DEFAULTS["sep_num_filters"],
-    num_residual_blocks: int = DEFAULTS["num_residual_blocks"],
-    kernel_size: int = DEFAULTS["kernel_size"],
-    initial_strides: int = DEFAULTS["initial_strides"],
-    activation: str = DEFAULTS["activation"],
-    pooling: str = DEFAULTS["pooling"],
-    dropout_rate: float = DEFAULTS["dropout_rate"],
-) -> keras.Model:
+def build_xception(input_shape=(64, 64, 1), n_outputs: int = 5, *, psf_input: bool = False, **arguments):
     """Build the Xception regressor (uncompiled; adapt its ``Normalization`` layers before fitting).
 
     Parameters
@@ -94,25 +78,17 @@ def build_xception(
     input_shape : tuple of int
         (height, width, channels) of the galaxy image.
     n_outputs : int
-        Regression outputs (the five labels).
+        Regression outputs (the five labels, or a head's means and spreads).
     psf_input : bool
         Take the PSF image (same shape) as a second input, named ``psf``.
-    conv2d_num_filters : int
-        Filters of the entry convolution.
-    sep_num_filters : int
-        Filters of the separable convolutions (twice as many in the exit block).
-    num_residual_blocks : int
-        Residual blocks between the entry and the exit.
-    kernel_size : int
-        Kernel of the entry convolution (the separable convolutions use 3, as in the reference).
-    initial_strides : int
-        Stride of the entry convolution.
-    activation : {"relu", "selu"}
-        ReLU with batch normalization, or SELU (self-normalizing, LeCun initialization).
-    pooling : {"avg", "max", "flatten"}
-        How the last feature map becomes a vector.
-    dropout_rate : float
-        Dropout before the dense head, in [0, 1).
+    **arguments
+        The family's builder arguments (:data:`FAMILY`'s hyperparameters; the defaults for those
+        not given): ``conv2d_num_filters`` (filters of the entry convolution), ``sep_num_filters``
+        (of the separable convolutions; twice as many in the exit block), ``num_residual_blocks``,
+        ``kernel_size`` (of the entry convolution; the separable ones use 3, as the reference),
+        ``initial_strides`` (of the entry convolution), ``activation`` (``relu`` with batch
+        normalization, or ``selu``: self-normalizing, LeCun initialization), ``pooling`` (how the
+        last feature map becomes a vector) and ``dropout_rate`` (before the dense head).
 
     Returns
     -------
@@ -122,21 +98,12 @@ def build_xception(
     Raises
     ------
     GalparamError
-        If an argument is out of range.
+        An unknown argument, or a value outside what it accepts.
     """
-    checks = [
-        (activation in ACTIVATIONS, f"activation {activation!r}: accepted {ACTIVATIONS}"),
-        (pooling in POOLINGS, f"pooling {pooling!r}: accepted {POOLINGS}"),
-        (0 <= dropout_rate < 1, f"dropout_rate {dropout_rate}: accepted [0, 1)"),
-        (num_residual_blocks >= 0, f"num_residual_blocks {num_residual_blocks}: accepted 0 or more"),
-    ]
-    for name in ("conv2d_num_filters", "sep_num_filters", "kernel_size", "initial_strides"):
-        value = locals()[name]
-        checks.append((isinstance(value, int) and value >= 1, f"{name} {value!r}: accepted whole numbers >= 1"))
-    for ok, message in checks:
-        if not ok:
-            raise GalparamError(message)
+    import keras
+    from keras import layers
 
+    a = FAMILY.check_arguments(arguments)
     image = keras.Input(shape=input_shape, name="image")
     x = layers.Normalization(axis=None, name="normalize_image")(image)
     inputs = [image]
@@ -144,72 +111,100 @@ def build_xception(
         psf = keras.Input(shape=input_shape, name="psf")
         inputs.append(psf)
         x = layers.Concatenate(name="image_and_psf")([x, layers.Normalization(axis=None, name="normalize_psf")(psf)])
-    x = _conv(x, conv2d_num_filters, kernel_size, activation, initial_strides)
-    for _ in range(num_residual_blocks):
-        x = _residual(x, sep_num_filters, activation, max_pooling=False)
-    x = _residual(x, 2 * sep_num_filters, activation, max_pooling=True)
-    x = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D, "flatten": layers.Flatten}[pooling]()(
-        x
-    )
-    if dropout_rate > 0:
-        x = layers.Dropout(dropout_rate)(x)
+    x = _conv(x, a["conv2d_num_filters"], a["kernel_size"], a["activation"], a["initial_strides"])
+    for _ in range(a["num_residual_blocks"]):
+        x = _residual(x, a["sep_num_filters"], a["activation"], max_pooling=False)
+    x = _residual(x, 2 * a["sep_num_filters"], a["activation"], max_pooling=True)
+    pooling = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D, "flatten": layers.Flatten}
+    x = pooling[a["pooling"]]()(x)
+    if a["dropout_rate"] > 0:
+        x = layers.Dropout(a["dropout_rate"])(x)
     outputs = layers.Dense(n_outputs, name="labels")(x)
     return keras.Model(inputs if psf_input else image, outputs, name="xception")
 
 
-class XceptionHyperModel(FamilyHyperModel):
-    """The Xception, built and compiled: the search space of the reference's AutoKeras Xception
-    block, plus the learning rate.
-
-    Parameters
-    ----------
-    input_shape : tuple of int
-        Image shape.
-    psf_input : bool
-        Whether models take the PSF image too.
-    **kwargs
-        ``fixed``, ``adapt`` (``normalize_image``, ``normalize_psf``), ``settings``: see
-        :class:`~galparam.models.common.FamilyHyperModel`.
-    """
-
-    FAMILY = "xception"
-    DEFAULT_LOSS = "mse"
-    SPACE = {
-        "conv2d_num_filters": [4, 8, 16, 32, 64, 128],
-        "sep_num_filters": [4, 8, 16, 32, 64, 128, 256, 384],
-        "num_residual_blocks": [2, 4, 6, 8],
-        "kernel_size": [3, 5],
-        "initial_strides": [2, 4],
-        "activation": list(ACTIVATIONS),
-        "pooling": list(POOLINGS),
-        "dropout_rate": [0.0, 0.25, 0.5],
-    }
-
-    def __init__(self, input_shape=(64, 64, 1), *, psf_input: bool = False, **kwargs):
-        super().__init__(input_shape, **kwargs)
-        self.psf_input = psf_input
-
-    @property
-    def loss(self):
-        """The uncertainty head's Gaussian NLL, or the spec's loss (default mse)."""
-        from galparam.models.heads import loss_for
-
-        return loss_for(self.settings.uncertainty) or super().loss
-
-    def regressor(self, args: dict) -> keras.Model:
-        """A new Xception of these builder arguments with the spec's head, its normalization adapted (uncompiled)."""
-        from galparam.models.heads import head_units
-
-        model = build_xception(
-            self.input_shape, head_units(self.settings.uncertainty), psf_input=self.psf_input, **args
-        )
-        self.adapt_layers(model)
-        return model
-
-    def build(self, hp):
-        args, lr = self.choose(hp)
-        return self.compile(self.regressor(args), lr)
+def regressor(arguments: dict, context):
+    """A new Xception of these builder arguments with the experiment's head and PSF input, its
+    normalization adapted (uncompiled)."""
+    model = build_xception(
+        context.input_shape, head_units(context.uncertainty), psf_input=context.psf_input, **arguments
+    )
+    context.adapt(model)
+    return model
 
 
-HyperModel = XceptionHyperModel
-"""This family's HyperModel (see :mod:`galparam.models`)."""
+def _build(stage: str, arguments: dict, context, trained: dict):
+    if stage == "xception":
+        return regressor(arguments, context)
+    # denoiser_xception: the denoiser (a copy of its trained model, not the one its Estimator holds) and
+    # a new Xception, trained together under one optimizer
+    import keras
+
+    denoiser = context.denoiser
+    restorer = keras.models.clone_model(denoiser.model)
+    restorer.set_weights(denoiser.model.get_weights())
+    restorer.trainable = True
+    return build_joint(restorer, regressor(arguments, context), denoiser.image_scaler, psf_input=context.psf_input)
+
+
+def _finish(trained: dict, arguments: dict, context):
+    (model,) = trained.values()
+    return model
+
+
+FAMILY = Family(
+    name="xception",
+    summary="the Xception CNN regressor: image (and PSF image) → the five labels",
+    hyperparameters=(
+        Hyperparameter("conv2d_num_filters", 16, (4, 8, 16, 32, 64, 128), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("sep_num_filters", 64, (4, 8, 16, 32, 64, 128, 256, 384), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("num_residual_blocks", 8, (2, 4, 6, 8), Interval(0, float("inf")), whole=True),
+        Hyperparameter("kernel_size", 5, (3, 5), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("initial_strides", 2, (2, 4), WHOLE_POSITIVE, whole=True),
+        Hyperparameter("activation", "selu", ACTIVATIONS, ACTIVATIONS),
+        Hyperparameter("pooling", "avg", POOLINGS, POOLINGS),
+        Hyperparameter("dropout_rate", 0.0, (0.0, 0.25, 0.5), Interval(0.0, 1.0, True, False)),
+    ),
+    stages=(
+        Stage(
+            "xception",
+            inputs={"image": "measured_images"},
+            targets={"labels": "labels"},
+            losses={"labels": "labels"},
+            takes_psf=True,
+        ),
+        Stage(
+            "denoiser_xception",
+            inputs={"image": "images"},
+            targets={"labels": "labels", "denoised": "clean_in_image_units"},
+            losses={"labels": "labels", "denoised": "mae"},
+            takes_psf=True,
+            when=("joint", True),
+        ),
+    ),
+    search_stage="xception",
+    default_loss="mse",
+    refused_losses={
+        "binary_crossentropy": "binary_crossentropy needs [0, 1] targets; the Xception's labels are in [-1, 1]"
+    },
+    keys=("denoiser", "joint", "uncertainty", "loss_weights"),
+    rules=(
+        Rule(
+            "loss_weights",
+            "loss_weights: applies to the joint denoiser and Xception (joint: true)",
+            unless=("joint", True),
+        ),
+        Rule(
+            "loss",
+            "loss: an uncertainty head trains with the Gaussian negative log-likelihood; leave loss out",
+            unless=("uncertainty", "none"),
+        ),
+        Rule("joint", "joint: true needs denoiser: RUN_DIR (the denoiser it starts from)", unless=("denoiser", GIVEN)),
+        Rule("images", "denoiser: restores noisy images; leave images at noisy", unless=("denoiser", None)),
+    ),
+    label_range=(-1.0, 1.0),
+    build=_build,
+    finish=_finish,
+)
+"""The Xception family; :data:`FAMILY`'s defaults are the reference's best model (grid search on v1):
+109,304 parameters."""

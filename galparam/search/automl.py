@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from galparam.backend import require_tensorflow
 from galparam.data import with_channel
+from galparam.evaluate.metrics import estimator_metrics
 from galparam.io import atomic_path, write_json_atomic
+from galparam.models import FAMILIES
 from galparam.parameters import LABEL_NAMES
+from galparam.runs import AUTOKERAS_FAMILY, ExperimentData, RunFolder
 from galparam.search.common import BEST_FILE, open_results
 from galparam.specs import SearchSpec
+from galparam.train import Scalers
 
 PROJECT = "autokeras"
 BEST_RUN = "best"
@@ -70,20 +75,14 @@ def run_autokeras(spec: SearchSpec, output, *, overwrite: bool = False, verbose=
     TrainingError
         On a Keras backend other than TensorFlow (AutoKeras needs ``tf.data``).
     """
-    from galparam.backend import require_tensorflow
-
     require_tensorflow("the AutoKeras search (galparam-search autokeras)")
     import autokeras as ak
     import keras
 
-    from galparam.evaluate.metrics import estimator_metrics
-    from galparam.runs import ExperimentData, RunFolder
-    from galparam.train import Scalers
-
     experiment = spec.experiment
     data = ExperimentData(experiment)
     folder = open_results(output, spec, overwrite=overwrite)
-    scaler = Scalers.fit("xception", data).label
+    scaler = Scalers.fit(FAMILIES["xception"], data).label  # the regressor's scaling: labels to [-1, 1]
     x_train, x_val = (with_channel(data.images[i]) for i in (data.train, data.val))
     y_train, y_val = (scaler.transform(data.dataset.label[i]) for i in (data.train, data.val))
 
@@ -130,7 +129,7 @@ def run_autokeras(spec: SearchSpec, output, *, overwrite: bool = False, verbose=
     run.write_metrics({name: {k: float(v) for k, v in row.items()} for name, row in table.iterrows()}, len(x_val))
     run.write_info(
         name=f"{spec.name}-best",
-        family="autokeras",
+        family=AUTOKERAS_FAMILY,
         data=data,
         hyperparameters=best["hyperparameters"],
         model=model,

@@ -14,15 +14,14 @@ import pandas as pd
 
 from galparam.errors import GalparamError
 from galparam.io import atomic_path
+from galparam.search.grid import read_grid_trials
+from galparam.search.tuner import read_tuner_trials
 
 SCORE = "val_loss"
 
 
 def read_trials(results) -> pd.DataFrame:
     """Every recorded trial of a results folder (grid files, KerasTuner or AutoKeras trials), best first."""
-    from galparam.search.grid import read_grid_trials
-    from galparam.search.tuner import read_tuner_trials
-
     results = Path(results)
     if not results.is_dir():
         raise GalparamError(f"{results}: no such results folder")

@@ -19,8 +19,12 @@ from tqdm.auto import tqdm
 
 from galparam.errors import GalparamError
 from galparam.io import write_json_atomic
+from galparam.models import resolve_hyperparameters
+from galparam.models.hypermodel import hypermodel
+from galparam.runs import ExperimentData
 from galparam.search.common import fit_arguments, open_results
 from galparam.specs import SearchSpec
+from galparam.train import search_pipelines
 
 
 def grid_points(spec: SearchSpec) -> list[dict]:
@@ -29,14 +33,14 @@ def grid_points(spec: SearchSpec) -> list[dict]:
     Raises
     ------
     GalparamError
-        On an unknown argument name (the error lists the valid ones) or an empty grid.
+        On an unknown argument name (the error lists the valid ones), a value the family does not
+        accept, or an empty grid.
     """
-    from galparam.models import resolve_hyperparameters
-
-    resolve_hyperparameters(spec.experiment, dict.fromkeys(spec.grid))  # names only: one clear error
     points = list(ParameterGrid({k: list(v) for k, v in spec.grid.items()}))
     if not points:
         raise GalparamError(f"{spec.source}: the grid is empty")
+    for point in points:  # every point's arguments, checked before any trial trains
+        resolve_hyperparameters(spec.experiment, point)
     return points
 
 
@@ -59,9 +63,6 @@ def _inference_rate(model, pipelines) -> float:
 def run_trial(spec: SearchSpec, data, point: dict) -> dict:
     """Train one grid point and measure it (see the module docstring for the record)."""
     import keras
-
-    from galparam.models import hypermodel, resolve_hyperparameters
-    from galparam.train import search_pipelines
 
     experiment = spec.experiment
     hp, lr = resolve_hyperparameters(experiment, point)
@@ -94,8 +95,6 @@ def run_grid(spec: SearchSpec, output, *, overwrite: bool = False, progress: boo
         Before training: an unknown argument, an empty grid, a missing dataset, a results
         folder of another spec (unless ``overwrite``, which replaces its results).
     """
-    from galparam.runs import ExperimentData
-
     points = grid_points(spec)
     data = ExperimentData(spec.experiment)
     folder = open_results(output, spec, overwrite=overwrite)

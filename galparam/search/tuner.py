@@ -8,6 +8,7 @@ serves the oracle and the workers train the trials it hands out (KerasTuner's ow
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -15,8 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from galparam.io import write_json_atomic
+from galparam.models import resolve_hyperparameters
+from galparam.models.hypermodel import hypermodel
+from galparam.runs import ExperimentData
 from galparam.search.common import BEST_FILE, fit_arguments, open_results
 from galparam.specs import SearchSpec
+from galparam.train import search_pipelines
 
 PROJECT = "tuner"
 TRIAL_RECORD = "galparam.json"
@@ -67,10 +72,6 @@ def run_tuner(spec: SearchSpec, output, *, overwrite: bool = False, verbose=0) -
     """
     import keras
 
-    from galparam.models import hypermodel, resolve_hyperparameters
-    from galparam.runs import ExperimentData
-    from galparam.train import search_pipelines
-
     experiment = spec.experiment
     resolve_hyperparameters(experiment)  # unknown names: one clear error before any work
     data = ExperimentData(experiment)
@@ -81,7 +82,7 @@ def run_tuner(spec: SearchSpec, output, *, overwrite: bool = False, verbose=0) -
     budget = {"max_epochs": experiment.epochs} if spec.tuner == "hyperband" else {"max_trials": spec.max_trials}
     keras.utils.set_random_seed(experiment.seed)
     tuner = _tuner_class(spec.tuner)(
-        model_builder,
+        model_builder.build,  # KerasTuner takes a callable of the trial's hyperparameters
         objective="val_loss",
         directory=str(folder),
         project_name=PROJECT,
@@ -107,8 +108,6 @@ def run_tuner(spec: SearchSpec, output, *, overwrite: bool = False, verbose=0) -
 
 def read_tuner_trials(folder) -> pd.DataFrame:
     """KerasTuner's trials (KerasTuner or AutoKeras) as a table: hyperparameters, score, status."""
-    import json
-
     rows = []
     for path in sorted(Path(folder).glob("*/trial_*/trial.json")):
         trial = json.loads(path.read_text())

@@ -1,6 +1,6 @@
 """PSF stamps from the k-space tables: GalSim's drawing of the Moffat ⊗ pixel PSF, many at once.
 
-The reference is :meth:`galparam.render.Renderer.psf_image`, GalSim's
+The reference is :meth:`galparam.render.GalSimRenderer.psf_image`, GalSim's
 ``Moffat(beta, fwhm).drawImage(image=Image(64, 64, scale))`` by FFT (``GSObject.drawFFT``): the
 Moffat × pixel transform sampled on a half-plane k-box of half-width ``h`` (in units of
 ``dk = 2π/(N·scale)``), wrapped onto N×N, inverse-FFT'd and cropped. Over FWHM 0.35–1.3″ GalSim's
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from galparam import kspace as ks
+from galparam.kspace.fourier import box_grid, eval_spline, fold_into, hermitian_inverse
+from galparam.kspace.grid import good_fft_size
 
 # Range the interpolation table covers (outside it: exact psf_fft). v3 draws 0.5–1.0.
 FWHM_RANGE = (0.35, 1.5)
@@ -63,19 +64,12 @@ def psf_geometry(tables, fwhm):
     stepk = (stepk**-2 + np.pi**-2) ** -0.5
     N = np.ceil(2.0 * np.pi / stepk * (1.0 - 1.0e-12)).astype(np.int64)  # getGoodImageSize
     N = 2 * ((N + 1) // 2)
-    N = _good_fft_size(np.maximum(N, 2 * stamp))  # the image's own N: 2·max|bound| (bounds 1..stamp)
+    N = good_fft_size(np.maximum(N, 2 * stamp))  # the image's own N: 2·max|bound| (bounds 1..stamp)
     N = np.maximum(N, 128)  # GSParams.minimum_fft_size
     maxk = np.minimum(maxk1 * (1.0 / r0) / (1.0 / scale), 2.0 / 1e-3)  # rad/pixel
     dk = 2.0 * np.pi / N
     h = np.where(N * dk / 2 > maxk, N // 2, np.ceil(maxk / dk).astype(np.int64))
     return N, h
-
-
-def _good_fft_size(N):
-    """GalSim's goodFFTSize: the next 2^k or 3·2^k."""
-    log2 = np.ceil(np.log2(N))
-    p2, p3 = 2**log2, 3 * 2 ** (log2 - 2)
-    return np.where(p3 >= N, p3, p2).astype(np.int64)
 
 
 def psf_fft(tables, fwhm, dtype=np.float64):
@@ -88,14 +82,14 @@ def psf_fft(tables, fwhm, dtype=np.float64):
     for key in np.unique(keys, axis=0):
         sel = np.flatnonzero((keys == key).all(1))
         N, h = int(key[0]), int(key[1])
-        g = ks._grid(N, h, tables.pixel_scale, np.float64)
+        g = box_grid(N, h, tables.pixel_scale, np.float64)
         pos = np.sqrt(g["k"][None] * fwhm[sel, None, None]) / tables.s_step
         rows = np.minimum(pos.astype(np.int64), M - 1)
-        F = ks._eval_spline(tables.psf_coef, rows, pos - rows)  # Moffat(|k|·fwhm)
+        F = eval_spline(tables.psf_coef, rows, pos - rows)  # Moffat(|k|·fwhm)
         F *= g["py"][:, None] * g["px"][None, :]  # pixel sinc × fold sign (kx = 0 halved)
-        Fy = ks._fold_into(np.zeros((len(sel), N, h + 1)), F, N, h, axis=1)
-        P = ks._fold_into(np.zeros((len(sel), N, N)), Fy, N, 0, axis=2)
-        out[sel] = ks._hermitian_inverse(P, N, tables.stamp, g["phase"])
+        Fy = fold_into(np.zeros((len(sel), N, h + 1)), F, N, h, axis=1)
+        P = fold_into(np.zeros((len(sel), N, N)), Fy, N, 0, axis=2)
+        out[sel] = hermitian_inverse(P, N, tables.stamp, g["phase"])
     return out
 
 
@@ -247,9 +241,9 @@ def psf_table(tables) -> PsfTable:
 
 
 def psf_images(tables, psf_fwhm, dtype=np.float32) -> np.ndarray:
-    """Unit-flux Moffat ⊗ pixel PSF stamps, (B, stamp, stamp), as GalSim's ``Renderer.psf_image``.
+    """Unit-flux Moffat ⊗ pixel PSF stamps, (B, stamp, stamp), as GalSim's ``GalSimRenderer.psf_image``.
 
-    ``tables`` from ``galparam.kspace.load_tables()`` (its PSF table, β and geometry); ``psf_fwhm``
+    ``tables`` from :func:`galparam.kspace.load_tables` (its PSF table, β and geometry); ``psf_fwhm``
     (B,) arcsec. Inside ``FWHM_RANGE``: within 3.4e-13 of GalSim's peak in float64, and float32
     images within 1.2e-7 of GalSim's float32 ones (GalSim's float32 is itself 6e-8 from its
     float64, its k-image being complex64). Outside the range: psf_fft (same accuracy, ~0.4 ms).

@@ -21,11 +21,14 @@ from tqdm.auto import tqdm
 
 from galparam.data import load_dataset
 from galparam.errors import GalparamError, Remedy
-from galparam.evaluate.mle import ConvergenceWarning, FitBox, LikelihoodFit
+from galparam.estimator import load_estimator
+from galparam.evaluate.fit import BatchedFit, ConvergenceWarning
+from galparam.evaluate.fitbox import FitBox
+from galparam.evaluate.galsim_fit import GalSimFit
 from galparam.io import write_json_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
-from galparam.render import shared_renderer
+from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
 from galparam.runs import RunFolder
 
 CORRELATED = (("flux", "sersic_n"), ("flux", "hlr"), ("sersic_n", "hlr"))
@@ -47,35 +50,40 @@ FIT_COLUMNS = (
 Fisher matrix's diagonal at the estimate) and correlations, the fit's work, and whether it
 started from the given starting point (``--init``) rather than the moments' one."""
 
-FIT_RENDERERS = ("kspace", "galsim")
-"""``kspace``: batched fits on the k-space model with its exact Jacobian; ``galsim``: one GalSim fit
-at a time (:class:`~galparam.evaluate.mle.LikelihoodFit`, the reference)."""
+FITS = {KSpaceRenderer.NAME: BatchedFit, GalSimRenderer.NAME: GalSimFit}
+"""The fit on each renderer: batched fits on the k-space model with its exact Jacobian, or one
+GalSim fit at a time (the reference)."""
 
-FIT_BATCH = 128
-"""Images a worker's task fits (:class:`~galparam.evaluate.batchfit.BatchedFit`); its rows are
-written together when it ends."""
+FIT_BATCH = {KSpaceRenderer.NAME: 128, GalSimRenderer.NAME: 1}
+"""Images a worker's task fits; its rows are written together when it ends."""
 
 FIT_CONCURRENCY = 32
 """Fits under way at once in a task: each round evaluates up to this many images together, and a
 finished fit hands its place to the next image (1.3× the throughput of fixed batches of 32)."""
 
 
-def _row(index, result, covariance) -> list:
-    err = np.sqrt(np.clip(np.diagonal(covariance), 0.0, None))
+def _rows(indices, fitter) -> list[list]:
+    """``fits.csv`` rows of a fitter's results (:class:`~galparam.evaluate.fit.Fit`)."""
     at = {name: i for i, name in enumerate(LABEL_NAMES)}
-    corr = [covariance[at[a], at[b]] / (err[at[a]] * err[at[b]]) for a, b in CORRELATED]
-    return [
-        index,
-        *result.theta.tolist(),
-        *err.tolist(),
-        *(round(float(c), 6) for c in corr),
-        int(result.converged),
-        result.nll,
-        result.iterations,
-        result.evaluations,
-        round(result.seconds, 5),
-        int(result.from_init),
-    ]
+    rows = []
+    for k, (index, r) in enumerate(zip(indices, fitter.results_, strict=True)):
+        err = fitter.std_[k]
+        corr = [fitter.covariance_[k, at[a], at[b]] / (err[at[a]] * err[at[b]]) for a, b in CORRELATED]
+        rows.append(
+            [
+                index,
+                *r.theta.tolist(),
+                *err.tolist(),
+                *(round(float(c), 6) for c in corr),
+                int(r.converged),
+                r.nll,
+                r.iterations,
+                r.evaluations,
+                round(r.seconds, 5),
+                int(r.from_init),
+            ]
+        )
+    return rows
 
 
 def _fit_task(task) -> list[list]:
@@ -83,30 +91,9 @@ def _fit_task(task) -> list[list]:
     indices, images, psf_fwhm, sigma, poisson, geometry, box, init, renderer = task
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the 'converged' column
-        if renderer == "kspace":
-            from galparam.evaluate.batchfit import BatchedFit
-            from galparam.render import renderer_for
-
-            fitter = BatchedFit(box=box, poisson=poisson, renderer=renderer_for("kspace", *geometry))
-            results = fitter.fit(images, psf_fwhm, sigma, init, concurrency=FIT_CONCURRENCY)
-            return [_row(i, r, r.covariance) for i, r in zip(indices, results, strict=True)]
-        from galparam.evaluate.crb import cramer_rao
-
-        rows = []
-        for b, index in enumerate(indices):
-            fitter = LikelihoodFit(
-                psf_fwhm=psf_fwhm[b], sigma=sigma[b], poisson=poisson, box=box, renderer=shared_renderer(*geometry)
-            )
-            r = fitter.fit(images[b], None if init is None else init[b]).result_
-            r.from_init = init is not None  # the GalSim path takes the given start as it is
-            try:
-                covariance = cramer_rao(
-                    r.theta, psf_fwhm[b], sigma[b], poisson=poisson, renderer=fitter.renderer
-                ).covariance
-            except GalparamError:
-                covariance = np.full((5, 5), np.nan)
-            rows.append(_row(index, r, covariance))
-        return rows
+        fitter = FITS[renderer](box=box, poisson=poisson, renderer=renderer_for(renderer, geometry))
+        options = {"concurrency": FIT_CONCURRENCY} if renderer == KSpaceRenderer.NAME else {}
+        return _rows(indices, fitter.fit(images, psf_fwhm, sigma, init, **options))
 
 
 def _read_done(path: Path) -> int:
@@ -152,11 +139,12 @@ def run_baseline(
     jobs : int, optional
         Worker processes (default: every core, :func:`galparam.jobs.resolve_jobs`).
     init : ndarray of shape (n_images, 5), optional
-        Starting points (e.g. a network's estimates); default :func:`mle.initial_guess`.
+        Starting points (e.g. a network's estimates); default
+        :func:`~galparam.evaluate.start.initial_guess` (adaptive moments).
     init_source : dict, optional
         Where ``init`` came from (recorded beside the fits, e.g. ``{"init_model": name}``).
     renderer : {"kspace", "galsim"}
-        The forward model of the fit (:data:`FIT_RENDERERS`).
+        The forward model of the fit (:data:`FITS`).
     overwrite : bool
         Start again instead of resuming an existing file.
     progress : bool
@@ -167,8 +155,8 @@ def run_baseline(
     DataFrame of all rows of ``output``
     """
     jobs = resolve_jobs(jobs)
-    if renderer not in FIT_RENDERERS:
-        raise GalparamError(f"renderer {renderer!r}: accepted {', '.join(FIT_RENDERERS)}", argument="renderer")
+    if renderer not in RENDERERS:
+        raise GalparamError(f"renderer {renderer!r}: accepted {', '.join(RENDERERS)}", argument="renderer")
     ds = load_dataset(dataset_path)
     output = Path(output)
     total = len(ds) if n_images is None else int(n_images)
@@ -213,8 +201,8 @@ def run_baseline(
         )
 
     spec = ds.spec
-    geometry = (spec.stamp_size, spec.pixel_scale, spec.psf_beta)
-    per_task = FIT_BATCH if renderer == "kspace" else 1
+    geometry = spec.geometry
+    per_task = FIT_BATCH[renderer]
     tasks = (
         (
             list(range(a, min(a + per_task, total))),
@@ -269,8 +257,6 @@ def network_starting_points(run_dir, dataset_path, n_images: int | None = None) 
     GalparamError
         If the run folder is not a finished run, or its model does not take the dataset's images.
     """
-    from galparam.estimator import load_estimator
-
     estimator = load_estimator(run_dir)
     ds = load_dataset(dataset_path)
     n = len(ds) if n_images is None else min(int(n_images), len(ds))

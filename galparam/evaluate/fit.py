@@ -1,11 +1,12 @@
-"""Maximum-likelihood fits of many images at once on the k-space forward model.
+"""Maximum-likelihood fits: one API (:class:`Fit`: ``fit(images, psf_fwhm, sigma) -> self``,
+results in ``theta_``, ``covariance_``, ...), and the batched fit on the k-space model.
 
 Each image is still its own bounded L-BFGS-B problem (``scipy.optimize.minimize``), but the
 problems run side by side in threads and every round of their value-and-gradient requests is
 answered by one call of the batched renderer (:func:`galparam.kspace.render_numpy` with its exact
 gradient), each image drawn on a grid held through its fit so that its likelihood is smooth. The
-likelihood is :func:`~galparam.evaluate.mle.nll_and_gradient`'s, within the
-:class:`~galparam.evaluate.mle.FitBox`; the fit stops within a few thousandths of the bound of its
+likelihood is :mod:`galparam.evaluate.likelihood`'s, within the
+:class:`~galparam.evaluate.fitbox.FitBox`; the fit stops within a few thousandths of the bound of its
 maximum (:data:`FTOL`, :data:`GTOL`).
 
 The variables are measured in units of the bound: each is divided by its Cramér–Rao standard
@@ -13,6 +14,9 @@ deviation at the start point, so a unit step is about one standard deviation wha
 parameter's units, and L-BFGS-B's first steps (identity Hessian) stay near the start instead of
 leaping to a corner of the box. At the estimate, the inverse Fisher matrix gives each fit's
 uncertainty and the correlations of its parameters.
+
+The GalSim-path fit (:class:`~galparam.evaluate.galsim_fit.GalSimFit`, one GalSim fit an image)
+has the same API; it is the reference the tests compare this fit with.
 """
 
 from __future__ import annotations
@@ -21,16 +25,20 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 
 from galparam.errors import GalparamError
 from galparam.evaluate.crb import covariances, fisher_matrices
-from galparam.evaluate.mle import ConvergenceWarning, FitBox, FitResult, initial_guess, nll_and_weights
+from galparam.evaluate.fitbox import FitBox
+from galparam.evaluate.likelihood import nll_and_weights
+from galparam.evaluate.start import initial_guess
 from galparam.parameters import PARAMETERS
+from galparam.render import KSpaceRenderer, renderer_for
 
-__all__ = ["BatchedFit"]
+__all__ = ["BatchedFit", "ConvergenceWarning", "Fit", "FitResult"]
 
 
 SCORING_STEPS = 4
@@ -97,7 +105,103 @@ class _Rounds:
             self.cond.notify_all()
 
 
-class BatchedFit:
+class ConvergenceWarning(UserWarning):
+    """The optimizer stopped before meeting its convergence criterion."""
+
+
+@dataclass
+class FitResult:
+    """One fit: the estimate, whether L-BFGS-B converged, the NLL there, its work and time, and
+    (batched fits) the inverse Fisher matrix at the estimate and whether it started from the
+    given starting point."""
+
+    theta: np.ndarray
+    converged: bool
+    nll: float
+    iterations: int
+    evaluations: int
+    seconds: float
+    message: str
+    covariance: np.ndarray | None = None
+    from_init: bool = False
+
+
+class Fit:
+    """What every likelihood fit of galparam gives, scikit-learn's way: ``fit(...)`` returns the
+    fitter, whose attributes ending in ``_`` hold the results, one row per image.
+
+    Attributes
+    ----------
+    theta_ : ndarray of shape (N, 5)
+        The estimates: flux, sersic_n, hlr, g1, g2.
+    covariance_ : ndarray of shape (N, 5, 5)
+        The inverse Fisher matrix at each estimate (NaN where the image does not constrain θ).
+    converged_ : ndarray of shape (N,), bool
+        Whether L-BFGS-B met its convergence criterion.
+    nll_ : ndarray of shape (N,)
+        The negative log-likelihood at the estimate.
+    n_iter_, n_evaluations_ : ndarray of shape (N,), int
+        L-BFGS-B's iterations and likelihood evaluations.
+    from_init_ : ndarray of shape (N,), bool
+        Whether the fit started from the given starting point (rather than the moments').
+    seconds_ : float
+        Time a fit took, on average over the call.
+    results_ : list of FitResult
+        The same, image by image.
+    """
+
+    def _keep(self, results: list[FitResult]) -> None:
+        self.results_ = list(results)
+        self.theta_ = np.array([r.theta for r in results]).reshape(len(results), 5)
+        self.covariance_ = np.array([r.covariance for r in results]).reshape(len(results), 5, 5)
+        self.converged_ = np.array([r.converged for r in results], dtype=bool)
+        self.nll_ = np.array([r.nll for r in results], dtype=np.float64)
+        self.n_iter_ = np.array([r.iterations for r in results], dtype=np.int64)
+        self.n_evaluations_ = np.array([r.evaluations for r in results], dtype=np.int64)
+        self.from_init_ = np.array([r.from_init for r in results], dtype=bool)
+        self.seconds_ = float(np.mean([r.seconds for r in results])) if results else 0.0
+        failed = int((~self.converged_).sum())
+        if failed:
+            warnings.warn(f"{failed} of {len(results)} fits did not converge", ConvergenceWarning, stacklevel=3)
+
+    @property
+    def std_(self) -> np.ndarray:
+        """(N, 5): each estimate's inverse-Fisher standard deviation."""
+        return np.sqrt(np.clip(np.diagonal(self.covariance_, axis1=1, axis2=2), 0.0, None))
+
+
+def check_images(images, psf_fwhm, sigma, init, shape) -> tuple:
+    """``images`` (N, S, S) float64, ``psf_fwhm`` and ``sigma`` (N,), ``init`` (N, 5) or None, checked.
+
+    Raises
+    ------
+    GalparamError
+        Images of another shape, NaN values, a PSF FWHM or σ outside its range, bad starting points.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3 or images.shape[1:] != tuple(shape):
+        raise GalparamError(f"images of shape {images.shape}: expected (N, {shape[0]}, {shape[1]})")
+    B = len(images)
+    if not np.isfinite(images).all():
+        bad = int(np.flatnonzero(~np.isfinite(images).reshape(B, -1).all(axis=1))[0])
+        raise GalparamError(f"image {bad} holds NaN or infinite values")
+    psf_fwhm = np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (B,)).copy()
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (B,)).copy()
+    for name, values in (("psf_fwhm", psf_fwhm), ("sigma", sigma)):
+        for value in np.unique(values):
+            PARAMETERS[name].check(value)
+    if init is not None:
+        init = np.asarray(init, dtype=np.float64)
+        if init.ndim == 1:
+            init = init[None]
+        if init.shape != (B, 5) or not np.isfinite(init).all():
+            raise GalparamError(f"starting points of shape {init.shape}: expected ({B}, 5) finite values")
+    return images, psf_fwhm, sigma, init
+
+
+class BatchedFit(Fit):
     """Fits (flux, sersic_n, hlr, g1, g2) to many images by maximum likelihood, side by side.
 
     Parameters
@@ -107,7 +211,7 @@ class BatchedFit:
     poisson : bool
         Whether the images have Poisson noise on the galaxy light.
     renderer : galparam.render.KSpaceRenderer, optional
-        The forward model (its stamp and pixel scale must match the images).
+        The forward model (its geometry must be the images'; default the reference geometry's).
     max_iter : int
         L-BFGS-B iterations at most, per image.
     scoring_steps : int
@@ -139,11 +243,9 @@ class BatchedFit:
         ftol: float = FTOL,
         gtol: float = GTOL,
     ):
-        from galparam.render import KSpaceRenderer
-
         self.box = box or FitBox.training_prior()
         self.poisson = bool(poisson)
-        self.renderer = renderer or KSpaceRenderer()
+        self.renderer = renderer or renderer_for(KSpaceRenderer.NAME)
         self.max_iter = int(max_iter)
         self.scoring_steps = int(scoring_steps)
         self.ftol = float(ftol)
@@ -177,8 +279,9 @@ class BatchedFit:
         return covariances(fisher_matrices(mu, jac, sigma, poisson=self.poisson))
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, images, psf_fwhm, sigma, init=None, *, psf_images=None, concurrency: int = 32) -> list[FitResult]:
-        """Fit each image; start from :func:`initial_guess` (adaptive moments) or from ``init``.
+    def fit(self, images, psf_fwhm, sigma, init=None, *, psf_images=None, concurrency: int = 32) -> BatchedFit:
+        """Fit each image; start from :func:`~galparam.evaluate.start.initial_guess` (adaptive
+        moments) or from ``init``.
 
         Parameters
         ----------
@@ -197,9 +300,14 @@ class BatchedFit:
 
         Returns
         -------
-        list of FitResult
-            One per image, in order, each with its ``covariance`` (the inverse Fisher matrix at
-            the estimate) and ``seconds`` (the call's time shared equally).
+        BatchedFit
+            This fitter, its results in the attributes of :class:`Fit` (``theta_``,
+            ``covariance_``: the inverse Fisher matrix at each estimate, ...).
+
+        Raises
+        ------
+        GalparamError
+            Images of another shape, NaN values, a PSF FWHM or σ outside its range, bad starting points.
 
         Warns
         -----
@@ -207,26 +315,11 @@ class BatchedFit:
             Once, with the count, if some fits stopped without converging.
         """
         t0 = time.perf_counter()
-        images = np.asarray(images, dtype=np.float64)
-        size = self.renderer.stamp_size
-        if images.ndim != 3 or images.shape[1:] != (size, size):
-            raise GalparamError(f"images of shape {images.shape}: expected (N, {size}, {size})")
+        images, psf_fwhm, sigma, init = check_images(images, psf_fwhm, sigma, init, self.renderer.geometry.shape)
         B = len(images)
-        if not np.isfinite(images).all():
-            bad = int(np.flatnonzero(~np.isfinite(images).reshape(B, -1).all(axis=1))[0])
-            raise GalparamError(f"image {bad} holds NaN or infinite values")
-        psf_fwhm = np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (B,)).copy()
-        sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (B,)).copy()
-        for name, values in (("psf_fwhm", psf_fwhm), ("sigma", sigma)):
-            for value in np.unique(values):
-                PARAMETERS[name].check(value)
-        if init is not None:
-            init = np.asarray(init, dtype=np.float64)
-            if init.shape != (B, 5) or not np.isfinite(init).all():
-                raise GalparamError(f"starting points of shape {init.shape}: expected ({B}, 5) finite values")
         if psf_images is None:
             psf_images = self.renderer.psf_images(psf_fwhm)
-        scale = self.renderer.pixel_scale
+        scale = self.renderer.geometry.pixel_scale
         moments = np.array([initial_guess(images[b], psf_images[b], pixel_scale=scale, box=self.box) for b in range(B)])
 
         lo, hi = self.box.low, self.box.high
@@ -320,24 +413,23 @@ class BatchedFit:
         theta = self._thetas(x)
         covariance = self.bounds(theta, psf_fwhm, sigma)
         seconds = (time.perf_counter() - t0) / B
-        results = [
-            FitResult(
-                theta[b],
-                bool(s.success),
-                float(s.fun),
-                int(s.nit),
-                int(s.nfev),
-                seconds,
-                str(s.message),
-                c,
-                from_init[b],
-            )
-            for b, (s, c) in enumerate(zip(solutions, covariance, strict=True))
-        ]
-        failed = sum(not r.converged for r in results)
-        if failed:
-            warnings.warn(f"{failed} of {B} fits did not converge", ConvergenceWarning, stacklevel=2)
-        return results
+        self._keep(
+            [
+                FitResult(
+                    theta[b],
+                    bool(s.success),
+                    float(s.fun),
+                    int(s.nit),
+                    int(s.nfev),
+                    seconds,
+                    str(s.message),
+                    c,
+                    from_init[b],
+                )
+                for b, (s, c) in enumerate(zip(solutions, covariance, strict=True))
+            ]
+        )
+        return self
 
     def _scoring_step(self, images, sigma, psf_fwhm, x0, mu, jac_x, cov) -> np.ndarray:
         """The start moved by one Fisher-scoring step, −F⁻¹∇NLL (clipped into the box), where that

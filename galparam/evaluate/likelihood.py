@@ -1,0 +1,96 @@
+"""The likelihood of an image given its noiseless model: the one place it is computed.
+
+Each pixel is Gaussian with mean μ_p(θ), the noiseless model of :mod:`galparam.render`, and
+variance ``v_p = σ² + μ_p`` (Poisson light plus read noise), so
+
+    NLL(θ) = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p
+
+up to a constant: the true likelihood of the simulation. The fits (:mod:`galparam.evaluate.fit`),
+the out-of-distribution check and the bounds' noise model all read it here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pixel_variance(model, sigma, *, poisson: bool = True) -> np.ndarray:
+    """Each pixel's variance: ``σ² + max(μ_p, 0)`` (``σ²`` without Poisson noise).
+
+    Parameters
+    ----------
+    model : ndarray of shape (S, S), or (B, S, S) for many images
+        The noiseless model, counts.
+    sigma : float, or array of shape (B,)
+        Gaussian noise per pixel, counts.
+    poisson : bool
+        Add the model's Poisson variance.
+
+    Returns
+    -------
+    ndarray like ``model``
+    """
+    model = np.asarray(model)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if model.ndim == 3:
+        sigma = np.broadcast_to(sigma, model.shape[:1])[:, None, None]
+    return sigma**2 + (np.clip(model, 0.0, None) if poisson else 0.0)
+
+
+def nll_and_weights(image, model, sigma, *, poisson: bool = True):
+    """Negative log-likelihood of ``image`` given the noiseless ``model``, and ∂NLL/∂μ per pixel.
+
+    Each pixel is Gaussian with mean μ_p and variance ``v_p = σ² + max(μ_p, 0)`` (without Poisson
+    noise ``σ²``): NLL = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p, up to a constant.
+
+    Parameters
+    ----------
+    image, model : ndarray of shape (S, S), or (B, S, S) for many images
+        The observed image and the noiseless model, in counts.
+    sigma : float, or array of shape (B,)
+        Gaussian noise per pixel, counts.
+    poisson : bool
+        Add the model's Poisson variance.
+
+    Returns
+    -------
+    nll : float, or ndarray of shape (B,)
+    weights : ndarray like ``model``
+        ∂NLL/∂μ_p: the gradient by any parameter θ is Σ_p weights_p ∂μ_p/∂θ.
+    """
+    model = np.asarray(model)
+    variance = pixel_variance(model, sigma, poisson=poisson)
+    resid = image - model
+    nll = np.sum(resid**2 / (2 * variance) + 0.5 * np.log(variance), axis=(-2, -1))
+    nll = float(nll) if model.ndim == 2 else nll
+    weights = -resid / variance
+    if poisson:
+        weights += np.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
+    return nll, weights
+
+
+def nll_and_gradient(image, model, sigma: float, jacobian=None, *, poisson: bool = True):
+    """Negative log-likelihood of ``image`` given the noiseless ``model``, and its gradient.
+
+    See :func:`nll_and_weights` for the likelihood.
+
+    Parameters
+    ----------
+    image, model : ndarray of shape (S, S), or (B, S, S) for many images
+        The observed image and the noiseless model, in counts.
+    sigma : float, or array of shape (B,)
+        Gaussian noise per pixel, counts.
+    jacobian : ndarray of shape (K, S, S), or (B, K, S, S), optional
+        ∂μ/∂θ_k of the model by each of K parameters.
+    poisson : bool
+        Add the model's Poisson variance.
+
+    Returns
+    -------
+    nll : float, or ndarray of shape (B,)
+    gradient : ndarray of shape (K,) or (B, K), or None without ``jacobian``
+    """
+    nll, weights = nll_and_weights(image, model, sigma, poisson=poisson)
+    if jacobian is None:
+        return nll, None
+    return nll, np.einsum("...kij,...ij->...k", jacobian, weights)
