@@ -168,3 +168,61 @@ def test_search_spec_keys_are_declared_and_checked():
     ):
         with pytest.raises(SpecError, match=re.escape(words)):
             search_from_dict(raw, source="s.yaml")
+
+
+def test_a_spec_extends_another_and_resolves_to_the_same_spec_as_written_in_full(tmp_path):
+    """``base:``: keys override, a mapping merges one level down (null removes an entry), a base's
+    relative paths stay its own folder's, and the resolved spec is what the full file would give."""
+    from galparam.specs import load_experiment
+
+    (tmp_path / "bases").mkdir()
+    full = {
+        "name": "child",
+        "family": "xception",
+        "dataset": "../data/v2.npz",
+        "hyperparameters": {"conv2d_num_filters": 16, "sep_num_filters": 64, "num_residual_blocks": 2},
+        "epochs": 3,
+        "seed": 4,
+    }
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "full.yaml").write_text(yaml.safe_dump(full))
+    parent = {**full, "name": "parent", "dataset": "../data/v2.npz", "epochs": 100}
+    parent["hyperparameters"] = {**full["hyperparameters"], "num_residual_blocks": 8, "kernel_size": 3}
+    (tmp_path / "experiments" / "parent.yaml").write_text(yaml.safe_dump(parent))
+    child = "base: parent.yaml\nname: child\nepochs: 3\nhyperparameters: {num_residual_blocks: 2, kernel_size: null}\n"
+    (tmp_path / "experiments" / "child.yaml").write_text(child)
+    # a grandchild in another folder: its own paths are its folder's, the chain's are theirs
+    (tmp_path / "bases" / "grandchild.yaml").write_text("base: ../experiments/child.yaml\nseed: 5\n")
+    resolved = load_experiment(tmp_path / "experiments" / "child.yaml")
+    assert resolved.to_yaml() == load_experiment(tmp_path / "experiments" / "full.yaml").to_yaml()
+    grandchild = load_experiment(tmp_path / "bases" / "grandchild.yaml")
+    assert grandchild.dataset == (tmp_path / "data" / "v2.npz").resolve() and grandchild.seed == 5
+    assert "base" not in grandchild.to_yaml()  # a run records the resolved spec, never the chain
+
+
+@pytest.mark.parametrize(
+    "files, words",
+    [
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "a cycle of bases"),
+        ({"a.yaml": "base: a.yaml\n"}, "a cycle of bases"),
+        ({"a.yaml": "base: 3\n"}, "base: 3 is not a spec file (.yaml) to extend"),
+        ({"a.yaml": "base: missing.yaml\n"}, "missing.yaml: no such spec file"),
+    ],
+)
+def test_a_bad_base_is_one_error_naming_the_file(tmp_path, files, words):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(SpecError, match=re.escape(words)):
+        load_spec(tmp_path / "a.yaml")
+
+
+def test_shipped_variants_extend_their_full_scale_spec_in_a_few_lines():
+    """The reference architecture lives in xception-v1.yaml alone; a -small variant says what it changes."""
+    experiments = DATA.parent / "experiments"
+    variants = sorted(experiments.glob("*-small.yaml")) + sorted(DATA.glob("*-small.yaml"))
+    assert len(variants) >= 20
+    for path in variants:
+        lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+        assert lines[0].startswith("base: ") and len(lines) <= 8, path
+    architecture = [p.name for p in experiments.glob("*.yaml") if "sep_num_filters: 64" in p.read_text()]
+    assert architecture == ["xception-v1.yaml"]
