@@ -39,7 +39,7 @@ class Dataset:
     psf_img : ndarray of shape (N, S, S) or (1, S, S), float32
         The PSF of each image, or the one PSF of all images.
     label : ndarray of shape (N, 5), float32
-        Columns :data:`galparam.render.LABEL_NAMES`.
+        Columns :data:`galparam.parameters.LABEL_NAMES`.
     snr, sigma, psf_fwhm : ndarray of shape (N,), float32
     spec : DatasetSpec
         The spec that made the dataset.
@@ -257,7 +257,7 @@ class MinMaxScaler:
     feature_range : (float, float)
         The target interval.
     names : sequence of str, optional
-        Column names, recorded in the JSON (e.g. :data:`galparam.render.LABEL_NAMES`).
+        Column names, recorded in the JSON (e.g. :data:`galparam.parameters.LABEL_NAMES`).
     """
 
     def __init__(self, feature_range=(-1.0, 1.0), names=None):

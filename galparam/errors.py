@@ -17,20 +17,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Remedy:
-    """What to pass to get past an error: ``action`` (e.g. "replace it") by ``argument=value``."""
+    """What to pass to get past an error: ``action`` (e.g. "replace it") by the switch ``argument=True``."""
 
     argument: str
     action: str
-    value: object = True
 
     def text(self, flags: dict | None = None) -> str:
         """ "to ACTION, pass overwrite=True", or with ``flags`` (argument → flag) "pass --overwrite"."""
         flag = (flags or {}).get(self.argument)
-        if flag is None:
-            how = f"{self.argument}={self.value!r}"
-        else:
-            how = flag if self.value is True else f"{flag} {self.value}"
-        return f"to {self.action}, pass {how}"
+        return f"to {self.action}, pass {flag or f'{self.argument}=True'}"
 
 
 class GalparamError(Exception):

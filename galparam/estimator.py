@@ -177,7 +177,7 @@ class Estimator:
         Returns
         -------
         DataFrame
-            Columns :data:`galparam.render.LABEL_NAMES` (flux in counts, hlr in arcsec); with an
+            Columns :data:`galparam.parameters.LABEL_NAMES` (flux in counts, hlr in arcsec); with an
             uncertainty head also ``flux_std`` ... ``g2_std`` (calibrated), the half-widths of the
             calibrated 68 % and 95 % central intervals ``flux_ci68`` ... ``g2_ci95`` (each level
             calibrated on its own: the estimate ± ``_ci95`` covers 95 % of the validation split's

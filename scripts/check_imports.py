@@ -25,7 +25,9 @@ def deferred_own_imports(path: Path) -> list[str]:
         for child in ast.iter_child_nodes(node):
             nested = inside or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
             if inside and isinstance(child, ast.Import):
-                found.extend(f"{path}:{child.lineno}: {a.name}" for a in child.names if a.name.split(".")[0] == "galparam")
+                found.extend(
+                    f"{path}:{child.lineno}: {a.name}" for a in child.names if a.name.split(".")[0] == "galparam"
+                )
             elif inside and isinstance(child, ast.ImportFrom):
                 if child.level or (child.module or "").split(".")[0] == "galparam":
                     found.append(f"{path}:{child.lineno}: {'.' * child.level}{child.module or ''}")

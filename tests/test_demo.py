@@ -118,7 +118,7 @@ def test_demo_report_measures_uncertainty_shear_and_efficiency(demo):
     assert set(shear.component) == {"g1", "g2"} and (shear.m_err > 0).all()
     assert set(shear.model) == {*(f"{e}-small" for e in DEMO_EXPERIMENTS), *fits}
     efficiency = _table(demo["reports"] / "efficiency.csv")
-    assert {"sersic_n", "hlr", "flux", "snr"} <= set(efficiency["by"]) and (efficiency["rmse/crb"] > 0).all()
+    assert {"sersic_n", "hlr", "flux", "snr"} <= set(efficiency["by"]) and (efficiency["rms err/crb"] > 0).all()
     assert set(efficiency.model) == {*(f"{e}-small" for e in DEMO_EXPERIMENTS), *fits}
 
 

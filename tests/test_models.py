@@ -1,5 +1,7 @@
 """Model builders: shapes, the reference's parameter counts, the search spaces."""
 
+import json
+
 import keras_tuner
 import numpy as np
 import pytest
@@ -160,3 +162,65 @@ def test_an_autoencoder_with_an_uncertainty_head_decodes_its_means(kind, units):
     assert (
         joint.loss["labels"] is loss_for(kind) and joint.get_compile_config()["loss"]["image"] == "binary_crossentropy"
     )
+
+
+NEW_FAMILY = """
+import sys
+from galparam import models
+from galparam.interval import Interval
+from galparam.models.family import Family, Hyperparameter, Stage
+
+
+def build(stage, arguments, context, trained):
+    import keras
+    from keras import layers
+
+    image = keras.Input(shape=context.input_shape, name="image")
+    x = layers.Flatten()(layers.Normalization(axis=None, name="normalize_image")(image))
+    x = layers.Dense(arguments["units"], activation="relu")(x)
+    model = keras.Model(image, layers.Dense(5, name="labels")(x), name="dense")
+    context.adapt(model)
+    return model
+
+
+FAMILY = Family(
+    name="dense",
+    summary="a dense regressor: the image, flattened, through one hidden layer",
+    hyperparameters=(Hyperparameter("units", 16, (8, 16, 32), Interval(1, float("inf")), whole=True),),
+    stages=(Stage("dense", inputs={"image": "measured_images"}, targets={"labels": "labels"}, losses={"labels": "labels"}),),
+    search_stage="dense",
+    default_loss="mse",
+    label_range=(-1.0, 1.0),
+    build=build,
+    finish=lambda trained, arguments, context: trained["dense"],
+)
+models.FAMILIES[FAMILY.name] = FAMILY  # the registry's line
+
+from galparam.estimator import load_estimator  # what the rest of galparam reads, loaded after it
+from galparam.specs import experiment_from_dict
+from galparam.train import train
+
+spec = experiment_from_dict(
+    {"name": "d", "family": "dense", "dataset": sys.argv[1], "hyperparameters": {"units": 8}, "epochs": 1, "max_images": 200}
+)
+run = train(spec, sys.argv[2], verbose=0)
+print(load_estimator(run).predict(__import__("numpy").zeros((2, 64, 64))).shape)
+"""
+
+
+@pytest.mark.slow  # a process that loads TensorFlow and trains
+def test_a_new_family_is_its_declaration_and_a_line_in_the_registry(datasets, tmp_path):
+    """What docs/contributing.md shows: a family declared in its own module and registered trains,
+    is checked by the spec loader and predicts through the estimator, with nothing else edited."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NEW_FAMILY, str(datasets["fixed"]), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "(2, 5)"
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["family"] == "dense" and info["hyperparameters"] == {"units": 8}

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def project(tmp_path):
     """A project folder with a 30-image v1-small spec and the repository's experiment specs."""
     (tmp_path / "data").mkdir()
+    for spec in (ROOT / "data").glob("*.yaml"):  # the specs the small ones extend, too
+        shutil.copy(spec, tmp_path / "data" / spec.name)
     text = (ROOT / "data" / "v1-small.yaml").read_text()
     assert "size: 2000" in text
     (tmp_path / "data" / "v1-small.yaml").write_text(text.replace("size: 2000", "size: 30"))

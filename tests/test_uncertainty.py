@@ -183,11 +183,11 @@ def test_efficiency_map_equals_a_hand_computation():
     table = efficiency_map(truth, estimate, bound, n, edges=[0, 2, 5, 6], name="sersic_n")
     flux = table[table.parameter == "flux"].set_index("sersic_n")
     # bin [0, 2): errors/bound 1 and 2; [2, 5): 0, -1, -1; [5, 6): -1
-    assert flux.loc["[0.0, 2.0)", "bias/crb"] == pytest.approx(1.5)
-    assert flux.loc["[0.0, 2.0)", "rmse/crb"] == pytest.approx(np.sqrt(2.5))
-    assert flux.loc["[2.0, 5.0)", "bias/crb"] == pytest.approx(-2 / 3)
-    assert flux.loc["[2.0, 5.0)", "std/crb"] == pytest.approx(np.std([0, -1, -1], ddof=1))
-    assert flux.loc["[5.0, 6.0)", "images"] == 1 and np.isnan(flux.loc["[5.0, 6.0)", "std/crb"])
+    assert flux.loc["[0.0, 2.0)", "mean err/crb"] == pytest.approx(1.5)
+    assert flux.loc["[0.0, 2.0)", "rms err/crb"] == pytest.approx(np.sqrt(2.5))
+    assert flux.loc["[2.0, 5.0)", "mean err/crb"] == pytest.approx(-2 / 3)
+    assert flux.loc["[2.0, 5.0)", "std err/crb"] == pytest.approx(np.std([0, -1, -1], ddof=1))
+    assert flux.loc["[5.0, 6.0)", "images"] == 1 and np.isnan(flux.loc["[5.0, 6.0)", "std err/crb"])
     assert "claimed std/crb" not in table.columns
     # a claimed spread: its median over the bound, per bin (spread / bound: 0.5, 1 | 1, 1, 4 | 2)
     spread = np.ones((6, 5)) * 2.0

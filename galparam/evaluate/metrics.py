@@ -14,7 +14,7 @@ def estimator_metrics(y_true, y_pred, bound=None) -> pd.DataFrame:
     Parameters
     ----------
     y_true, y_pred : array_like of shape (N, 5)
-        True and estimated labels, columns :data:`galparam.render.LABEL_NAMES`.
+        True and estimated labels, columns :data:`galparam.parameters.LABEL_NAMES`.
     bound : array_like of shape (5,) or (N, 5), optional
         Cramér–Rao bound on each label's standard deviation (one per image on mixed datasets,
         where the ratios use the root mean square of the bounds).

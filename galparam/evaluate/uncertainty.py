@@ -235,14 +235,16 @@ def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin", 
     spread : array_like of shape (N, 5), optional
         The estimator's own predicted standard deviations (an uncertainty head's, a fit's
         inverse-Fisher errors): adds ``claimed std/crb``, their median over the bound. Below one
-        where ``bias/crb`` is near zero, the estimator claims more than any unbiased one can.
+        where ``mean err/crb`` is near zero, the estimator claims more than any unbiased one can.
 
     Returns
     -------
     DataFrame
-        Rows bin × parameter: ``images``, ``bias/crb`` (mean of (estimate − truth) / bound),
-        ``std/crb`` (their standard deviation) and ``rmse/crb`` (their root mean square), and
-        with ``spread`` ``claimed std/crb``.
+        Rows bin × parameter: ``images``, and of each image's error over its own bound,
+        err/crb = (estimate − truth) / bound: ``mean err/crb``, ``std err/crb`` and ``rms err/crb``
+        (named so because they are not the bias, spread and RMSE of :func:`~galparam.evaluate.metrics.estimator_metrics`
+        over one bound: on images of different bounds the two differ), and with ``spread``
+        ``claimed std/crb``.
     """
     t, e, b = (np.asarray(a, dtype=np.float64) for a in (truth, estimate, bound))
     if not (t.shape == e.shape == b.shape) or t.ndim != 2:
@@ -264,9 +266,9 @@ def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin", 
                     name: str(category),
                     "parameter": label,
                     "images": int(mask.sum()),
-                    "bias/crb": float(x.mean()),
-                    "std/crb": float(x.std(ddof=1)) if len(x) > 1 else np.nan,
-                    "rmse/crb": float(np.sqrt((x**2).mean())),
+                    "mean err/crb": float(x.mean()),
+                    "std err/crb": float(x.std(ddof=1)) if len(x) > 1 else np.nan,
+                    "rms err/crb": float(np.sqrt((x**2).mean())),
                 }
             )
             if claimed is not None:

@@ -237,7 +237,7 @@ def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None, 
             maps.append(
                 efficiency_map(truth, predicted, bound, columns[by], edges, name="bin", spread=std).assign(by=by)
             )
-    efficiency_columns = ["model", "by", "bin", "parameter", "images", "bias/crb", "std/crb", "rmse/crb"]
+    efficiency_columns = ["model", "by", "bin", "parameter", "images", "mean err/crb", "std err/crb", "rms err/crb"]
     out = {
         "efficiency": pd.concat(maps, ignore_index=True)
         .pipe(_first, "model", name)

@@ -139,7 +139,7 @@ def plot_efficiency(table: pd.DataFrame, title: str, path: Path) -> Path:
     groups = list(table.groupby("by", sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), constrained_layout=True, squeeze=False)
     for ax, (by, part) in zip(axes[0], groups, strict=True):
-        grid = part.pivot(index="parameter", columns="bin", values="rmse/crb").reindex(list(LABEL_NAMES))
+        grid = part.pivot(index="parameter", columns="bin", values="rms err/crb").reindex(list(LABEL_NAMES))
         grid = grid[list(dict.fromkeys(part["bin"]))]
         image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=1.0, aspect="auto")
         ax.set_yticks(range(len(LABEL_NAMES)), LABEL_NAMES)
