@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # galparam from this checkout, also where it is not installed (a GPU machine)
 
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
 from galparam.parameters import LABEL_NAMES  # noqa: E402
 
@@ -139,7 +138,7 @@ class Benchmark:
         return path
 
     def experiment(self, name: str, family: str, dataset: Path, **changes):
-        from galparam.specs import experiment_from_dict
+        from galparam.specs import experiment_from_dict, load_experiment
 
         raw = {
             "name": name,
@@ -152,8 +151,8 @@ class Benchmark:
             "learning_rate": 0.001,
         }
         if family == "xception":
-            base = yaml.safe_load((ROOT / "experiments" / "xception-v1-small.yaml").read_text())
-            raw["hyperparameters"] = TOY["xception"] if self.args.toy else base["hyperparameters"]
+            base = load_experiment(ROOT / "experiments" / "xception-v1-small.yaml")  # resolved: it extends xception-v1
+            raw["hyperparameters"] = TOY["xception"] if self.args.toy else base.hyperparameters
         elif self.args.toy:
             raw["hyperparameters"] = TOY_DENOISERS[family]
         raw.update(changes)

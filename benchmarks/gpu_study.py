@@ -128,12 +128,14 @@ def environment() -> dict:
 def write_specs(work: Path, scale: dict, batch_size: int, toy: bool):
     """The v2 dataset spec sized for this scale, the experiment on it, the test-set specs."""
     from galparam.specs import experiment_from_dict, load_spec
+    from galparam.specs.experiment import relocate_paths
+    from galparam.specs.files import read_spec_file
 
-    v2 = yaml.safe_load((ROOT / "data" / "v2.yaml").read_text())
+    v2 = load_spec(ROOT / "data" / "v2.yaml").to_dict()  # resolved: v2.yaml extends v1.yaml
     total = scale["train_images"] + scale["validation_images"]
     v2.update(size=total, validation_fraction=scale["validation_images"] / total)
     (work / "v2.yaml").write_text(yaml.safe_dump(v2, sort_keys=False))
-    raw = yaml.safe_load((ROOT / "experiments" / "xception-v2-fly.yaml").read_text())
+    raw = read_spec_file(ROOT / "experiments" / "xception-v2-fly.yaml", "experiment spec", relocate_paths)
     raw.update(
         name="gpu-study-xception-v2" + ("-toy" if toy else ""),
         dataset={"spec": "v2.yaml", "on_the_fly": True},

@@ -249,11 +249,13 @@ class KSpaceRenderer:
         ParameterError
             If a parameter is outside what can be drawn.
         """
+        return self._render(flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype, grid=grid)
+
+    def _render(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, **options):
+        """:func:`galparam.kspace.render_numpy` of checked parameters, on this renderer's tables."""
         self.check(flux, sersic_n, hlr, g1, g2)
         # k-boxes padded to multiples of 8 draw in fewer, larger groups (exact zeros: same images)
-        return kspace.render_numpy(
-            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=dtype, box_step=BOX_STEP, grid=grid
-        )
+        return kspace.render_numpy(self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, box_step=BOX_STEP, **options)
 
     def image(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, dtype=np.float32) -> np.ndarray:
         """One galaxy (see :meth:`images`)."""
@@ -279,20 +281,7 @@ class KSpaceRenderer:
         ParameterError
             If a parameter is outside what can be drawn.
         """
-        self.check(flux, sersic_n, hlr, g1, g2)
-        return kspace.render_numpy(
-            self.tables,
-            flux,
-            sersic_n,
-            hlr,
-            g1,
-            g2,
-            psf_fwhm,
-            dtype=np.float64,
-            box_step=BOX_STEP,
-            jacobian=True,
-            grid=grid,
-        )
+        return self._render(flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float64, jacobian=True, grid=grid)
 
     def images_and_vjp(self, flux, sersic_n, hlr, g1, g2, psf_fwhm, *, grid=None):
         """Images (float64) and the contraction of their derivatives with weight images.
@@ -307,10 +296,7 @@ class KSpaceRenderer:
             with ``w = ∂NLL/∂image`` the likelihood's gradient, at a third of the cost of
             :meth:`images_and_jacobians`.
         """
-        self.check(flux, sersic_n, hlr, g1, g2)
-        return kspace.render_numpy(
-            self.tables, flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float64, box_step=BOX_STEP, vjp=True, grid=grid
-        )
+        return self._render(flux, sersic_n, hlr, g1, g2, psf_fwhm, dtype=np.float64, vjp=True, grid=grid)
 
     def grid(self, flux, sersic_n, hlr, g1, g2, psf_fwhm) -> tuple[np.ndarray, np.ndarray]:
         """Each galaxy's own grid: FFT size N and k-box half-width h, int arrays (B,) (the
