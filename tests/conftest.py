@@ -20,6 +20,8 @@ from galparam.train import train
 ROOT = Path(__file__).resolve().parents[1]
 """The repository: shipped specs are read from here, wherever pytest runs."""
 DATA = ROOT / "data"
+REAL = DATA / "real"
+"""Real cutouts (SDSS, HST) with their PSFs, noise and masks: data/real/README.md."""
 
 BASE_SPEC = merge(
     yaml.safe_load((DATA / "v1.yaml").read_text()),

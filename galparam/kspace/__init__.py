@@ -54,7 +54,10 @@ The package, along those seams:
 * :mod:`~galparam.kspace.fourier`: the k-box arithmetic both renderers and the PSF stamps share;
 * :mod:`~galparam.kspace.numpy_renderer`: the numpy renderer with its Jacobian and vector-Jacobian product;
 * :mod:`~galparam.kspace.keras_renderer`: the same in ``keras.ops``, differentiable;
-* :mod:`~galparam.kspace.psf`: PSF stamps, GalSim's drawing of Moffat ⊗ pixel.
+* :mod:`~galparam.kspace.psf`: PSF stamps, GalSim's drawing of Moffat ⊗ pixel;
+* :mod:`~galparam.kspace.stamps`: any stamp (shape, pixel scale, offset, sky, a Moffat or image
+  PSF, :class:`galparam.frame.Frame`), with the derivatives by all eight parameters: the model
+  ``galparam-measure`` fits to real cutouts.
 """
 
 from galparam.kspace.cache import (

@@ -42,14 +42,15 @@ def galsim_version() -> str | None:
     return galsim.__version__
 
 
-def table_settings(geometry: Geometry = DEFAULT_GEOMETRY, *, galsim: str | None = None) -> dict:
+def table_settings(geometry: Geometry = DEFAULT_GEOMETRY, *, galsim: str | None = None, s_max: float = S_MAX) -> dict:
     """Everything a table file depends on: GalSim's version, the geometry and the table settings.
 
     ``galsim`` defaults to the installed version; where GalSim is not installed it is the version
-    that made the cached tables of this geometry (see :func:`resolve_table_settings`).
+    that made the cached tables of this geometry (see :func:`resolve_table_settings`). Tables of
+    another reach than :data:`~galparam.kspace.tables.S_MAX` (``s_max``) carry no grid-size rule.
     """
     if galsim is None:
-        return table_file(geometry)[0]
+        return table_file(geometry, s_max=s_max)[0]
     return {
         "format": FORMAT_VERSION,
         "galsim": galsim,
@@ -58,12 +59,12 @@ def table_settings(geometry: Geometry = DEFAULT_GEOMETRY, *, galsim: str | None 
         "psf_beta": float(geometry.psf_beta),
         "n_range": list(N_RANGE),
         "n_step": N_STEP,
-        "s_max": S_MAX,
+        "s_max": float(s_max),
         "s_step": S_STEP,
     }
 
 
-def table_file(geometry: Geometry = DEFAULT_GEOMETRY, *, folder=None) -> tuple[dict, Path]:
+def table_file(geometry: Geometry = DEFAULT_GEOMETRY, *, folder=None, s_max: float = S_MAX) -> tuple[dict, Path]:
     """The settings and the file of the tables :func:`load_tables` reads: the installed GalSim's
     (the file may not exist yet), or without GalSim the cache file made for this geometry by the
     newest GalSim, under whatever name it was copied.
@@ -76,8 +77,8 @@ def table_file(geometry: Geometry = DEFAULT_GEOMETRY, *, folder=None) -> tuple[d
     folder = Path(folder or cache_dir())
     version = galsim_version()
     if version is None:
-        return _find_cached(geometry, folder)
-    settings = table_settings(geometry, galsim=version)
+        return _find_cached(geometry, folder, s_max)
+    settings = table_settings(geometry, galsim=version, s_max=s_max)
     return settings, cache_path(settings, folder)
 
 
@@ -89,13 +90,13 @@ def resolve_table_settings(geometry: Geometry = DEFAULT_GEOMETRY, *, folder=None
 _FOUND: dict = {}
 
 
-def _find_cached(geometry: Geometry, folder: Path) -> tuple[dict, Path]:
+def _find_cached(geometry: Geometry, folder: Path, s_max: float = S_MAX) -> tuple[dict, Path]:
     """Without GalSim: the settings and file of the cached tables of a geometry (newest GalSim's),
     looked for once per process and folder."""
-    key = (geometry, str(folder))
+    key = (geometry, str(folder), s_max)
     if key in _FOUND and _FOUND[key][1].exists():
         return _FOUND[key]
-    wanted = table_settings(geometry, galsim="")
+    wanted = table_settings(geometry, galsim="", s_max=s_max)
     found = []
     for path in sorted(folder.glob("sersic-tables-*.npz")):
         try:
@@ -142,12 +143,12 @@ def _read_cached(path: Path, settings: dict) -> Tables:
         tables = Tables.load(path)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"incomplete ({type(exc).__name__})") from None
-    expected_rows = int(round(S_MAX / S_STEP)) + 1
+    expected_rows = int(round(settings["s_max"] / S_STEP)) + 1
     if (
         tables.sersic.shape != (len(tables.n_nodes), expected_rows)
         or tables.psf.shape != (expected_rows,)
         or not np.isfinite(tables.sersic).all()
-        or tables.rule_N.size == 0
+        or (tables.rule_N.size == 0) != (settings["s_max"] != S_MAX)
         or not np.isfinite([tables.psf_unit_maxk, tables.psf_unit_stepk]).all()
     ):
         raise ValueError("its arrays do not have the expected shapes or values")
@@ -157,14 +158,18 @@ def _read_cached(path: Path, settings: dict) -> Tables:
 _LOADED: dict = {}
 
 
-def load_tables(geometry: Geometry = DEFAULT_GEOMETRY, *, folder=None) -> Tables:
+def load_tables(geometry: Geometry = DEFAULT_GEOMETRY, *, folder=None, s_max: float = S_MAX) -> Tables:
     """The Sérsic and PSF tables of a stamp geometry: from this process's memory, from the cache
     file, or built from GalSim (~30 s, once per machine) and saved there.
+
+    ``s_max`` is the tables' reach (s = sqrt(k·radius)): the default's tables carry the geometry's
+    calibrated grid-size rule; :data:`~galparam.kspace.tables.WIDE_S_MAX`'s, which draw any stamp
+    (:mod:`galparam.kspace.stamps`), carry none (~10 s to build).
 
     A cache file that is truncated, made for other settings or another GalSim version, or holds
     bad values is rebuilt, with one notice line on stderr; it is never trusted.
     """
-    settings, path = table_file(geometry, folder=folder)
+    settings, path = table_file(geometry, folder=folder, s_max=s_max)
     key = str(path)
     if key in _LOADED:
         return _LOADED[key]
@@ -179,7 +184,7 @@ def load_tables(geometry: Geometry = DEFAULT_GEOMETRY, *, folder=None) -> Tables
             raise GalparamError(
                 f"the Sérsic table cache {path} cannot be used and GalSim is not installed to rebuild it"
             )
-        tables = build_tables(geometry=geometry)
+        tables = build_tables(geometry=geometry, s_max=s_max, calibrate=s_max == S_MAX)
         try:
             with atomic_path(path, suffix=".npz") as tmp:
                 arrays = {k: np.asarray(getattr(tables, k)) for k in Tables._SAVED}

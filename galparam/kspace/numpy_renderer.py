@@ -146,38 +146,9 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
     dtype = np.dtype(dtype).type
     B = flux.shape[0]
     g = box_grid(N, H, tables.pixel_scale, dtype)
-    M = tables.sersic.shape[1]
-    coef, coef_d2 = tables.coefficients(dtype)
     psfpix = _psf_pixel(tables, N, H, fwhm, dtype)  # (1 or B, 2H+1, H+1)
-
-    # per-galaxy scalars (float64, cast once)
-    j, u = n_position(tables, n)
-    w = n_weights(u) * flux[:, None]  # flux folded into the table blend
-    # (hlr·|A k| / s_step²)² as a quadratic form in k, so that ksq**0.25 is the table position:
-    # A² = [[(1+g1)²+g2², 2g2], [2g2, (1-g1)²+g2²]]/(1-g²). No epsilon at k = 0: no gradients here.
-    gsq = g1 * g1 + g2 * g2
-    hh = hlr * hlr / (1 - gsq) / tables.s_step**4
-    cxx = (hh * ((1 + g1) ** 2 + g2**2)).astype(dtype)
-    cxy = (hh * 2 * g2).astype(dtype)  # multiplies 2·kx·ky
-    cyy = (hh * ((1 - g1) ** 2 + g2**2)).astype(dtype)
-    # the table rows a galaxy can reach: its largest ksq on the box (+2 rows of margin, so the
-    # float32 position never reaches the clip and the result does not depend on the chunk)
-    kmax2 = (g["kxx"].max() + g["kyy"].max()) * np.maximum(cxx, cyy).astype(np.float64) * 2
-    rows_needed = np.minimum(M, np.ceil(kmax2**0.25).astype(np.int64) + 3)
-    if derive:
-        w_n = n_weight_derivatives(u) * (flux / tables.n_step)[:, None]
-        # ∂p/∂θ for the table position p = Q^¼ of the quadratic form Q = hh·[...]:
-        #   ∂p/∂hlr = p/(2·hlr);  ∂p/∂g = (∂Q/∂g)/(4p³) with
-        #   ∂Q/∂g1 = Q·2g1/(1-g²) + 2hh·(kxx - kyy) + 2hh·g1·(kxx + kyy),
-        #   ∂Q/∂g2 = Q·2g2/(1-g²) + 2hh·g2·(kxx + kyy) + 2hh·kxy   (kxy = 2·kx·ky)
-        shear = {
-            "a1": 2 * g1 / (1 - gsq),
-            "a2": 2 * g2 / (1 - gsq),
-            "hh2": 2 * hh,
-            "hh2g1": 2 * hh * g1,
-            "hh2g2": 2 * hh * g2,
-            "half_over_hlr": 0.5 / hlr,
-        }
+    galaxy = sersic_setup(tables, g, flux, n, hlr, g1, g2, dtype, derive)
+    shear = galaxy["shear"]
 
     folded = 5 if derivatives == "jacobian" else 1  # the image, ∂/∂n, ∂/∂hlr, ∂/∂g1, ∂/∂g2 (∂/∂flux = image/flux)
     P = np.zeros((folded, B, N, N), dtype=dtype)
@@ -188,43 +159,14 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
     for a in range(0, B, step):
         b = min(B, a + step)
         c = b - a
-        m = int(rows_needed[a:b].max())
-        gal = _blend(coef, coef_d2, j[a:b], w[a:b], m, dtype)
-        pos = cxx[a:b, None, None] * g["kxx"]
-        pos += cxy[a:b, None, None] * g["kxy"]
-        pos += cyy[a:b, None, None] * g["kyy"]
-        quadratic = pos.copy() if derive else None
-        np.sqrt(pos, out=pos)
-        np.sqrt(pos, out=pos)  # the table position s / s_step
-        position = pos.copy() if derive else None
-        rows = pos.astype(np.int32)
-        np.minimum(rows, m - 1, out=rows)
-        pos -= rows  # now the fraction t
-        rows += (np.arange(c, dtype=np.int32) * m)[:, None, None]
-        cf = np.take(gal, rows, axis=0)  # np.take is ~5× faster than gal[rows]
-        F = horner(cf, pos)
+        F, factors = sersic_on_box(tables, g, galaxy, a, b, dtype, derive)
         values = [F]
         if derive:
-            dF_dn = eval_spline(_blend(coef, coef_d2, j[a:b], w_n[a:b], m, dtype), rows, pos)
-            slope = cf[..., 3] * (3 * pos)  # ∂F/∂p = c1 + 2·c2·t + 3·c3·t²
-            slope += 2 * cf[..., 2]
-            slope *= pos
-            slope += cf[..., 1]
-            s1 = slope * position
-            # finite (→ 0) as k → 0; at k = 0 itself, where Q = 0, it is 0
-            s2 = np.divide(s1, 4 * quadratic, out=np.zeros_like(s1), where=quadratic > 0)
+            dF_dn, s1, s2, quadratic = factors
             if stored is not None:
                 stored[a:b, 0], stored[a:b, 1], stored[a:b, 2] = dF_dn, s1, s2
             else:
-                sh = {key: v[a:b, None, None] for key, v in shear.items()}
-                d_g1 = sh["a1"] * quadratic
-                d_g1 += sh["hh2"] * g["kdiff"]
-                d_g1 += sh["hh2g1"] * g["ksum"]
-                d_g2 = sh["a2"] * quadratic
-                d_g2 += sh["hh2g2"] * g["ksum"]
-                d_g2 += sh["hh2"] * g["kxy"]
-                values += [dF_dn, s1 * sh["half_over_hlr"], s2 * d_g1, s2 * d_g2]
-        del cf
+                values += sersic_shear_derivatives(g, shear, a, b, dF_dn, s1, s2, quadratic)
         hc = h[a:b]
         for plane, F in enumerate(values):
             F *= psfpix if psfpix.shape[0] == 1 else psfpix[a:b]
@@ -246,6 +188,89 @@ def _render_group(tables, N, H, h, flux, n, hlr, g1, g2, fwhm, dtype, derivative
     for plane in range(1, 5):
         jac[:, plane] = hermitian_inverse(P[plane], N, tables.stamp, phase)
     return image, jac
+
+
+def sersic_setup(tables, g, flux, n, hlr, g1, g2, dtype, derive: bool) -> dict:
+    """Per-galaxy scalars of the Sérsic transform on a k-box ``g`` (:func:`box_grid`): the table
+    blend in n (flux folded in), the quadratic form whose fourth root is the table position, the
+    table rows each galaxy can reach and (with ``derive``) the factors of its derivatives."""
+    coef, coef_d2 = tables.coefficients(dtype)
+    M = tables.sersic.shape[1]
+    j, u = n_position(tables, n)
+    w = n_weights(u) * flux[:, None]  # flux folded into the table blend
+    # (hlr·|A k| / s_step²)² as a quadratic form in k, so that ksq**0.25 is the table position:
+    # A² = [[(1+g1)²+g2², 2g2], [2g2, (1-g1)²+g2²]]/(1-g²). No epsilon at k = 0: no gradients here.
+    gsq = g1 * g1 + g2 * g2
+    hh = hlr * hlr / (1 - gsq) / tables.s_step**4
+    cxx = (hh * ((1 + g1) ** 2 + g2**2)).astype(dtype)
+    cxy = (hh * 2 * g2).astype(dtype)  # multiplies 2·kx·ky
+    cyy = (hh * ((1 - g1) ** 2 + g2**2)).astype(dtype)
+    # the table rows a galaxy can reach: its largest ksq on the box (+2 rows of margin, so the
+    # float32 position never reaches the clip and the result does not depend on the chunk)
+    kmax2 = (g["kxx"].max() + g["kyy"].max()) * np.maximum(cxx, cyy).astype(np.float64) * 2
+    rows_needed = np.minimum(M, np.ceil(kmax2**0.25).astype(np.int64) + 3)
+    out = dict(coef=coef, coef_d2=coef_d2, j=j, w=w, cxx=cxx, cxy=cxy, cyy=cyy, rows_needed=rows_needed, shear=None)
+    if derive:
+        out["w_n"] = n_weight_derivatives(u) * (flux / tables.n_step)[:, None]
+        # ∂p/∂θ for the table position p = Q^¼ of the quadratic form Q = hh·[...]:
+        #   ∂p/∂hlr = p/(2·hlr);  ∂p/∂g = (∂Q/∂g)/(4p³) with
+        #   ∂Q/∂g1 = Q·2g1/(1-g²) + 2hh·(kxx - kyy) + 2hh·g1·(kxx + kyy),
+        #   ∂Q/∂g2 = Q·2g2/(1-g²) + 2hh·g2·(kxx + kyy) + 2hh·kxy   (kxy = 2·kx·ky)
+        out["shear"] = {
+            "a1": 2 * g1 / (1 - gsq),
+            "a2": 2 * g2 / (1 - gsq),
+            "hh2": 2 * hh,
+            "hh2g1": 2 * hh * g1,
+            "hh2g2": 2 * hh * g2,
+            "half_over_hlr": 0.5 / hlr,
+        }
+    return out
+
+
+def sersic_on_box(tables, g, galaxy, a: int, b: int, dtype, derive: bool):
+    """The Sérsic transforms F (c, 2H+1, H+1) of galaxies a..b on the box, flux included, and
+    with ``derive`` the factors of their derivatives: ∂F/∂n, S1 = F'(p)·p, S2 = F'(p)·p/(4Q) and
+    the quadratic form Q (None without). ``galaxy`` is :func:`sersic_setup`'s."""
+    c = b - a
+    m = int(galaxy["rows_needed"][a:b].max())
+    j = galaxy["j"]
+    gal = _blend(galaxy["coef"], galaxy["coef_d2"], j[a:b], galaxy["w"][a:b], m, dtype)
+    pos = galaxy["cxx"][a:b, None, None] * g["kxx"]
+    pos += galaxy["cxy"][a:b, None, None] * g["kxy"]
+    pos += galaxy["cyy"][a:b, None, None] * g["kyy"]
+    quadratic = pos.copy() if derive else None
+    np.sqrt(pos, out=pos)
+    np.sqrt(pos, out=pos)  # the table position s / s_step
+    position = pos.copy() if derive else None
+    rows = pos.astype(np.int32)
+    np.minimum(rows, m - 1, out=rows)
+    pos -= rows  # now the fraction t
+    rows += (np.arange(c, dtype=np.int32) * m)[:, None, None]
+    cf = np.take(gal, rows, axis=0)  # np.take is ~5× faster than gal[rows]
+    F = horner(cf, pos)
+    if not derive:
+        return F, None
+    dF_dn = eval_spline(_blend(galaxy["coef"], galaxy["coef_d2"], j[a:b], galaxy["w_n"][a:b], m, dtype), rows, pos)
+    slope = cf[..., 3] * (3 * pos)  # ∂F/∂p = c1 + 2·c2·t + 3·c3·t²
+    slope += 2 * cf[..., 2]
+    slope *= pos
+    slope += cf[..., 1]
+    s1 = slope * position
+    # finite (→ 0) as k → 0; at k = 0 itself, where Q = 0, it is 0
+    s2 = np.divide(s1, 4 * quadratic, out=np.zeros_like(s1), where=quadratic > 0)
+    return F, (dF_dn, s1, s2, quadratic)
+
+
+def sersic_shear_derivatives(g, shear, a: int, b: int, dF_dn, s1, s2, quadratic) -> list:
+    """[∂F/∂n, ∂F/∂hlr, ∂F/∂g1, ∂F/∂g2] of galaxies a..b on the box, from :func:`sersic_on_box`'s factors."""
+    sh = {key: v[a:b, None, None] for key, v in shear.items()}
+    d_g1 = sh["a1"] * quadratic
+    d_g1 += sh["hh2"] * g["kdiff"]
+    d_g1 += sh["hh2g1"] * g["ksum"]
+    d_g2 = sh["a2"] * quadratic
+    d_g2 += sh["hh2g2"] * g["ksum"]
+    d_g2 += sh["hh2"] * g["kxy"]
+    return [dF_dn, s1 * sh["half_over_hlr"], s2 * d_g1, s2 * d_g2]
 
 
 def _box_mask(g, h):

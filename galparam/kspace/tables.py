@@ -21,6 +21,10 @@ GRID_SIZES = (96, 128, 160, 192, 256, 320, 384, 512)
 # k·hlr ≤ 49: the k-box corners of the prior reach 40 (n 6, hlr 0.6″, |g| 0.67, FWHM 0.5″).
 # `choose_grid` refuses a galaxy whose box would leave the tables (F_n=6 is still 0.02 at s = 7).
 S_MAX = 7.0
+WIDE_S_MAX = 16.0
+"""The reach of the tables that draw any stamp (:mod:`galparam.kspace.stamps`): k·radius ≤ 256,
+the k-box corner of a galaxy of ~55 pixels' major-axis radius at Nyquist (an HST galaxy of 1.6″
+at 0.03″). F_n=6 is still 3e-3 there; a galaxy whose box reaches farther is refused."""
 S_STEP = 2e-3
 N_STEP = 0.05
 N_RANGE = (0.5, 6.0)
