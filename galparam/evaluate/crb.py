@@ -103,8 +103,10 @@ def fisher_matrix(
     return fisher_matrices(mu[None], jac[None], sigma, poisson=poisson)[0]
 
 
-def fisher_matrices(model, jacobian, sigma, *, poisson: bool = True) -> np.ndarray:
-    """Fisher matrices of many images: ``F_ij = Σ_p ∂_i μ_p ∂_j μ_p / v_p``, ``v_p = σ² (+ μ_p)``.
+def fisher_matrices(
+    model, jacobian, sigma, *, poisson: bool = True, gain: float | None = None, mask=None
+) -> np.ndarray:
+    """Fisher matrices of many images: ``F_ij = Σ_p ∂_i μ_p ∂_j μ_p / v_p``, ``v_p = σ_p² (+ μ_p / gain)``.
 
     Parameters
     ----------
@@ -112,18 +114,25 @@ def fisher_matrices(model, jacobian, sigma, *, poisson: bool = True) -> np.ndarr
         The noiseless models, counts.
     jacobian : ndarray of shape (B, K, S, S)
         Their derivatives by K parameters.
-    sigma : array_like of shape (B,) or scalar
+    sigma : array_like of shape (B,), a scalar or a σ map like ``model``
         Gaussian noise per pixel, counts.
     poisson : bool
         Add the model's Poisson variance to σ².
+    gain : float, optional
+        Electrons per count (default 1).
+    mask : bool ndarray like ``model``, optional
+        The pixels that count (the others carry no information).
 
     Returns
     -------
     ndarray of shape (B, K, K)
     """
-    variance = pixel_variance(model, sigma, poisson=poisson)
+    variance = pixel_variance(model, sigma, poisson=poisson, gain=gain)
     flat = jacobian.reshape(*jacobian.shape[:2], -1)
-    return np.einsum("bip,bjp->bij", flat / variance.reshape(len(model), 1, -1), flat)
+    if mask is None:
+        return np.einsum("bip,bjp->bij", flat / variance.reshape(len(model), 1, -1), flat)
+    information = np.where(mask, 1.0 / variance, 0.0)  # per pixel, none where masked
+    return np.einsum("bip,bjp->bij", flat * information.reshape(len(model), 1, -1), flat)
 
 
 def covariances(fisher: np.ndarray) -> np.ndarray:

@@ -140,9 +140,9 @@ class Fit:
 
     Attributes
     ----------
-    theta_ : ndarray of shape (N, 5)
-        The estimates: flux, sersic_n, hlr, g1, g2.
-    covariance_ : ndarray of shape (N, 5, 5)
+    theta_ : ndarray of shape (N, K)
+        The estimates: flux, sersic_n, hlr, g1, g2 (and a stamp fit's dx, dy, sky).
+    covariance_ : ndarray of shape (N, K, K)
         The inverse Fisher matrix at each estimate (NaN where the image does not constrain θ).
     converged_ : ndarray of shape (N,), bool
         Whether L-BFGS-B met its convergence criterion.
@@ -160,8 +160,9 @@ class Fit:
 
     def _keep(self, results: list[FitResult]) -> None:
         self.results_ = list(results)
-        self.theta_ = np.array([r.theta for r in results]).reshape(len(results), 5)
-        self.covariance_ = np.array([r.covariance for r in results]).reshape(len(results), 5, 5)
+        K = len(results[0].theta) if results else 5
+        self.theta_ = np.array([r.theta for r in results]).reshape(len(results), K)
+        self.covariance_ = np.array([r.covariance for r in results]).reshape(len(results), K, K)
         self.converged_ = np.array([r.converged for r in results], dtype=bool)
         self.nll_ = np.array([r.nll for r in results], dtype=np.float64)
         self.n_iter_ = np.array([r.iterations for r in results], dtype=np.int64)
@@ -174,7 +175,7 @@ class Fit:
 
     @property
     def std_(self) -> np.ndarray:
-        """(N, 5): each estimate's inverse-Fisher standard deviation."""
+        """(N, K): each estimate's inverse-Fisher standard deviation."""
         return np.sqrt(np.clip(np.diagonal(self.covariance_, axis1=1, axis2=2), 0.0, None))
 
 

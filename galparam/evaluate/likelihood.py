@@ -1,11 +1,13 @@
 """The likelihood of an image given its noiseless model: the one place it is computed.
 
 Each pixel is Gaussian with mean μ_p(θ), the noiseless model of :mod:`galparam.render`, and
-variance ``v_p = σ² + μ_p`` (Poisson light plus read noise), so
+variance ``v_p = σ_p² + μ_p / gain`` (Poisson light plus read noise; galparam's own datasets are in
+electrons, gain 1, with one σ per image), so
 
     NLL(θ) = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p
 
-up to a constant: the true likelihood of the simulation. The fits (:mod:`galparam.evaluate.fit`),
+up to a constant, over the pixels a mask keeps: the true likelihood of the simulation, and of a
+real cutout given its σ map, mask and gain. The fits (:mod:`galparam.evaluate.fit`),
 the out-of-distribution check and the bounds' noise model all read it here.
 """
 
@@ -14,17 +16,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def pixel_variance(model, sigma, *, poisson: bool = True) -> np.ndarray:
-    """Each pixel's variance: ``σ² + max(μ_p, 0)`` (``σ²`` without Poisson noise).
+def pixel_variance(model, sigma, *, poisson: bool = True, gain: float | None = None) -> np.ndarray:
+    """Each pixel's variance: ``σ² + max(μ_p, 0) / gain`` (``σ²`` without Poisson noise).
 
     Parameters
     ----------
     model : ndarray of shape (S, S), or (B, S, S) for many images
         The noiseless model, counts.
-    sigma : float, or array of shape (B,)
+    sigma : float, array of shape (B,), or a σ map like ``model``
         Gaussian noise per pixel, counts.
     poisson : bool
         Add the model's Poisson variance.
+    gain : float, optional
+        Electrons per count (default 1: the counts are electrons).
 
     Returns
     -------
@@ -32,25 +36,33 @@ def pixel_variance(model, sigma, *, poisson: bool = True) -> np.ndarray:
     """
     model = np.asarray(model)
     sigma = np.asarray(sigma, dtype=np.float64)
-    if model.ndim == 3:
+    if model.ndim == 3 and sigma.ndim <= 1:
         sigma = np.broadcast_to(sigma, model.shape[:1])[:, None, None]
-    return sigma**2 + (np.clip(model, 0.0, None) if poisson else 0.0)
+    if not poisson:
+        return sigma**2 + 0.0
+    light = np.clip(model, 0.0, None)
+    return sigma**2 + (light if gain is None else light / gain)
 
 
-def nll_and_weights(image, model, sigma, *, poisson: bool = True):
+def nll_and_weights(image, model, sigma, *, poisson: bool = True, gain: float | None = None, mask=None):
     """Negative log-likelihood of ``image`` given the noiseless ``model``, and ∂NLL/∂μ per pixel.
 
-    Each pixel is Gaussian with mean μ_p and variance ``v_p = σ² + max(μ_p, 0)`` (without Poisson
-    noise ``σ²``): NLL = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p, up to a constant.
+    Each pixel is Gaussian with mean μ_p and variance ``v_p = σ_p² + max(μ_p, 0) / gain`` (without
+    Poisson noise ``σ_p²``): NLL = Σ_p (d_p − μ_p)² / (2 v_p) + ½ log v_p, up to a constant, over
+    the pixels ``mask`` keeps.
 
     Parameters
     ----------
     image, model : ndarray of shape (S, S), or (B, S, S) for many images
         The observed image and the noiseless model, in counts.
-    sigma : float, or array of shape (B,)
+    sigma : float, array of shape (B,), or a σ map like ``model``
         Gaussian noise per pixel, counts.
     poisson : bool
         Add the model's Poisson variance.
+    gain : float, optional
+        Electrons per count (default 1).
+    mask : bool ndarray like ``model``, optional
+        The pixels to count (True); the others add nothing to the NLL and get weight 0.
 
     Returns
     -------
@@ -59,13 +71,19 @@ def nll_and_weights(image, model, sigma, *, poisson: bool = True):
         ∂NLL/∂μ_p: the gradient by any parameter θ is Σ_p weights_p ∂μ_p/∂θ.
     """
     model = np.asarray(model)
-    variance = pixel_variance(model, sigma, poisson=poisson)
+    variance = pixel_variance(model, sigma, poisson=poisson, gain=gain)
     resid = image - model
-    nll = np.sum(resid**2 / (2 * variance) + 0.5 * np.log(variance), axis=(-2, -1))
+    terms = resid**2 / (2 * variance) + 0.5 * np.log(variance)
+    if mask is not None:
+        terms = np.where(mask, terms, 0.0)
+    nll = np.sum(terms, axis=(-2, -1))
     nll = float(nll) if model.ndim == 2 else nll
     weights = -resid / variance
     if poisson:
-        weights += np.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
+        light = np.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
+        weights += light if gain is None else light / gain
+    if mask is not None:
+        weights = np.where(mask, weights, 0.0)
     return nll, weights
 
 
