@@ -8,6 +8,7 @@ TensorFlow and Keras load only when something needs them)::
     estimator = galparam.load_estimator("runs/xception-v1-small")
     bound = galparam.cramer_rao(theta, psf_fwhm=0.5, sigma=200)
     fits = galparam.BatchedFit().fit(images, psf_fwhm=0.5, sigma=200)   # fits.theta_, fits.covariance_
+    table = galparam.measure(galparam.Cutout("img.fits", psf="psf.fits", sigma="sigma.fits"))  # real cutouts
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ _EXPORTS = {
     "GalSimFit": "galparam.evaluate.galsim_fit",
     "FitBox": "galparam.evaluate.fitbox",
     "run_baseline": "galparam.baseline",
+    # real images: any stamp, its PSF, noise and mask, and the galparam-measure workflow
+    "Frame": "galparam.frame",
+    "MoffatPSF": "galparam.psf",
+    "ImagePSF": "galparam.psf",
+    "Stamp": "galparam.stamp",
+    "StampFit": "galparam.evaluate.stamp_fit",
+    "Cutout": "galparam.measure",
+    "measure": "galparam.measure",
+    "read_catalog": "galparam.measure",
     "estimator_metrics": "galparam.evaluate.metrics",
     # searches
     "search_dashboard": "galparam.search.dashboard:dashboard",

@@ -26,7 +26,14 @@ from galparam.evaluate.fit import FTOL, GTOL, REGRIDS, SCORING_STEPS, Fit, FitRe
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import nll_and_weights
 from galparam.interval import Interval
-from galparam.kspace.stamps import STAMP_PARAMETERS, draw_stamps, enclosing_stamp_grid, stamp_grid, wide_tables
+from galparam.kspace.stamps import (
+    STAMP_PARAMETERS,
+    draw_stamps,
+    enclosing_stamp_grid,
+    fit_fft_size,
+    stamp_grid,
+    wide_tables,
+)
 from galparam.kspace.tables import N_RANGE
 from galparam.psf import ImagePSF
 from galparam.stamp import Stamp
@@ -282,12 +289,13 @@ class StampFit(Fit):
             model = draw_stamps(tables, frame, box.to_theta(x)[None], grid=grid)
             return nll_and_weights(image, model, sigma, poisson=gain is not None, gain=gain, mask=mask)[0][0]
 
+        largest = fit_fft_size(frame)
         x0 = box.to_variables(start)
-        grid = stamp_grid(tables, frame, box.to_theta(x0)[None])
+        grid = stamp_grid(tables, frame, box.to_theta(x0)[None], max_size=largest)
         from_init = False
         if init is not None:
             given = box.to_variables(init)
-            given_grid = stamp_grid(tables, frame, box.to_theta(given)[None])
+            given_grid = stamp_grid(tables, frame, box.to_theta(given)[None], max_size=largest)
             if nll_at(given, given_grid) <= nll_at(x0, grid):
                 x0, grid, from_init = given, given_grid, True
         x0, cov = self._scoring(tables, stamp, box, x0, grid)
@@ -317,7 +325,7 @@ class StampFit(Fit):
             )
             z, iterations, evaluations = solution.x, iterations + solution.nit, evaluations + solution.nfev
             theta = box.to_theta(np.clip(x0 + z * unit, lo, hi))
-            enclosing = enclosing_stamp_grid(tables, frame, grid, theta[None])
+            enclosing = enclosing_stamp_grid(tables, frame, grid, theta[None], max_size=largest)
             if (enclosing[0][0], enclosing[1][0]) == (grid[0][0], grid[1][0]) or iterations >= self.max_iter:
                 break
             grid = enclosing
