@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_refine.py
 	$(BIN)/python benchmarks/bench_backends.py
+	$(BIN)/python benchmarks/bench_measure.py
 
 # The full-scale study on one GPU in under 9 minutes (Keras on JAX, no TensorFlow or GalSim needed there):
 # docs/gpu-study.md. OUT is the folder for its tables; GPU_STUDY_FLAGS=--toy runs it at toy size on a CPU.

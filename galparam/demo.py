@@ -9,7 +9,10 @@
    of v2, plainly and started from the small Xception (the fits' efficiency maps, shear and coverage);
 7. write the report — tables as CSV, Markdown and LaTeX, plots as PNG — and print the headline
    table: bias and spread of each network and of the baseline against the Cramér–Rao bound, the
-   coverage of the predicted intervals, and the shear calibration (m, c).
+   coverage of the predicted intervals, and the shear calibration (m, c);
+8. measure the real galaxies shipped in ``data/real`` (three SDSS, five HST cutouts, from the
+   catalogues ``galparam-measure --catalog`` reads) into ``<output>/real/``: a table each and a
+   residual panel per galaxy.
 
 Every step reuses what an earlier demo finished (``make clean`` starts over); the notebooks in
 ``notebooks/`` run the same steps (the ``small`` setting) and find the demo's results.
@@ -21,14 +24,46 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
+
+from astropy.table import Table
 
 from galparam.cli.common import ArgumentParser, positive_int, run
+from galparam.measure import measure, read_catalog
 from galparam.report.layout import Contents
 from galparam.study import BASELINE_IMAGES, TEST_SETS, Study, elapsed, read_metrics
 
 DEMO_SEARCH = "grid-v1"
 DEMO_EXPERIMENTS = ("xception-v2", "autoencoder-v2", "xception-v2-uncertainty")
 DEMO_FIT_DATASET, DEMO_FIT_INIT = "v2", "xception-v2"  # fits of images drawn from a prior, plain and network-started
+REAL_CATALOGS = {"sdss": "data/real/sdss.ecsv", "hst": "data/real/hst-aegis/AEGIS_F814w_catalog.fits"}
+"""The real cutouts the demo measures: galparam-measure catalogues, relative to the project."""
+REAL_COLUMNS = (
+    "name",
+    "mag",
+    "sersic_n",
+    "sersic_n_err",
+    "hlr_arcsec",
+    "axis_ratio",
+    "position_angle",
+    "chi2_reduced",
+    "flags",
+)
+"""What the demo prints of each real galaxy."""
+
+
+def measure_real(project, output, jobs=None) -> dict:
+    """The shipped real cutouts measured into ``output``: name → results table (an earlier
+    demo's, where it finished)."""
+    tables = {}
+    for name, catalog in REAL_CATALOGS.items():
+        table_path = Path(output) / f"{name}.ecsv"
+        if table_path.exists():
+            tables[name] = Table.read(table_path)
+            continue
+        cutouts = read_catalog(Path(project) / catalog)
+        tables[name] = measure(cutouts, output=table_path, residuals=Path(output) / "residuals", jobs=jobs)
+    return tables
 
 
 def prior_fit_names(dataset=DEMO_FIT_DATASET, init=DEMO_FIT_INIT) -> list[str]:
@@ -69,7 +104,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     start = time.perf_counter()
     study = Study("small", output=args.output, project=args.project, jobs=args.jobs)
-    steps = 4 + len(DEMO_EXPERIMENTS)
+    steps = 5 + len(DEMO_EXPERIMENTS)
 
     def step(i: int, text: str) -> None:
         print(f"\n[{i}/{steps}] {text}   ({elapsed(start)} so far)", file=sys.stderr, flush=True)
@@ -83,11 +118,14 @@ def main(argv=None) -> int:
     for i, base in enumerate(DEMO_EXPERIMENTS, start=3):
         step(i, f"training {study.name(base)}")
         runs[base] = study.train(base)
-    step(steps - 1, f"maximum-likelihood fits of the test sets and of {study.name(DEMO_FIT_DATASET)}")
+    step(steps - 2, f"maximum-likelihood fits of the test sets and of {study.name(DEMO_FIT_DATASET)}")
     fits = [study.baseline(snr) for snr in TEST_SETS]
     fits += [study.baseline(DEMO_FIT_DATASET), study.baseline(DEMO_FIT_DATASET, init=DEMO_FIT_INIT)]
-    step(steps, f"writing the report into {args.reports}")
+    step(steps - 1, f"writing the report into {args.reports}")
     report = study.report(args.reports, experiments=DEMO_EXPERIMENTS, fits=fits, searches=(DEMO_SEARCH,))
+    real_folder = Path(args.output) / "real"
+    step(steps, f"measuring the real galaxies of data/real (galparam-measure) into {real_folder}")
+    real = measure_real(args.project, real_folder, jobs=args.jobs)
 
     print("\nSimulated datasets")
     print(datasets.to_string(index=False, float_format=_fmt))
@@ -116,6 +154,12 @@ def main(argv=None) -> int:
     )
     overall = report.shear_table[report.shear_table.snr_bin == "all"]
     print(overall[["model", "component", "m", "m_err", "c", "c_err"]].to_string(index=False, float_format=_fmt))
+    for name, table in real.items():
+        print(
+            f"\nReal galaxies, {name} ({real_folder / (name + '.ecsv')}; residual panels in {real_folder / 'residuals'})"
+        )
+        shown = table[[c for c in REAL_COLUMNS if c in table.colnames]]
+        print(shown.to_pandas().to_string(index=False, float_format=_fmt))
     print(f"\nTables (CSV, Markdown, LaTeX) and plots: {report.folder}   (the demo took {elapsed(start)})")
     return 0
 

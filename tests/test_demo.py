@@ -61,7 +61,7 @@ def _table(path) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_demo_prints_progress_and_the_headline_table(demo):
-    steps = 4 + len(DEMO_EXPERIMENTS)
+    steps = 5 + len(DEMO_EXPERIMENTS)
     for i in range(1, steps + 1):
         assert f"[{i}/{steps}]" in demo["stderr"]
     out = demo["stdout"]
@@ -71,6 +71,24 @@ def test_demo_prints_progress_and_the_headline_table(demo):
     assert "the demo took" in out
     assert "Coverage of the predicted intervals" in out and "xception-v2-uncertainty-small" in out
     assert "Shear calibration on the validation splits" in out
+
+
+@pytest.mark.slow
+def test_demo_measures_the_shipped_real_galaxies(demo):
+    """Step 8: the SDSS and HST cutouts of data/real, each galaxy converged, with its residual panel."""
+    from astropy.table import Table
+
+    from galparam.demo import REAL_CATALOGS
+    from galparam.measure.residuals import safe_name
+
+    real = demo["out"] / "real"
+    counts = {"sdss": 3, "hst": 5}
+    for name in REAL_CATALOGS:
+        table = Table.read(real / f"{name}.ecsv")
+        assert len(table) == counts[name] and table["converged"].all()
+        for galaxy in table["name"]:
+            assert (real / "residuals" / f"{safe_name(galaxy)}.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "Real galaxies, sdss" in demo["stdout"] and "J162123.19+322056.4" in demo["stdout"]
 
 
 @pytest.mark.slow

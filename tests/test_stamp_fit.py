@@ -178,3 +178,12 @@ def test_nan_pixels_are_refused_unless_masked():
     mask[10, 20] = False
     stamp = Stamp.from_arrays(image, FRAME, noise_sigma=1.0, mask=mask)
     assert stamp.image[10, 20] == 0 and np.isnan(image[10, 20])
+
+
+def test_a_galaxy_too_large_for_the_tables_is_flagged(tables):
+    frame = Frame((96, 96), 0.03, MoffatPSF(0.1, 3.0))
+    truth = np.array([1e5, 3.5, 1.5, 0.3, 0.0, 0.0, 0.0, 0.0])  # a 50-pixel radius, major axis ×1.4
+    grid = (np.array([512]), np.array([256]))
+    image = draw_stamps(tables, frame, truth[None], grid=grid)[0]  # cut at the tables' reach
+    fit = StampFit().fit([Stamp.from_arrays(image, frame, noise_sigma=1.0)])
+    assert "beyond_tables" in fit.flags_[0]

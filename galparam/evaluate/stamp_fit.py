@@ -31,6 +31,7 @@ from galparam.kspace.stamps import (
     draw_stamps,
     enclosing_stamp_grid,
     fit_fft_size,
+    galsim_axes,
     stamp_grid,
     wide_tables,
 )
@@ -52,6 +53,7 @@ FLAGS = {
     "radius_below_psf": "the half-light radius is below the PSF's: the profile is barely resolved",
     "centre_masked": "the galaxy's centre falls on a masked pixel",
     "offset_at_edge": "the centre is at the edge of the searched offsets",
+    "beyond_tables": "the galaxy is too large for the k-space tables at this pixel scale: its model's k-box was cut short",
     "fit_failed": "the fit raised an error (the message is in the row)",
 }
 """What each flag in a result's ``flags`` means."""
@@ -166,6 +168,13 @@ def moments_start(stamp: Stamp) -> np.ndarray:
             if np.hypot(*g) < SHEAR_MAX:
                 theta[3:5] = g
     return theta
+
+
+def beyond_tables(tables, frame, grid, theta) -> bool:
+    """Whether the galaxy's k-box on ``grid`` reaches beyond the tables (the model cuts it there)."""
+    major = galsim_axes(theta[3], theta[4])[0]
+    reach = math.sqrt(2) * grid[1][0] * 2 * math.pi / (grid[0][0] * frame.pixel_scale) * theta[2] * float(major)
+    return bool(reach > tables.s_max**2)
 
 
 @dataclass
@@ -339,6 +348,8 @@ class StampFit(Fit):
         variance = sigma[0] ** 2 + (np.clip(model[0], 0, None) / gain if gain is not None else 0.0)
         chi2 = float(np.sum(((stamp.image - model[0]) ** 2 / variance)[stamp.mask]))
         flags = self._flags(stamp, box, x, theta, bool(solution.success))
+        if beyond_tables(tables, frame, grid, theta):
+            flags += ("beyond_tables",)
         return StampResult(
             theta,
             bool(solution.success),

@@ -176,7 +176,8 @@ UNITS = {
 
 def results_table(rows: list[dict], meta: dict):
     """An astropy Table of result rows: columns in the rows' order (RA/Dec only where every row
-    has them), units, and :data:`CONVENTIONS` with ``meta`` in its metadata."""
+    has them; magnitudes NaN where a galaxy has no zero point), units, and :data:`CONVENTIONS`
+    with ``meta`` in its metadata."""
     from astropy.table import Table
 
     columns = []
@@ -186,9 +187,10 @@ def results_table(rows: list[dict], meta: dict):
                 columns.append(key)
     if any(key not in row for row in rows for key in ("ra", "dec")):
         columns = [c for c in columns if c not in ("ra", "dec")]
-    if any("mag" not in row for row in rows):
-        columns = [c for c in columns if c not in ("mag", "mag_err")]
-    table = Table(rows=[[row.get(c) for c in columns] for row in rows], names=columns) if rows else Table()
+    missing = {"mag": math.nan, "mag_err": math.nan}  # a galaxy without a zero point: no magnitude
+    table = (
+        Table(rows=[[row.get(c, missing.get(c)) for c in columns] for row in rows], names=columns) if rows else Table()
+    )
     for name, unit in UNITS.items():
         if name in table.colnames and unit is not None:
             table[name].unit = unit
