@@ -369,3 +369,48 @@ def test_predict_flags_shifted_images_and_combines_an_ensemble(tiny_run, dataset
     assert "flux_ci95" not in pd.read_csv(tmp_path / "unc.csv").columns
     assert own.ood.mean() < 0.1 and moved.ood.all()
     assert moved.ood_reason.str.contains("noise sigma").all()
+
+
+@pytest.mark.slow
+def test_predict_takes_fits_cutouts_of_the_training_geometry_and_refuses_others(tiny_run, datasets, tmp_path):
+    """FITS cutouts give the npz's estimates; a stamp size, pixel scale or PSF profile other than
+    the training geometry's is refused in one line."""
+    import galsim
+    from astropy.io import fits
+
+    from galparam.cli.evaluate import main
+    from galparam.data import load_dataset
+    from galparam.errors import GalparamError
+
+    ds = load_dataset(datasets["fixed"])
+    np.savez(tmp_path / "three.npz", img=ds.img[:3])
+    header = fits.Header({"PIXSCALE": 0.23})
+    names = []
+    for i in range(3):
+        fits.PrimaryHDU(ds.img[i].astype(np.float64), header=header).writeto(tmp_path / f"g{i}.fits")
+        names.append(str(tmp_path / f"g{i}.fits"))
+    moffat = galsim.Moffat(beta=2.0, fwhm=float(ds.psf_fwhm[0])).drawImage(nx=41, ny=41, scale=0.23).array
+    fits.PrimaryHDU(moffat).writeto(tmp_path / "psf.fits")
+    assert main(["predict", str(tiny_run), str(tmp_path / "three.npz"), "-o", str(tmp_path / "npz.csv")]) == 0
+    assert (
+        main(["predict", str(tiny_run), *names, "--psf", str(tmp_path / "psf.fits"), "-o", str(tmp_path / "f.csv")])
+        == 0
+    )
+    from_npz, from_fits = pd.read_csv(tmp_path / "npz.csv"), pd.read_csv(tmp_path / "f.csv")
+    np.testing.assert_allclose(from_fits[list(LABEL_NAMES)], from_npz[list(LABEL_NAMES)], rtol=1e-5)
+    np.testing.assert_allclose(from_fits["psf_fwhm"], ds.psf_fwhm[0], rtol=0.02)  # measured from the PSF image
+    assert list(from_fits["image"]) == names
+    fits.PrimaryHDU(ds.img[0][:48, :48].astype(np.float64), header=header).writeto(tmp_path / "small.fits")
+    fits.PrimaryHDU(ds.img[0].astype(np.float64), header=fits.Header({"PIXSCALE": 0.3})).writeto(
+        tmp_path / "coarse.fits"
+    )
+    airy = galsim.Airy(lam_over_diam=0.25).drawImage(nx=41, ny=41, scale=0.23).array
+    fits.PrimaryHDU(airy).writeto(tmp_path / "airy.fits")
+    for argv, message in [
+        ([str(tmp_path / "small.fits")], r"48×48 pixels; the network was trained on 64×64 stamps"),
+        ([str(tmp_path / "coarse.fits")], r"0.3 arcsec per pixel; the network was trained at 0.23"),
+        ([names[0], "--psf", str(tmp_path / "airy.fits")], r"not the Moffat β=2 profile the network was trained with"),
+    ]:
+        with pytest.raises(GalparamError, match=message):
+            main(["predict", str(tiny_run), *argv, "-o", str(tmp_path / "bad.csv")])
+    assert not (tmp_path / "bad.csv").exists()

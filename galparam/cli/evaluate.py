@@ -17,7 +17,9 @@ from galparam.errors import GalparamError
 from galparam.estimator import load_ensemble, load_estimator, read_image_file
 from galparam.evaluate.crb import cramer_rao, dataset_bounds
 from galparam.evaluate.ood import check_images
+from galparam.geometry import Geometry
 from galparam.io import write_text_atomic
+from galparam.measure.inputs import FITS_SUFFIXES, network_inputs, split_hdu
 from galparam.parameters import LABEL_NAMES
 from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
 from galparam.report import write_report
@@ -31,6 +33,7 @@ Judge estimators against the best possible.
   galparam-evaluate baseline DATA.npz -o fits.csv   maximum-likelihood fits (resumable)
   galparam-evaluate baseline DATA.npz --init RUN -o refined.csv   the fit started from a network's estimate
   galparam-evaluate predict RUN DATA.npz -o pred.csv a trained model's estimates for any npz of images
+  galparam-evaluate predict RUN a.fits b.fits --psf psf.fits -o pred.csv   ... or FITS cutouts of its geometry
   galparam-evaluate report --runs RUN... --test-sets T60.npz T30.npz --fits F.csv... -o reports/
 """
 
@@ -86,7 +89,13 @@ def build_parser() -> ArgumentParser:
         help="a trained model's estimates of the five parameters (and their spreads, and out-of-distribution flags), as a CSV",
     )
     r.add_argument("run", metavar="RUN_DIR", help="a finished galparam-train run folder")
-    r.add_argument("images", metavar="IMAGES.npz", help="galparam's datasets or your own npz of (N, 64, 64) images")
+    r.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGES",
+        help="galparam's datasets or your own npz of (N, 64, 64) images; or FITS cutouts (file.fits[HDU], several), "
+        "checked against the network's training geometry (stamp size, pixel scale, PSF)",
+    )
     r.add_argument("-o", "--output", metavar="predictions.csv", required=True)
     r.add_argument("--key", help="the array holding the images (default: img, or the only image array)")
     r.add_argument("--psf-key", help="the array holding the PSF images, for models with a PSF input (default: psf_img)")
@@ -102,6 +111,13 @@ def build_parser() -> ArgumentParser:
         "and spread (the members' spreads and their disagreement), calibrated on the runs' shared validation split",
     )
     r.add_argument("--no-flags", action="store_true", help="leave out the out-of-distribution flags (ood, ood_reason)")
+    r.add_argument(
+        "--pixel-scale", type=float, metavar="ARCSEC", help="FITS cutouts: arcsec per pixel where the header has no WCS"
+    )
+    r.add_argument(
+        "--psf", nargs="+", metavar="PSF.fits[HDU]", help="FITS cutouts: their PSF image(s) at the data's scale"
+    )
+    r.add_argument("--psf-fwhm", type=float, metavar="ARCSEC", help="FITS cutouts: or their Moffat PSF's FWHM")
 
     t = sub.add_parser("report", help="tables (CSV, Markdown, LaTeX) and plots from runs, test sets and fits")
     t.add_argument("-o", "--output", metavar="DIR", default="reports", help="report folder (default: %(default)s)")
@@ -176,17 +192,37 @@ def _baseline(args) -> int:
 
 def _predict(args) -> int:
     info = RunFolder(args.run).info()  # the inputs are checked before TensorFlow loads
-    images, psf = read_image_file(args.images, args.key, args.psf_key, need_psf=info.get("psf_input", False))
+    fits_inputs = [str(split_hdu(spec)[0]).lower().endswith(FITS_SUFFIXES) for spec in args.images]
+    sigma = psf_fwhm = None
+    if any(fits_inputs):
+        if not all(fits_inputs):
+            raise GalparamError("give one npz of images, or FITS cutouts, not both")
+        images, psf, psf_fwhm = network_inputs(
+            args.images,
+            Geometry.from_dict(info["geometry"]),
+            pixel_scale=args.pixel_scale,
+            psf=args.psf,
+            psf_fwhm=args.psf_fwhm,
+        )
+        if info.get("psf_input", False) and psf is None:
+            raise GalparamError(f"{args.run}: this model takes each image's PSF image; give it with --psf")
+    else:
+        if len(args.images) > 1:
+            raise GalparamError(f"{len(args.images)} npz files: give one (or FITS cutouts)")
+        if args.psf or args.psf_fwhm is not None or args.pixel_scale is not None:
+            raise GalparamError("--psf, --psf-fwhm and --pixel-scale are for FITS cutouts; an npz holds its own PSFs")
+        images, psf = read_image_file(args.images[0], args.key, args.psf_key, need_psf=info.get("psf_input", False))
     load_tensorflow_quietly()
     if args.ensemble:
         estimator = load_ensemble([args.run, *args.ensemble], batch_size=args.batch_size)
     else:
         estimator = load_estimator(args.run)
-    table = estimator.predict(images, psf, batch_size=args.batch_size)
+    table = estimator.predict(images, psf if info.get("psf_input", False) else None, batch_size=args.batch_size)
     note = ""
     if not args.no_flags:
         if "training_range" in info:
-            sigma, psf_fwhm = _columns_of(args.images, len(images))
+            if not any(fits_inputs):
+                sigma, psf_fwhm = _columns_of(args.images[0], len(images))
             checked = check_images(
                 info, images, table[list(LABEL_NAMES)].to_numpy(), sigma=sigma, psf_fwhm=psf_fwhm, psf_images=psf
             )
@@ -195,6 +231,8 @@ def _predict(args) -> int:
         else:
             note = "; no out-of-distribution flags (the run predates them: train it again to have them)"
     table.index.name = "index"
+    if any(fits_inputs):
+        table.insert(0, "image", list(args.images))
     write_text_atomic(Path(args.output), table.to_csv(lineterminator="\n"))
     if getattr(estimator, "not_calibrated", None):
         note += f"; the ensemble's spreads are not calibrated: {estimator.not_calibrated}"

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from galparam.errors import GalparamError
+from galparam.evaluate.ood import psf_fwhm_from_images
 from galparam.frame import Frame
 from galparam.psf import ImagePSF
+from galparam.render import KSpaceRenderer, renderer_for
 from galparam.stamp import Stamp, segment_mask
 
 NOISE_OPTIONS = ("sigma", "weight", "variance", "noise_sigma")
@@ -43,6 +45,9 @@ CATALOG_COLUMNS = (
 
 GALSIM_CATALOG_COLUMNS = ("GAL_FILENAME", "GAL_HDU", "PSF_FILENAME", "PSF_HDU", "PIXEL_SCALE", "NOISE_VARIANCE")
 """GalSim's real-galaxy catalogue columns galparam reads (plus ``IDENT`` for the names)."""
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+"""File name endings read as FITS."""
 
 _HDU = re.compile(r"^(?P<path>.+?)\[(?P<hdu>[^\]]+)\]$")
 
@@ -377,3 +382,98 @@ def _typed(cutout: Cutout) -> Cutout:
         if value is not None and not isinstance(value, str):
             numbers[key] = str(value)
     return replace(cutout, **numbers)
+
+
+PSF_MATCH_TOLERANCE = 0.05
+"""How far (a fraction of its peak) a PSF image may differ from the Moffat profile a network was
+trained on, at its own FWHM, before the network refuses the images."""
+
+
+def network_inputs(specs, geometry, *, pixel_scale=None, psf=None, psf_fwhm=None):
+    """FITS cutouts for a network trained on ``geometry``, checked against it.
+
+    Parameters
+    ----------
+    specs : sequence of str
+        ``file.fits`` or ``file.fits[HDU]``, one 2-D cutout each.
+    geometry : Geometry
+        The network's training geometry (its ``run.json``).
+    pixel_scale : float, optional
+        Arcsec per pixel, where the headers have no WCS.
+    psf : sequence of str, optional
+        PSF images at the data's pixel scale, one for all cutouts or one each: each must be the
+        training PSF's profile (a Moffat of the geometry's β) within :data:`PSF_MATCH_TOLERANCE`.
+    psf_fwhm : float, optional
+        Or the PSF's FWHM (arcsec), a Moffat of the geometry's β.
+
+    Returns
+    -------
+    images : ndarray (N, S, S)
+    psf_images : ndarray (N, S, S) or None
+        Unit-flux PSF stamps (from ``psf``), for a network that takes them.
+    psf_fwhm : ndarray (N,) or None
+
+    Raises
+    ------
+    GalparamError
+        A cutout whose stamp size, pixel scale or PSF differs from the training geometry, in one
+        line naming the file and the mismatch; any problem reading the files.
+    """
+    side = geometry.stamp_size
+    images, names = [], []
+    for spec in specs:
+        image, header, name = read_fits(spec, what="image")
+        if image.shape != geometry.shape:
+            raise GalparamError(
+                f"image {name}: {image.shape[1]}×{image.shape[0]} pixels; the network was trained on "
+                f"{side}×{side} stamps (cut your images to that size, or train on a dataset of yours)"
+            )
+        scale = pixel_scale if pixel_scale is not None else header_pixel_scale(header)
+        if scale is None:
+            raise GalparamError(
+                f"image {name}: no pixel scale in its header; give it with --pixel-scale "
+                f"(the network was trained at {geometry.pixel_scale:g} arcsec per pixel)"
+            )
+        if abs(scale / geometry.pixel_scale - 1) > 5e-3:
+            raise GalparamError(
+                f"image {name}: {scale:.4g} arcsec per pixel; the network was trained at {geometry.pixel_scale:g} "
+                "(resample the images to its scale, or train on a dataset of yours)"
+            )
+        if not np.isfinite(image).all():
+            raise GalparamError(f"image {name}: holds NaN or infinite values; a network needs every pixel")
+        images.append(image.astype(np.float64))
+        names.append(name)
+    images = np.stack(images)
+    if psf is not None and psf_fwhm is not None:
+        raise GalparamError("give the PSF as --psf images or as --psf-fwhm, not both")
+    if psf_fwhm is not None:
+        if not (np.isfinite(psf_fwhm) and psf_fwhm > 0):
+            raise GalparamError(f"psf_fwhm {psf_fwhm!r}: give a positive number of arcsec")
+        return images, None, np.full(len(images), float(psf_fwhm))
+    if psf is None:
+        return images, None, None
+    psf = list(psf)
+    if len(psf) not in (1, len(images)):
+        raise GalparamError(f"--psf: {len(psf)} files for {len(images)} images; give one, or one per image")
+    stamps = []
+    for spec in psf:
+        array, _, name = read_fits(spec, what="PSF")
+        image_psf = ImagePSF(array.astype(np.float64), geometry.pixel_scale, source=name)
+        # onto the network's stamp, centred on its true centre as the training PSF images are
+        drawn = image_psf.to_galsim().drawImage(nx=side, ny=side, scale=geometry.pixel_scale, method="no_pixel")
+        stamps.append((drawn.array.astype(np.float64), name))
+    renderer = renderer_for(KSpaceRenderer.NAME, geometry)
+    fwhm = psf_fwhm_from_images(np.stack([s for s, _ in stamps]), geometry)
+    drawn = renderer.psf_images(fwhm).astype(np.float64)
+    for (stamp, name), model, width in zip(stamps, drawn, fwhm, strict=True):
+        worst = float(np.abs(stamp - model).max() / model.max())
+        if worst > PSF_MATCH_TOLERANCE:
+            raise GalparamError(
+                f"PSF {name}: not the Moffat β={geometry.psf_beta:g} profile the network was trained with (it "
+                f"differs from the closest one, FWHM {width:.3g} arcsec, by {100 * worst:.0f} % of its peak; "
+                f"accepted {100 * PSF_MATCH_TOLERANCE:.0f} %); galparam-measure fits any PSF"
+            )
+    psf_images = np.stack([s for s, _ in stamps])
+    if len(psf_images) == 1:
+        psf_images, fwhm = np.repeat(psf_images, len(images), axis=0), np.repeat(fwhm, len(images))
+    return images, psf_images, fwhm
