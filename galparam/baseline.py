@@ -158,6 +158,11 @@ def run_baseline(
     if renderer not in RENDERERS:
         raise GalparamError(f"renderer {renderer!r}: accepted {', '.join(RENDERERS)}", argument="renderer")
     ds = load_dataset(dataset_path)
+    if ds.spec.stamp_model:
+        raise GalparamError(
+            f"{dataset_path}: drawn with PSF images or centre and sky priors; the dataset fit draws centred "
+            "galaxies through its Moffat: fit these images with galparam.measure (Stamp.from_arrays, StampFit)"
+        )
     output = Path(output)
     total = len(ds) if n_images is None else int(n_images)
     if not 1 <= total <= len(ds):

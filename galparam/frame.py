@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from galparam.errors import GalparamError
 from galparam.geometry import Geometry
 from galparam.interval import Interval
@@ -53,3 +55,10 @@ class Frame:
     def of_geometry(cls, geometry: Geometry, psf_fwhm: float) -> Frame:
         """The frame of an image of galparam's own datasets: the geometry's stamp, its Moffat β."""
         return cls(geometry.shape, geometry.pixel_scale, MoffatPSF(psf_fwhm, geometry.psf_beta))
+
+    def psf_image(self) -> np.ndarray:
+        """The unit-flux PSF drawn on this stamp by GalSim (``drawImage``; an effective PSF image
+        ``no_pixel``, else with the pixel response): (ny, nx) float64, centred on the true centre."""
+        ny, nx = self.shape
+        method = "no_pixel" if self.psf.includes_pixel else "auto"
+        return self.psf.to_galsim().drawImage(nx=nx, ny=ny, scale=self.pixel_scale, method=method, dtype=float).array

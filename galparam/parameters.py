@@ -85,6 +85,9 @@ PARAMETERS = {
         Parameter("shear_angle", "radians", Interval.closed(0.0, math.pi), (0.0, math.pi), "β: g1 + i g2 = A e^{2iβ}"),
         Parameter("psf_fwhm", "arcsec", Interval(0.0, 20.0, False, True), (0.5, 1.0), "FWHM of the Moffat PSF"),
         Parameter("sigma", "counts", Interval.open(0.0, math.inf), (200.0, 400.0), "Gaussian noise per pixel"),
+        Parameter("dx", "pixels", Interval.open(-math.inf, math.inf), None, "galaxy centre right of the stamp's"),
+        Parameter("dy", "pixels", Interval.open(-math.inf, math.inf), None, "galaxy centre above the stamp's"),
+        Parameter("sky", "counts", Interval.open(-math.inf, math.inf), None, "constant sky level per pixel"),
     )
 }
 """Every physical quantity of the image model, by name."""

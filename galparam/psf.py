@@ -326,3 +326,19 @@ class ImagePSF:
             "psf_oversampling": self.oversampling,
             "psf_includes_pixel": bool(self.includes_pixel),
         }
+
+
+PSF_FWHM_GRID = np.geomspace(0.2, 3.0, 64)
+"""The Moffat FWHMs (arcsec) a PSF image's effective area is matched with."""
+
+
+def effective_area(images) -> np.ndarray:
+    """(Σp)² / Σp² of each image (pixels): the area a PSF spreads a point's light over."""
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    return flat.sum(axis=1) ** 2 / (flat**2).sum(axis=1)
+
+
+def fwhm_by_effective_area(images, reference_images, reference_fwhm) -> np.ndarray:
+    """Each image's FWHM: that of the reference (Moffat) PSF with the same effective area, the
+    references drawn the same way on the same stamp (arcsec; ``reference_fwhm`` increasing)."""
+    return np.interp(effective_area(images), effective_area(reference_images), reference_fwhm)

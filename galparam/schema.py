@@ -70,6 +70,9 @@ DATASET_SCHEMA = (
     Entry("snr", "float32", PER_IMAGE, (), True, False, "sqrt(Σ noiseless²) / σ"),
     Entry("sigma", "float32", PER_IMAGE, (), True, False, "Gaussian noise per pixel, counts"),
     Entry("psf_fwhm", "float32", PER_IMAGE, (), True, False, "Moffat FWHM of the PSF, arcsec"),
+    Entry("centre", "float32", PER_IMAGE, (2,), False, False, "galaxy centre (dx, dy) from the stamp's, pixels"),
+    Entry("sky", "float32", PER_IMAGE, (), False, False, "constant sky level, counts per pixel"),
+    Entry("psf_index", "int32", PER_IMAGE, (), False, False, "which PSF image of the spec's file drew it"),
     Entry("draws", "int32", PER_IMAGE, (), False, False, "candidates drawn until one was in the SNR window"),
     Entry("spec", "str", PER_SET, (), True, False, "the resolved dataset spec (YAML)"),
     Entry("renderer", "str", PER_SET, (), False, False, "the renderer and its tables' settings (JSON)"),
@@ -87,6 +90,10 @@ BATCH_KEYS = tuple(e.key for e in DATASET_SCHEMA if e.batch)
 DRAW_COLUMNS = (*LABEL_NAMES, "psf_fwhm", "sigma")
 """The columns of the drawn parameters, in :class:`Draws`' order."""
 
+STAMP_COLUMNS = ("dx", "dy", "sky", "psf_index")
+"""The stamp model's drawn columns (:attr:`Draws.stamp`): centre offsets (pixels), sky (counts per
+pixel), the PSF image's index in the spec's file."""
+
 
 class Draws:
     """Drawn parameters, a row per candidate or image, with named columns (:data:`DRAW_COLUMNS`).
@@ -95,13 +102,21 @@ class Draws:
     ----------
     array : array_like of shape (N, 7)
         float64; the columns in :data:`DRAW_COLUMNS` order (what a simulation part stores as ``params``).
+    stamp : array_like of shape (N, 4), optional
+        The stamp model's columns, :data:`STAMP_COLUMNS` (a part's ``stamp``); None: centred
+        galaxies, no sky, the Moffat.
     """
 
-    def __init__(self, array):
+    def __init__(self, array, stamp=None):
         array = np.asarray(array, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != len(DRAW_COLUMNS):
             raise ValueError(f"draws of shape {array.shape}: expected (N, {len(DRAW_COLUMNS)})")
+        if stamp is not None:
+            stamp = np.asarray(stamp, dtype=np.float64)
+            if stamp.shape != (len(array), len(STAMP_COLUMNS)):
+                raise ValueError(f"stamp draws of shape {stamp.shape}: expected ({len(array)}, {len(STAMP_COLUMNS)})")
         self.array = array
+        self.stamp = stamp
 
     @classmethod
     def from_columns(cls, **columns) -> Draws:
@@ -112,7 +127,13 @@ class Draws:
         return len(self.array)
 
     def __getitem__(self, rows) -> Draws:
-        return Draws(self.array[rows])
+        return Draws(self.array[rows], None if self.stamp is None else self.stamp[rows])
+
+    def stamp_column(self, name: str) -> np.ndarray:
+        """The stamp model's column ``name`` (:data:`STAMP_COLUMNS`); zeros where there is none."""
+        if self.stamp is None:
+            return np.zeros(len(self))
+        return self.stamp[:, STAMP_COLUMNS.index(name)]
 
     def column(self, name: str) -> np.ndarray:
         """The column ``name`` (one of :data:`DRAW_COLUMNS`)."""
@@ -125,6 +146,11 @@ class Draws:
     g2 = property(lambda self: self.column("g2"), doc="Reduced shear, second component.")
     psf_fwhm = property(lambda self: self.column("psf_fwhm"), doc="PSF FWHM, arcsec.")
     sigma = property(lambda self: self.column("sigma"), doc="Gaussian noise per pixel, counts.")
+
+    @property
+    def theta(self) -> np.ndarray:
+        """(N, 8): the stamp model's parameters (:data:`galparam.kspace.stamps.STAMP_PARAMETERS`)."""
+        return np.column_stack([self.labels, *(self.stamp_column(name) for name in STAMP_COLUMNS[:3])])
 
     @property
     def labels(self) -> np.ndarray:

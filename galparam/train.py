@@ -548,7 +548,11 @@ def train(
                 uncertainty = calibrate(run, estimator, data, estimates, cov)
                 extra["uncertainty"] = spec.uncertainty
             run.write_metrics(validation_metrics(estimates, data), len(data.val), uncertainty=uncertainty)
-            extra.update(geometry=geometry(data), training_range=training_range(estimates, data))
+            extra.update(geometry=geometry(data))
+            if data.dataset_spec.stamp_model:  # the model re-drawn from an estimate needs a centre and sky
+                extra.update(ood="none: the network does not estimate the stamp model's centre and sky")
+            else:
+                extra.update(training_range=training_range(estimates, data))
     states = {s.name: _read_state(run.stage_dir(s.name)) for s in stages}
     run.write_info(
         name=spec.name,

@@ -228,6 +228,8 @@ def _predict(args) -> int:
             )
             table = pd.concat([table, checked], axis=1)
             note = f"; {int(checked.ood.sum())} flagged out of distribution"
+        elif "ood" in info:
+            note = f"; no out-of-distribution flags ({info['ood']})"
         else:
             note = "; no out-of-distribution flags (the run predates them: train it again to have them)"
     table.index.name = "index"

@@ -21,6 +21,8 @@ from galparam.errors import GalparamError
 from galparam.evaluate.likelihood import pixel_variance
 from galparam.parameters import LABEL_NAMES, SERSIC_N_LIMITS, check_parameters
 from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
+from galparam.schema import STAMP_COLUMNS, Draws
+from galparam.stamp_model import StampConfig, stamp_model_for
 
 DEFAULT_STEPS = {"sersic_n": 0.01, "hlr": 0.003, "g1": 1e-3, "g2": 1e-3}
 """Central-difference steps: absolute for n, g1, g2; relative to the radius for hlr. Halving them
@@ -249,6 +251,14 @@ def dataset_bounds(
     spec = dataset.spec
     poisson = spec.poisson_noise if poisson is None else poisson
     indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+    if spec.stamp_model:
+        if renderer != KSpaceRenderer.NAME:
+            raise GalparamError(
+                f"renderer {renderer}: {dataset.path} was drawn with PSF images or centre and sky priors, whose "
+                "bounds come from the k-space stamp model's exact derivatives (renderer kspace)",
+                argument="renderer",
+            )
+        return stamp_dataset_bounds(dataset, indices, poisson=poisson, progress=progress)
     model = renderer_for(renderer, spec.geometry)
     # fixed-parameter test sets: one bound serves every image
     keys = np.column_stack([dataset.label[indices], dataset.psf_fwhm[indices], dataset.sigma[indices]]).astype(
@@ -269,3 +279,34 @@ def dataset_bounds(
             bar.update(1)
     bar.close()
     return pd.DataFrame(std[np.ravel(inverse)], index=pd.Index(indices, name="index"), columns=list(LABEL_NAMES))
+
+
+def stamp_dataset_bounds(dataset, indices, *, poisson: bool, progress: bool = True) -> pd.DataFrame:
+    """:func:`dataset_bounds` of a dataset drawn with the stamp model (:mod:`galparam.stamp_model`):
+    each image's Fisher matrix by its five labels and by the centre and sky where the spec's prior
+    lets them vary (an estimator must find them too), from the exact derivatives of the model that
+    drew it; the bound on each label is then marginalized over them."""
+    from tqdm.auto import tqdm
+
+    spec = dataset.spec
+    if spec.psf is not None and not spec.psf.available:
+        names = ", ".join(str(path) for path in spec.psf.paths)
+        raise GalparamError(f"{dataset.path}: bounds need the PSF images that drew it, {names}, which are not here")
+    model = stamp_model_for(StampConfig.from_spec(spec))
+    stamp = np.column_stack(
+        [dataset.extra["centre"][indices], dataset.extra["sky"][indices], dataset.extra["psf_index"][indices]]
+    )
+    draws = Draws(np.column_stack([dataset.label[indices], dataset.psf_fwhm[indices], dataset.sigma[indices]]), stamp)
+    varies = [name in spec.priors and not spec.priors[name].is_fixed for name in STAMP_COLUMNS[:3]]
+    free = list(range(len(LABEL_NAMES))) + [len(LABEL_NAMES) + j for j, free in enumerate(varies) if free]
+    std = np.empty((len(indices), len(LABEL_NAMES)))
+    bar = tqdm(total=len(indices), desc="bounds", unit="img", disable=not progress)
+    for a in range(0, len(indices), BOUND_BATCH):
+        block = draws[a : a + BOUND_BATCH]
+        images, jacobians = model.images_and_jacobians(block)
+        fisher = fisher_matrices(images, jacobians[:, free], block.sigma, poisson=poisson)
+        cov = covariances(fisher)
+        std[a : a + len(block)] = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))[:, : len(LABEL_NAMES)]
+        bar.update(len(block))
+    bar.close()
+    return pd.DataFrame(std, index=pd.Index(indices, name="index"), columns=list(LABEL_NAMES))

@@ -19,6 +19,7 @@ from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import pixel_variance
 from galparam.geometry import Geometry
 from galparam.parameters import LABEL_NAMES
+from galparam.psf import PSF_FWHM_GRID, fwhm_by_effective_area
 from galparam.render import KSpaceRenderer, renderer_for
 
 BORDER_PX = 4
@@ -38,18 +39,11 @@ def border_sigma(images) -> np.ndarray:
     return 1.4826 * np.median(np.abs(frame - np.median(frame, axis=1, keepdims=True)), axis=1)
 
 
-def _effective_area(images) -> np.ndarray:
-    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
-    return flat.sum(axis=1) ** 2 / (flat**2).sum(axis=1)
-
-
 def psf_fwhm_from_images(psf_images, geometry: Geometry) -> np.ndarray:
     """Each PSF image's FWHM (arcsec): its effective area (Σp)² / Σp² matched to the renderer's own
-    PSF images of known FWHM (0.2″ to 3″), which are drawn the same way."""
-    renderer = renderer_for(KSpaceRenderer.NAME, geometry)
-    grid = np.geomspace(0.2, 3.0, 64)
-    reference = _effective_area(renderer.psf_images(grid))
-    return np.interp(_effective_area(psf_images), reference, grid)
+    PSF images of known FWHM (:data:`~galparam.psf.PSF_FWHM_GRID`), which are drawn the same way."""
+    reference = renderer_for(KSpaceRenderer.NAME, geometry).psf_images(PSF_FWHM_GRID)
+    return fwhm_by_effective_area(psf_images, reference, PSF_FWHM_GRID)
 
 
 def redraw(estimates, psf_fwhm, geometry: Geometry, box: FitBox) -> np.ndarray:

@@ -460,8 +460,7 @@ def network_inputs(specs, geometry, *, pixel_scale=None, psf=None, psf_fwhm=None
         array, _, name = read_fits(spec, what="PSF")
         image_psf = ImagePSF(array.astype(np.float64), geometry.pixel_scale, source=name)
         # onto the network's stamp, centred on its true centre as the training PSF images are
-        drawn = image_psf.to_galsim().drawImage(nx=side, ny=side, scale=geometry.pixel_scale, method="no_pixel")
-        stamps.append((drawn.array.astype(np.float64), name))
+        stamps.append((Frame((side, side), geometry.pixel_scale, image_psf).psf_image(), name))
     renderer = renderer_for(KSpaceRenderer.NAME, geometry)
     fwhm = psf_fwhm_from_images(np.stack([s for s, _ in stamps]), geometry)
     drawn = renderer.psf_images(fwhm).astype(np.float64)

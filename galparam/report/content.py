@@ -34,7 +34,7 @@ import pandas as pd
 from galparam.data import load_dataset
 from galparam.errors import GalparamError
 from galparam.estimator import DENOISERS, load_denoiser, load_estimator
-from galparam.evaluate.crb import batch_bounds, cramer_rao
+from galparam.evaluate.crb import batch_bounds, cramer_rao, dataset_bounds
 from galparam.evaluate.metrics import estimator_metrics
 from galparam.evaluate.restoration import restoration_by_snr
 from galparam.evaluate.uncertainty import coverage, coverage_table, efficiency_map, reliability, shear_table
@@ -104,8 +104,8 @@ class TestSet:
 
 def load_test_set(path) -> TestSet:
     ds = load_dataset(path)
-    if not (np.ptp(ds.label, axis=0) == 0).all() or np.ptp(ds.psf_fwhm) or np.ptp(ds.sigma):
-        raise GalparamError(f"{path}: not a fixed-parameter test set (its labels, PSF or noise vary)")
+    if not (np.ptp(ds.label, axis=0) == 0).all() or np.ptp(ds.psf_fwhm) or np.ptp(ds.sigma) or ds.spec.stamp_model:
+        raise GalparamError(f"{path}: not a fixed-parameter test set (its labels, PSF, noise, centre or sky vary)")
     truth = ds.label[0].astype(np.float64)
     bound = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0]), poisson=ds.spec.poisson_noise)
     return TestSet(Path(path), ds, int(round(float(np.median(ds.snr)))), truth, bound.std.to_numpy())
@@ -225,9 +225,12 @@ def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None, 
         ``reliability``; each table's first column is the model.
     """
     spec = ds.spec
-    renderer = renderer_for(KSpaceRenderer.NAME, spec.geometry)
-    cov = batch_bounds(truth, ds.psf_fwhm[val], ds.sigma[val], poisson=spec.poisson_noise, renderer=renderer)
-    bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    if spec.stamp_model:  # each image's own PSF, centre and sky
+        bound = dataset_bounds(ds, np.asarray(val), progress=False).to_numpy()
+    else:
+        renderer = renderer_for(KSpaceRenderer.NAME, spec.geometry)
+        cov = batch_bounds(truth, ds.psf_fwhm[val], ds.sigma[val], poisson=spec.poisson_noise, renderer=renderer)
+        bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     columns = {**{n: truth[:, k] for k, n in enumerate(LABEL_NAMES)}, "snr": ds.snr[val], "psf_fwhm": ds.psf_fwhm[val]}
     std = None if predicted_cov is None else np.sqrt(np.diagonal(predicted_cov, axis1=1, axis2=2))
     maps = []

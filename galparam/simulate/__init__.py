@@ -219,7 +219,7 @@ def simulate(
         bar.set_postfix(rejected=f"{1 - counts['accepted'] / counts['candidates']:.0%}", refresh=False)
 
     screen = None
-    if todo and spec.renderer == KSpaceRenderer.NAME:  # build or check the table cache once, before any worker starts
+    if todo and spec.renderer == KSpaceRenderer.NAME and not spec.stamp_model:  # the table cache, before workers start
         renderer = renderer_for(spec.renderer, spec.geometry)
         if SNRScreen.applies(spec) and sum(b - a for a, b, _ in todo) >= SCREEN_MIN_IMAGES:
             screen = SNRScreen(spec, renderer)

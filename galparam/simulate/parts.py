@@ -19,16 +19,18 @@ import pandas as pd
 from galparam import __version__
 from galparam.errors import DatasetError, SimulationError
 from galparam.io import NpzWriter, atomic_path, write_text_atomic
+from galparam.kspace import galsim_version
 from galparam.parameters import LABEL_NAMES
 from galparam.render import renderer_for, renderer_provenance
-from galparam.schema import DATASET_SCHEMA, DRAW_COLUMNS, Draws
+from galparam.schema import DATASET_SCHEMA, DRAW_COLUMNS, STAMP_COLUMNS, Draws
 from galparam.simulate.draws import draw_candidates
 from galparam.simulate.screen import SNRScreen
 from galparam.simulate.workers import RenderConfig, Rendered, Workers
 from galparam.specs import DatasetSpec
+from galparam.stamp_model import StampConfig, stamp_model_for
 
 PART_KEYS = ("img", "img_nonoise", "params", "snr", "draws")
-"""The arrays of a part (and ``psf_img`` where the PSF varies)."""
+"""The arrays of a part (and ``psf_img`` where the PSF varies, ``stamp`` for the stamp model)."""
 
 MAX_ATTEMPTS = 10_000
 """Candidates a sample may draw before the SNR window is declared unreachable."""
@@ -55,6 +57,8 @@ def simulate_chunk(
     }
     if spec.psf_varies:
         out["psf_img"] = np.empty((m, *shape), np.float32)
+    if spec.stamp_model:
+        out["stamp"] = np.empty((m, len(STAMP_COLUMNS)))
     pending = np.arange(m)
     while pending.size:
         draws = draw_candidates(spec, indices[pending], attempts[pending])
@@ -62,6 +66,8 @@ def simulate_chunk(
         attempts[pending] += 1
         done = pending[res.accepted]
         out["params"][done] = draws.array[res.accepted]
+        if spec.stamp_model:
+            out["stamp"][done] = draws.stamp[res.accepted]
         out["snr"][done] = res.snr[res.accepted]
         out["img"][done] = res.img
         out["img_nonoise"][done] = res.img_nonoise
@@ -181,11 +187,16 @@ def write_part(path: Path, spec: DatasetSpec, parts: list[Part], start: int, sto
         _stream(w, "params", parts, "params", (len(DRAW_COLUMNS),), np.float64)
         _stream(w, "snr", parts, "snr", (), np.float64)
         _stream(w, "draws", parts, "draws", (), np.int32)
+        if spec.stamp_model:
+            _stream(w, "stamp", parts, "stamp", (len(STAMP_COLUMNS),), np.float64)
 
 
 def metadata_table(spec: DatasetSpec, draws: Draws, snr: np.ndarray, attempts: np.ndarray, start: int = 0):
     """The per-image metadata as a DataFrame: index, seed, candidates drawn, the drawn parameters, SNR."""
     table = pd.DataFrame(draws.array, columns=list(DRAW_COLUMNS))
+    if draws.stamp is not None:
+        for j, name in enumerate(STAMP_COLUMNS):
+            table[name] = draws.stamp[:, j].astype(np.int64) if name == "psf_index" else draws.stamp[:, j]
     table.insert(0, "index", np.arange(start, start + len(draws)))
     table.insert(1, "seed", spec.seed)
     table.insert(2, "draws", attempts.astype(np.int64))
@@ -203,16 +214,22 @@ class _Stream:
 def write_dataset(path: Path, spec: DatasetSpec, parts: list[Part]) -> None:
     """Join parts covering every sample into the dataset file (:data:`galparam.schema.DATASET_SCHEMA`,
     entry by entry in its order) and its metadata CSV."""
-    draws = Draws(np.concatenate([p.read("params") for p in parts]))
+    stamp = np.concatenate([p.read("stamp") for p in parts]) if spec.stamp_model else None
+    draws = Draws(np.concatenate([p.read("params") for p in parts]), stamp)
     snr = np.concatenate([p.read("snr") for p in parts])
     attempts = np.concatenate([p.read("draws") for p in parts])
     csv_text = metadata_table(spec, draws, snr, attempts).to_csv(index=False, lineterminator="\n")
     write_text_atomic(path.with_suffix(".csv"), csv_text)
     if spec.psf_varies:
         psf = _Stream(parts)
+    elif spec.stamp_model:
+        psf = stamp_model_for(StampConfig.from_spec(spec)).psf_rows(draws[:1])
     else:
         psf = renderer_for(spec.renderer, spec.geometry).psf_image(spec.priors["psf_fwhm"].low)[None]
-    provenance = renderer_provenance(spec.renderer, spec.geometry)
+    if spec.stamp_model:
+        provenance = {"renderer": spec.renderer, "model": "galparam.kspace.stamps", "galsim": galsim_version()}
+    else:
+        provenance = renderer_provenance(spec.renderer, spec.geometry)
     values = {
         "img": _Stream(parts),
         "img_nonoise": _Stream(parts),
@@ -222,6 +239,9 @@ def write_dataset(path: Path, spec: DatasetSpec, parts: list[Part]) -> None:
         "snr": snr,
         "sigma": draws.sigma,
         "psf_fwhm": draws.psf_fwhm,
+        "centre": None if stamp is None else stamp[:, :2],
+        "sky": None if stamp is None else draws.stamp_column("sky"),
+        "psf_index": None if stamp is None else draws.stamp_column("psf_index"),
         "draws": attempts,
         "spec": np.array(spec.to_yaml()),
         "renderer": np.array(json.dumps(provenance, sort_keys=True)),
@@ -232,6 +252,8 @@ def write_dataset(path: Path, spec: DatasetSpec, parts: list[Part]) -> None:
     with atomic_path(path, suffix=".npz") as tmp, NpzWriter(tmp) as w:
         for entry in DATASET_SCHEMA:
             value = values[entry.key]
+            if value is None:  # the stamp model's entries, for a spec without it
+                continue
             if isinstance(value, _Stream):
                 _stream(w, entry.key, value.parts, entry.key, entry.row_shape(spec.geometry.stamp_size), entry.dtype)
             elif entry.dtype == "str":

@@ -47,8 +47,9 @@ class SNRScreen:
 
     @classmethod
     def applies(cls, spec: DatasetSpec) -> bool:
-        """Whether the screen can bound this spec's candidates (an SNR window, |g| within its nodes)."""
-        return spec.snr_window is not None and cls._largest_shear(spec) <= cls.SHEAR_NODES[-1]
+        """Whether the screen can bound this spec's candidates (an SNR window, |g| within its nodes,
+        the Moffat's centred galaxies)."""
+        return spec.snr_window is not None and not spec.stamp_model and cls._largest_shear(spec) <= cls.SHEAR_NODES[-1]
 
     @staticmethod
     def _largest_shear(spec: DatasetSpec) -> float:

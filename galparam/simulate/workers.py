@@ -19,6 +19,7 @@ from galparam.render import GalSimRenderer, renderer_for
 from galparam.schema import Draws
 from galparam.simulate.draws import STREAM_NOISE
 from galparam.specs import DatasetSpec
+from galparam.stamp_model import StampConfig, stamp_model_for
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,19 @@ class RenderConfig:
     snr_window: tuple | None
     psf_varies: bool
     renderer: str
+    stamp: StampConfig | None = None
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> RenderConfig:
-        return cls(spec.seed, spec.geometry, spec.poisson_noise, spec.snr_window, spec.psf_varies, spec.renderer)
+        return cls(
+            spec.seed,
+            spec.geometry,
+            spec.poisson_noise,
+            spec.snr_window,
+            spec.psf_varies,
+            spec.renderer,
+            StampConfig.from_spec(spec),
+        )
 
 
 @dataclass
@@ -54,10 +64,15 @@ class CandidateRenderer:
 
     def __init__(self, config: RenderConfig, renderer=None):
         self.config = config
-        self.renderer = renderer or renderer_for(config.renderer, config.geometry)
+        if config.stamp is not None:
+            self.stamp_model, self.renderer = stamp_model_for(config.stamp), None
+        else:
+            self.stamp_model, self.renderer = None, renderer or renderer_for(config.renderer, config.geometry)
 
     def noiseless(self, draws: Draws) -> np.ndarray:
-        """(m, S, S) float32 noiseless images of the candidates."""
+        """(m, S, S) float32 noiseless images of the candidates (the stamp model's: without the sky)."""
+        if self.stamp_model is not None:
+            return self.stamp_model.images(draws).astype(np.float32)
         return self.renderer.images(*draws.labels.T, draws.psf_fwhm)
 
     def __call__(self, indices: np.ndarray, draws: Draws) -> Rendered:
@@ -72,7 +87,15 @@ class CandidateRenderer:
         img = np.empty((len(rows), *cfg.geometry.shape), np.float32)
         for out, row in enumerate(rows):
             img[out] = self.add_noise(int(indices[row]), clean[row], draws.sigma[row])
-        psf_img = self.renderer.psf_images(draws.psf_fwhm[rows]) if cfg.psf_varies else None
+        if self.stamp_model is not None:  # the SNR and the noise are the galaxy's; the sky is a level
+            sky = draws.stamp_column("sky").astype(np.float32)[:, None, None]
+            clean += sky
+            img += sky[rows]
+        psf_img = None
+        if cfg.psf_varies and self.stamp_model is not None:
+            psf_img = self.stamp_model.psf_rows(draws[rows])
+        elif cfg.psf_varies:
+            psf_img = self.renderer.psf_images(draws.psf_fwhm[rows])
         return Rendered(accepted, snr, img, clean[rows], psf_img)
 
     def add_noise(self, index: int, image: np.ndarray, sigma: float) -> np.ndarray:

@@ -30,6 +30,17 @@ Example (``data/v1.yaml``)::
       sigma: {fixed: 200}                      # or {integers: [200, 400]}, counts
 
 Instead of ``shear_amplitude`` and ``shear_angle`` a spec may give ``g1`` and ``g2`` directly.
+
+A spec may also make images that look like a survey's (the stamp model, :mod:`galparam.kspace.stamps`):
+priors on the galaxy's centre ``dx``, ``dy`` (pixels from the stamp's centre) and a constant ``sky``
+(counts per pixel), and PSF images instead of the Moffat, each galaxy taking one of the file's PSFs
+at random (:mod:`galparam.psf_file`; ``psf_fwhm`` then comes from the images)::
+
+    psf: {images: psfs.fits}                   # relative to the spec; oversampling, includes_pixel
+    priors:
+      dx: {uniform: [-3, 3]}                   # pixels
+      dy: {uniform: [-3, 3]}
+      sky: {uniform: [-5, 5]}                  # counts per pixel
 A spec may extend another (``base: v1.yaml``, :mod:`galparam.specs.files`).
 """
 
@@ -44,9 +55,11 @@ import numpy as np
 import yaml
 
 from galparam.errors import SpecError
+from galparam.frame import PIXEL_SCALE, STAMP_SIDE
 from galparam.geometry import GEOMETRY_SETTINGS, Geometry
 from galparam.interval import Interval
 from galparam.parameters import PARAMETERS, sersic_grid
+from galparam.psf_file import PSFImagesSpec, parse_psf_images
 from galparam.render import DEFAULT_RENDERER, RENDERERS
 from galparam.settings import Setting, check_setting, read_settings, yaml_number
 from galparam.specs.files import read_spec_file
@@ -69,6 +82,7 @@ DATASET_SETTINGS = {
         choices=tuple(RENDERERS),
     ),
     "priors": Setting(dict, help="the parameters' priors", raw=True),
+    "psf": Setting(dict, None, "PSF images instead of the Moffat: {images: FILE} (galparam.psf_file)", raw=True),
 }
 """The keys of a dataset spec."""
 
@@ -82,11 +96,19 @@ PRIOR_KINDS = {
     "g2": ("fixed", "uniform"),
     "psf_fwhm": ("fixed", "uniform"),
     "sigma": ("fixed", "integers"),
+    "dx": ("fixed", "uniform"),
+    "dy": ("fixed", "uniform"),
+    "sky": ("fixed", "uniform"),
 }
 """The prior kinds each parameter takes; the accepted values are the parameter's valid range
 (:data:`galparam.parameters.PARAMETERS`)."""
 
 _COMMON_PRIORS = ("flux", "sersic_n", "hlr", "psf_fwhm", "sigma")
+STAMP_PRIORS = ("dx", "dy", "sky")
+"""Priors of the stamp model only (a spec without them draws centred galaxies on no sky)."""
+STAMP_DRAW_ORDER = ("dx", "dy", "sky", "psf_index")
+"""The stamp model's deviates, from their own stream (so the others' numbers are those of a spec
+without them)."""
 _SHEAR_FORMS = (("shear_amplitude", "shear_angle"), ("g1", "g2"))
 
 DRAW_ORDER = ("flux", "sersic_n", "hlr", "shear_a", "shear_b", "psf_fwhm", "sigma")
@@ -151,6 +173,12 @@ class DatasetSpec:
     renderer: str
     priors: dict = field(repr=False)
     source: str = field(default="<spec>", compare=False)
+    psf: PSFImagesSpec | None = None
+
+    @property
+    def stamp_model(self) -> bool:
+        """Whether the images need the stamp model: PSF images, or a centre or sky prior."""
+        return self.psf is not None or any(name in self.priors for name in STAMP_PRIORS)
 
     @property
     def shear_form(self) -> tuple[str, str]:
@@ -159,14 +187,30 @@ class DatasetSpec:
 
     @property
     def psf_varies(self) -> bool:
+        """Whether images differ in their PSF (a PSF image each is stored then)."""
+        if self.psf is not None:
+            return self.psf_count > 1
         return not self.priors["psf_fwhm"].is_fixed
+
+    @property
+    def psf_count(self) -> int:
+        """How many PSF images the spec's file holds (0 for a Moffat spec)."""
+        if self.psf is None:
+            return 0
+        return self.psf.count
+
+    def stamp_priors(self) -> tuple[Prior, ...]:
+        """The priors in :data:`STAMP_DRAW_ORDER` but the PSF index (fixed at 0 where not given)."""
+        return tuple(self.priors.get(name, Prior("fixed", 0.0, 0.0)) for name in STAMP_PRIORS)
 
     @property
     def draw_priors(self) -> tuple[Prior, ...]:
         """The priors in :data:`DRAW_ORDER`."""
         a, b = self.shear_form
         p = self.priors
-        return (p["flux"], p["sersic_n"], p["hlr"], p[a], p[b], p["psf_fwhm"], p["sigma"])
+        # with PSF images, the FWHM is that of the image drawn (its deviate is left unused)
+        fwhm = p["psf_fwhm"] if self.psf is None else Prior("fixed", 0.0, 0.0)
+        return (p["flux"], p["sersic_n"], p["hlr"], p[a], p[b], fwhm, p["sigma"])
 
     def with_overrides(self, *, size: int | None = None, seed: int | None = None) -> DatasetSpec:
         """A copy with ``size`` and/or ``seed`` replaced (checked like the file's values)."""
@@ -181,6 +225,10 @@ class DatasetSpec:
         out = {key: getattr(self.geometry if key in GEOMETRY_SETTINGS else self, key) for key in DATASET_SETTINGS}
         out["snr_window"] = list(self.snr_window) if self.snr_window else None
         out["priors"] = {k: v.to_yaml() for k, v in self.priors.items()}
+        if self.psf is None:
+            del out["psf"]  # the specs of before PSF images keep their digests
+        else:
+            out["psf"] = self.psf.to_dict()
         return out
 
     def to_yaml(self) -> str:
@@ -224,15 +272,20 @@ def _parse_prior(source: str, name: str, raw, grid_size: int) -> Prior:
     return Prior(kind, float(values[0]), float(values[1]), grid_size if kind == "discretized" else 0)
 
 
-def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
+def spec_from_dict(raw, source: str = "<spec>", *, recorded: bool = False) -> DatasetSpec:
     """Validate a mapping (as read from YAML) into a :class:`DatasetSpec`.
 
     Raises
     ------
     SpecError
         On an unknown or missing key, a wrong type, a value out of range or an inverted range.
+
+    A ``recorded`` spec (a dataset's) may name PSF images that are not here
+    (:func:`~galparam.psf_file.parse_psf_images`).
     """
     values = read_settings(raw, DATASET_SETTINGS, source, "a dataset spec")
+    if values["psf"] is not None:
+        values["psf"] = parse_psf_images(values["psf"], source, recorded=recorded)
 
     window = values["snr_window"]
     if window is not None:
@@ -252,6 +305,10 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
     if unknown:
         raise SpecError(f"{source}: priors: unknown parameter {unknown[0]!r}; accepted: {', '.join(PRIOR_KINDS)}")
     for name in _COMMON_PRIORS:
+        if name == "psf_fwhm" and values["psf"] is not None:
+            if name in raw_priors:
+                raise SpecError(f"{source}: priors.psf_fwhm: with psf images the FWHM is each image's; remove it")
+            continue
         if name not in raw_priors:
             raise SpecError(f"{source}: priors: missing {name!r}")
     forms = [f for f in _SHEAR_FORMS if any(k in raw_priors for k in f)]
@@ -261,7 +318,8 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
         )
     priors = {
         name: _parse_prior(source, name, raw_priors[name], values["sersic_grid_size"])
-        for name in (*_COMMON_PRIORS, *forms[0])
+        for name in (*_COMMON_PRIORS, *forms[0], *STAMP_PRIORS)
+        if name in raw_priors
     }
     for name, prior in priors.items():
         if prior.kind == "discretized" and name != "sersic_n":
@@ -281,7 +339,27 @@ def spec_from_dict(raw, source: str = "<spec>") -> DatasetSpec:
             raise SpecError(f"{source}: priors: g1 and g2 can reach |g| = {g_max:.3g}; the shear must stay below 1")
     values["priors"] = priors
     geometry = Geometry(**{key: values.pop(key) for key in GEOMETRY_SETTINGS})
-    return DatasetSpec(source=source, geometry=geometry, **values)
+    spec = DatasetSpec(source=source, geometry=geometry, **values)
+    if spec.stamp_model:
+        _check_stamp_model(spec)
+    return spec
+
+
+def _check_stamp_model(spec: DatasetSpec) -> None:
+    """The stamp model's limits: its renderer, the stamp's sides and scale, centres inside the stamp."""
+    source = spec.source
+    if spec.renderer != "kspace":
+        raise SpecError(f"{source}: renderer: {spec.renderer}: PSF images, centre and sky priors draw with kspace")
+    side, scale = spec.geometry.stamp_size, spec.geometry.pixel_scale
+    if not (STAMP_SIDE.contains(side) and PIXEL_SCALE.contains(scale)):
+        raise SpecError(
+            f"{source}: with PSF images, centre or sky priors a stamp has {STAMP_SIDE.text()} pixels a side "
+            f"of {PIXEL_SCALE.text()} arcsec; got {side} and {scale:g}"
+        )
+    for name in ("dx", "dy"):
+        prior = spec.priors.get(name)
+        if prior is not None and max(abs(prior.low), abs(prior.high)) > side / 2:
+            raise SpecError(f"{source}: priors.{name}: {prior.to_yaml()} puts galaxies off a {side}-pixel stamp")
 
 
 def load_spec(path) -> DatasetSpec:
@@ -298,4 +376,4 @@ def load_spec(path) -> DatasetSpec:
 
 def spec_from_yaml_text(text: str, source: str = "<dataset>") -> DatasetSpec:
     """Validate a spec from YAML text (as recorded inside a dataset)."""
-    return spec_from_dict(yaml.safe_load(text), source=source)
+    return spec_from_dict(yaml.safe_load(text), source=source, recorded=True)
