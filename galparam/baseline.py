@@ -25,11 +25,14 @@ from galparam.estimator import load_estimator
 from galparam.evaluate.fit import BatchedFit, ConvergenceWarning
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.galsim_fit import GalSimFit
+from galparam.evaluate.stamp_fit import StampFit
 from galparam.io import write_json_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
 from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
 from galparam.runs import RunFolder
+from galparam.stamp import Stamp
+from galparam.stamp_model import StampConfig, stamp_model_for
 
 CORRELATED = (("flux", "sersic_n"), ("flux", "hlr"), ("sersic_n", "hlr"))
 """Pairs whose correlation a fits file records (strongly correlated at these SNRs)."""
@@ -66,14 +69,15 @@ def _rows(indices, fitter) -> list[list]:
     """``fits.csv`` rows of a fitter's results (:class:`~galparam.evaluate.fit.Fit`)."""
     at = {name: i for i, name in enumerate(LABEL_NAMES)}
     rows = []
+    labels = len(LABEL_NAMES)  # a stamp fit's centre and sky are left out
     for k, (index, r) in enumerate(zip(indices, fitter.results_, strict=True)):
         err = fitter.std_[k]
         corr = [fitter.covariance_[k, at[a], at[b]] / (err[at[a]] * err[at[b]]) for a, b in CORRELATED]
         rows.append(
             [
                 index,
-                *r.theta.tolist(),
-                *err.tolist(),
+                *r.theta[:labels].tolist(),
+                *err[:labels].tolist(),
                 *(round(float(c), 6) for c in corr),
                 int(r.converged),
                 r.nll,
@@ -88,12 +92,32 @@ def _rows(indices, fitter) -> list[list]:
 
 def _fit_task(task) -> list[list]:
     """Rows of one task: a batch of images (k-space) or one image (GalSim)."""
-    indices, images, psf_fwhm, sigma, poisson, geometry, box, init, renderer = task
+    indices, images, psf_fwhm, sigma, poisson, geometry, box, init, renderer, stamps = task
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the 'converged' column
+        if stamps is not None:
+            return _rows(indices, _fit_stamps(images, psf_fwhm, sigma, poisson, init, *stamps))
         fitter = FITS[renderer](box=box, poisson=poisson, renderer=renderer_for(renderer, geometry))
         options = {"concurrency": FIT_CONCURRENCY} if renderer == KSpaceRenderer.NAME else {}
         return _rows(indices, fitter.fit(images, psf_fwhm, sigma, init, **options))
+
+
+def _fit_stamps(images, psf_fwhm, sigma, poisson, init, config: StampConfig, psf_index, fit_sky: bool) -> StampFit:
+    """A survey-like dataset's images fitted as stamps (:class:`~galparam.evaluate.stamp_fit.StampFit`)
+    with each image's own PSF, the centre free and the sky where its prior varies."""
+    model = stamp_model_for(config)
+    stamps = [
+        Stamp.from_arrays(
+            image,
+            model.frame(psf_index[k] if model.frames is not None else psf_fwhm[k]),
+            noise_sigma=float(sigma[k]),
+            gain=1.0 if poisson else None,
+        )
+        for k, image in enumerate(images)
+    ]
+    if init is not None:  # a network's five labels, at the stamp's centre on no sky
+        init = np.column_stack([init, np.zeros((len(init), 3))])
+    return StampFit(fit_sky=fit_sky).fit(stamps, init)
 
 
 def _read_done(path: Path) -> int:
@@ -158,10 +182,11 @@ def run_baseline(
     if renderer not in RENDERERS:
         raise GalparamError(f"renderer {renderer!r}: accepted {', '.join(RENDERERS)}", argument="renderer")
     ds = load_dataset(dataset_path)
-    if ds.spec.stamp_model:
+    if ds.spec.stamp_model and renderer != KSpaceRenderer.NAME:
         raise GalparamError(
-            f"{dataset_path}: drawn with PSF images or centre and sky priors; the dataset fit draws centred "
-            "galaxies through its Moffat: fit these images with galparam.measure (Stamp.from_arrays, StampFit)"
+            f"renderer {renderer}: {dataset_path} was drawn with PSF images or centre and sky priors, which "
+            "are fitted on the k-space stamp model (renderer kspace)",
+            argument="renderer",
         )
     output = Path(output)
     total = len(ds) if n_images is None else int(n_images)
@@ -181,6 +206,7 @@ def run_baseline(
         "fit_box": box.to_dict(),
         "init": "given" if init is not None else "adaptive moments",
         "renderer": renderer,
+        **({"model": "stamps: centre free, each image's PSF"} if ds.spec.stamp_model else {}),
         **(init_source or {}),
     }
     sidecar = output.with_name(output.name + ".json")
@@ -208,6 +234,13 @@ def run_baseline(
     spec = ds.spec
     geometry = spec.geometry
     per_task = FIT_BATCH[renderer]
+    stamps = None
+    if spec.stamp_model:
+        sky_varies = "sky" in spec.priors and not spec.priors["sky"].is_fixed
+        if spec.psf is not None and not spec.psf.available:
+            names = ", ".join(str(path) for path in spec.psf.paths)
+            raise GalparamError(f"{dataset_path}: fits need the PSF images that drew it, {names}, which are not here")
+        stamps = (StampConfig.from_spec(spec), ds.extra["psf_index"], sky_varies)
     tasks = (
         (
             list(range(a, min(a + per_task, total))),
@@ -219,6 +252,7 @@ def run_baseline(
             box,
             None if init is None else init[a : min(a + per_task, total)],
             renderer,
+            None if stamps is None else (stamps[0], stamps[1][a : min(a + per_task, total)], stamps[2]),
         )
         for a in range(done, total, per_task)
     )

@@ -62,10 +62,10 @@ class StampModel:
             ]
             self.psf_images = np.stack([frame.psf_image() for frame in self.frames]).astype(np.float32)
             grid = MOFFAT_FWHM_PIXELS * geometry.pixel_scale
-            moffats = np.stack([self._frame(fwhm, moffat=True).psf_image() for fwhm in grid])
+            moffats = np.stack([self.frame(fwhm, moffat=True).psf_image() for fwhm in grid])
             self.psf_fwhm = fwhm_by_effective_area(self.psf_images, moffats, grid)
 
-    def _frame(self, key: float, *, moffat: bool = False) -> Frame:
+    def frame(self, key: float, *, moffat: bool = False) -> Frame:
         """PSF image ``key``'s frame, or (a Moffat spec, or ``moffat``) the Moffat's of FWHM ``key``."""
         if self.frames is not None and not moffat:
             return self.frames[int(key)]
@@ -89,7 +89,7 @@ class StampModel:
         jac = np.empty((len(theta), theta.shape[1], *self.config.geometry.shape)) if derivatives else None
         for key in np.unique(keys):
             rows = np.flatnonzero(keys == key)
-            frame = self._frame(key)
+            frame = self.frame(key)
             # at most FIT_FFT_SIDES times the stamp, as fits draw: GalSim's 99.5 %-of-the-flux FFT
             # reaches 4096 for a 20-pixel n = 6 galaxy; the tail's wrap-around stays ≲ 3e-5 of the peak
             grid = stamp_grid(self.tables, frame, theta[rows], max_size=fit_fft_size(frame))
@@ -106,7 +106,7 @@ class StampModel:
             return self.psf_images[draws.stamp_column("psf_index").astype(np.int64)]
         out = np.empty((len(draws), *self.config.geometry.shape), np.float32)
         for fwhm in np.unique(draws.psf_fwhm):
-            out[draws.psf_fwhm == fwhm] = self._frame(fwhm).psf_image()
+            out[draws.psf_fwhm == fwhm] = self.frame(fwhm).psf_image()
         return out
 
 

@@ -17,6 +17,7 @@ from galparam.data import load_dataset
 from galparam.errors import GalparamError, SpecError
 from galparam.evaluate.crb import dataset_bounds
 from galparam.fresh import draw
+from galparam.parameters import LABEL_NAMES
 from galparam.simulate import simulate
 from galparam.specs import load_spec, spec_from_yaml_text
 from galparam.train import train
@@ -131,7 +132,7 @@ def test_a_survey_dataset_reads_without_its_psf_file_and_says_what_needs_it(tmp_
     assert ds.spec.psf.count == 2 and ds.spec.psf_varies
     with pytest.raises(GalparamError, match="PSF images that drew it.*not here"):
         dataset_bounds(ds, progress=False)
-    with pytest.raises(GalparamError, match="fit these images with galparam.measure"):
+    with pytest.raises(GalparamError, match="fits need the PSF images that drew it"):
         run_baseline(tmp_path / "s.npz", tmp_path / "fits.csv", progress=False)
     recorded = spec_from_yaml_text(str(np.load(tmp_path / "s.npz")["spec"]), source=str(tmp_path / "s.npz"))
     assert recorded.digest() == ds.spec.digest()
@@ -196,3 +197,19 @@ def test_a_network_trains_on_a_survey_like_dataset_and_evaluates_against_its_own
     np.testing.assert_allclose(
         pd.read_csv(out, index_col=0).to_numpy(), dataset_bounds(ds, np.arange(6), progress=False).to_numpy(), rtol=1e-6
     )
+
+
+def test_the_likelihood_fit_of_a_survey_like_dataset_finds_centre_and_sky_and_its_errors_are_the_bounds(tmp_path):
+    path, _ = psf_file(tmp_path / "psfs.fits")
+    spec = survey_spec(path, size=12, snr_window=[40, 100])
+    simulate(spec, tmp_path / "s.npz", jobs=1, progress=False)
+    fits_table = run_baseline(tmp_path / "s.npz", tmp_path / "fits.csv", jobs=1, progress=False)
+    ds = load_dataset(tmp_path / "s.npz")
+    bounds = dataset_bounds(ds, progress=False).to_numpy()
+    estimate = fits_table[list(LABEL_NAMES)].to_numpy()
+    errors = fits_table[[f"{n}_err" for n in LABEL_NAMES]].to_numpy()
+    assert fits_table.converged.all()
+    assert (np.abs(estimate - ds.label) / bounds < 4.5).all()  # within the bounds' reach
+    np.testing.assert_allclose(np.median(errors / bounds, axis=0), 1.0, atol=0.15)
+    manifest = json.loads((tmp_path / "fits.csv.json").read_text())
+    assert manifest["model"].startswith("stamps")
