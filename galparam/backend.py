@@ -42,13 +42,48 @@ class _OneDevice:
         return contextlib.nullcontext()
 
 
+class _DataParallel:
+    """Keras's ``DataParallel`` distribution over every device JAX sees: the variables replicated,
+    each batch split across the devices, the gradients summed (the same losses as one device, to
+    float rounding). It is global in Keras, so :func:`distributing` sets it for a whole training."""
+
+    def __init__(self):
+        import jax
+        import keras
+
+        self.devices = jax.devices()
+        self.num_replicas_in_sync = len(self.devices)
+        self.distribution = keras.distribution.DataParallel(devices=self.devices)
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def distributing(self):
+        import keras
+
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(self.distribution)
+        try:
+            yield self
+        finally:
+            keras.distribution.set_distribution(previous)
+
+
+def distributing(strategy):
+    """The context a training runs in: Keras's global distribution set for ``data_parallel``,
+    nothing for the others (a ``tf.distribute`` strategy acts through its ``scope``)."""
+    return strategy.distributing() if isinstance(strategy, _DataParallel) else contextlib.nullcontext()
+
+
 def strategy(kind: str | None):
     """The distribution strategy of an experiment's ``strategy`` setting.
 
     Parameters
     ----------
-    kind : {None, "mirrored", "multi_worker"}
-        None: one device (TensorFlow's default strategy, or a plain scope on other backends).
+    kind : {None, "mirrored", "multi_worker", "data_parallel"}
+        None: one device (TensorFlow's default strategy, or a plain scope on other backends);
+        ``data_parallel``: Keras's distribution API over JAX's devices (:func:`distributing`).
 
     Raises
     ------
@@ -57,6 +92,13 @@ def strategy(kind: str | None):
     """
     import os
 
+    if kind == "data_parallel":
+        if name() != "jax":
+            raise TrainingError(
+                f"strategy data_parallel runs on Keras's JAX backend (this process runs on {name()}); "
+                "on TensorFlow use strategy mirrored"
+            )
+        return _DataParallel()
     if not is_tensorflow():
         if kind is not None:
             raise TrainingError(

@@ -341,6 +341,22 @@ def search_pipelines(spec: ExperimentSpec, data: ExperimentData):
 # ----------------------------------------------------------------------------- the run
 
 
+def _check_replicas(strategy, spec: ExperimentSpec, data: ExperimentData) -> None:
+    """Refuse a batch that the devices cannot share evenly (each gets an equal slice of every batch)."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1 or spec.strategy != "data_parallel":
+        return
+    sizes = {"batch_size": spec.batch_size, "the validation split's last batch": len(data.val) % spec.batch_size}
+    if data.fresh is None:
+        sizes["the training split's last batch"] = len(data.train) % spec.batch_size
+    for what, size in sizes.items():
+        if size % replicas:
+            raise TrainingError(
+                f"strategy data_parallel over {replicas} devices: {what} is {size} images, not a multiple of "
+                f"{replicas}; choose batch_size (and max_images) so that every batch splits evenly"
+            )
+
+
 def restoration_validation(denoiser, data: ExperimentData) -> dict:
     """A denoiser's validation metrics: residual RMS, PSNR and SSIM of the restored and the noisy images."""
     noisy, clean = data.images[data.val], data.dataset.img_nonoise[data.val]
@@ -513,19 +529,21 @@ def train(
         hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr}, denoiser=denoiser)
         scalers = Scalers.for_run(run, family, data, image=denoiser.image_scaler if spec.joint else None)
         trained = {}
-        for stage in stages:
-            trained[stage.name] = _run_stage(
-                stage.name,
-                run,
-                spec,
-                strategy,
-                partial(hm.build_fixed, stage.name, dict(trained)),
-                partial(stage_pipelines, stage, spec, data, scalers),
-                history,
-                plateau=stage.plateau,
-                verbose=verbose,
-                deadline=deadline,
-            )
+        _check_replicas(strategy, spec, data)
+        with backend.distributing(strategy):
+            for stage in stages:
+                trained[stage.name] = _run_stage(
+                    stage.name,
+                    run,
+                    spec,
+                    strategy,
+                    partial(hm.build_fixed, stage.name, dict(trained)),
+                    partial(stage_pipelines, stage, spec, data, scalers),
+                    history,
+                    plateau=stage.plateau,
+                    verbose=verbose,
+                    deadline=deadline,
+                )
         with strategy.scope():
             model = hm.finish(trained)
         _save_model(model, run.model_path)

@@ -4,6 +4,7 @@ drawing, fitting and studying without GalSim or TensorFlow.
 Tests marked ``backends`` run again under ``KERAS_BACKEND=jax`` in ``make test``.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -113,6 +114,11 @@ def test_strategies_and_determinism_follow_the_backend():
             backend.strategy("mirrored")
         with pytest.raises(TrainingError, match="AutoKeras.*TensorFlow backend only"):
             backend.require_tensorflow("AutoKeras")
+    if backend.name() == "jax":
+        assert backend.strategy("data_parallel").num_replicas_in_sync == 1  # the one CPU device here
+    else:
+        with pytest.raises(TrainingError, match="strategy data_parallel runs on Keras's JAX backend"):
+            backend.strategy("data_parallel")
 
 
 @pytest.mark.backends
@@ -223,6 +229,60 @@ def test_the_toy_gpu_study_runs_on_jax_without_tensorflow_or_galsim(tmp_path):
     assert list(validation.parameter) == ["flux", "sersic_n", "hlr", "g1", "g2"]
     assert (validation.ratio > 0).all()
     assert len(pd.read_csv(out / "history.csv")) == 2
+
+
+DATA_PARALLEL = """
+import json, sys
+from galparam.specs import experiment_from_dict
+from galparam.train import train
+raw = json.loads(sys.argv[1])
+histories = {}
+for strategy in (None, "data_parallel"):
+    spec = experiment_from_dict({**raw, "strategy": strategy}, source="dp.yaml")
+    run = train(spec, sys.argv[2] + "/" + str(strategy), verbose=0)
+    histories[str(strategy)] = open(run / "history.csv").read()
+print(json.dumps(histories))
+"""
+
+
+@pytest.mark.slow  # trains twice
+def test_data_parallel_over_two_cpu_devices_trains_to_the_one_device_losses(datasets, tmp_path):
+    """``strategy: data_parallel`` (Keras's DataParallel on JAX) on a CPU split into two devices, as
+    a machine with two GPUs runs it: each batch shared by the devices, the same losses."""
+    raw = {
+        "name": "dp",
+        "family": "xception",
+        "dataset": str(datasets["fixed"]),
+        "hyperparameters": {"conv2d_num_filters": 8, "sep_num_filters": 16, "num_residual_blocks": 1},
+        "batch_size": 32,
+        "epochs": 2,
+        "seed": 3,
+    }
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL, json.dumps(raw), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    histories = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = (pd.read_csv(io.StringIO(histories[k])) for k in ("None", "data_parallel"))
+    assert len(one) == len(two) == 2
+    for column in ("loss", "val_loss"):
+        np.testing.assert_allclose(two[column], one[column], rtol=1e-4)
+    # a batch the two devices cannot share is refused before training
+    env["KERAS_BACKEND"] = "jax"
+    odd = {**raw, "batch_size": 33}
+    refused = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL, json.dumps(odd), str(tmp_path / "odd")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert refused.returncode != 0 and "batch_size is 33 images, not a multiple of 2" in refused.stderr
 
 
 @pytest.mark.slow

@@ -84,7 +84,12 @@ EXPERIMENT_SETTINGS = {
         int, None, "use only the first N images of the dataset", range=Interval.closed(2, 100_000_000)
     ),
     "seed": Setting(int, 0, "seed of weights, shuffling and dropout", range=Interval.closed(0, 2**31 - 1)),
-    "strategy": Setting(None, None, "tf.distribute strategy", choices=(None, "mirrored", "multi_worker")),
+    "strategy": Setting(
+        None,
+        None,
+        "several devices: mirrored or multi_worker (tf.distribute, TensorFlow), data_parallel (keras.distribution, JAX)",
+        choices=(None, "mirrored", "multi_worker", "data_parallel"),
+    ),
     "keep_checkpoints": Setting(int, 3, "epoch checkpoints kept (besides the best)", range=Interval.closed(1, 100_000)),
     "stages": Setting(list, list(_STAGED.stage_names), f"{_STAGED.name} stages, in order", raw=True),
     "loss": Setting(
