@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.galparam-installed
 
-.PHONY: demo test test-fast system-packages bench bench-denoise lint format clean reproduce gpu-study
+.PHONY: demo test test-fast system-packages bench bench-denoise bench-peers lint format clean reproduce gpu-study
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ GPU_STUDY_PYTHON ?= $(BIN)/python
 DENOISE_OUT ?= bench-denoise
 bench-denoise: $(STAMP)
 	$(BIN)/python benchmarks/bench_denoise.py $(DENOISE_OUT) $(BENCH_DENOISE_FLAGS)
+
+# galparam beside pysersic and AstroPhot (their own environment, bench-peers/.venv, installed from PyPI on
+# first use; about an hour on 2 cores at 200 stamps a geometry): docs/measure.md
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/bench_peers.py $(BENCH_PEERS_FLAGS)
 
 gpu-study: $(if $(filter $(BIN)/python,$(GPU_STUDY_PYTHON)),$(STAMP))
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(GPU_STUDY_PYTHON) benchmarks/gpu_study.py $(OUT) $(GPU_STUDY_FLAGS)
