@@ -40,7 +40,7 @@ def naive_rate(spec, n_images: int, seed: int = 0) -> float:
     """Images per second of the naive loop (accepted images only)."""
     rng = np.random.default_rng(seed)
     p = spec.priors
-    psf = galsim.Moffat(beta=spec.psf_beta, fwhm=p["psf_fwhm"].low)
+    psf = galsim.Moffat(beta=spec.geometry.psf_beta, fwhm=p["psf_fwhm"].low)
     lo, hi = spec.snr_window
     accepted = 0
     t0 = time.perf_counter()
