@@ -3,6 +3,7 @@ model). Oracles: GalSim's drawImage of each galaxy, the Moffat datasets' own ima
 byte equality whatever the workers."""
 
 import json
+import shutil
 
 import galsim
 import numpy as np
@@ -213,3 +214,13 @@ def test_the_likelihood_fit_of_a_survey_like_dataset_finds_centre_and_sky_and_it
     np.testing.assert_allclose(np.median(errors / bounds, axis=0), 1.0, atol=0.15)
     manifest = json.loads((tmp_path / "fits.csv.json").read_text())
     assert manifest["model"].startswith("stamps")
+
+
+def test_a_spec_extending_a_survey_spec_finds_the_bases_psf_files(tmp_path):
+    """The base's PSF files are relative to the base's folder, not the extending spec's."""
+    shutil.copytree(DATA, tmp_path / "data", ignore=shutil.ignore_patterns("*.npz", "*.csv", "*.parts"))
+    (tmp_path / "data" / "extends" / "deeper").mkdir(parents=True)
+    (tmp_path / "data" / "extends" / "deeper" / "mine.yaml").write_text("base: ../../hst-like.yaml\nname: mine\n")
+    spec = load_spec(tmp_path / "data" / "extends" / "deeper" / "mine.yaml")
+    assert spec.psf.count == 3 and spec.psf.available
+    assert spec.psf.sha256 == load_spec(tmp_path / "data" / "hst-like.yaml").psf.sha256

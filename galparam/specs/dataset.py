@@ -371,7 +371,21 @@ def load_spec(path) -> DatasetSpec:
         If the file is missing, not YAML, or not a valid spec (see :func:`spec_from_dict`).
     """
     path = Path(path)
-    return spec_from_dict(read_spec_file(path, "spec file"), source=str(path))
+    return spec_from_dict(read_spec_file(path, "spec file", _relocate_psf_images), source=str(path))
+
+
+def _relocate_psf_images(raw: dict, folder: Path) -> dict:
+    """A base spec's relative PSF files made absolute from its folder (they keep naming the same
+    files from the spec that extends it; the resolved spec then records them absolute)."""
+    psf = raw.get("psf")
+    if not isinstance(psf, dict) or "images" not in psf:
+        return raw
+    images = psf["images"]
+    names = [images] if isinstance(images, str) else images
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return raw  # the spec's own check says what is wrong
+    moved = [str((folder / n).resolve()) for n in names]
+    return {**raw, "psf": {**psf, "images": moved[0] if isinstance(images, str) else moved}}
 
 
 def spec_from_yaml_text(text: str, source: str = "<dataset>") -> DatasetSpec:
