@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galparam.errors import SpecError
+from galparam.errors import GalparamError, SpecError
 from galparam.psf import ImagePSF
 
 PSF_KEYS = {
@@ -78,18 +78,26 @@ class PSFImagesSpec:
         SpecError
             An unreadable file, one whose digest changed, no image in it, a bad image.
         """
-        arrays = [array for path in self.paths for array in read_psf_arrays(path)]
+        missing = [str(path) for path in self.paths if not path.is_file()]
+        if missing:
+            raise SpecError(f"psf.images {', '.join(missing)}: no such file (the PSF images this spec draws with)")
         if _digest(self.paths) != self.sha256:
             names = ", ".join(str(path) for path in self.paths)
             raise SpecError(f"{names}: the PSF images changed since the spec recorded them (SHA-256 differs)")
         scale = pixel_scale / self.oversampling
-        psfs = []
-        for index, array in enumerate(arrays):
-            try:
-                psfs.append(ImagePSF(array, scale, self.includes_pixel, self.oversampling, f"PSF image {index}"))
-            except Exception as exc:  # GalparamError: one line naming the PSF
-                raise SpecError(str(exc)) from None
-        return tuple(psfs)
+        return tuple(
+            _image_psf(array, scale, self.includes_pixel, self.oversampling, f"{path} PSF {k}")
+            for path in self.paths
+            for k, array in enumerate(read_psf_arrays(path))
+        )
+
+
+def _image_psf(array, scale, includes_pixel, oversampling, source) -> ImagePSF:
+    """An :class:`~galparam.psf.ImagePSF`, its problems as a one-line :class:`SpecError` naming it."""
+    try:
+        return ImagePSF(array, scale, includes_pixel, oversampling, source)
+    except GalparamError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _digest(paths) -> str:
@@ -163,7 +171,11 @@ def parse_psf_images(raw, source: str, *, recorded: bool = False) -> PSFImagesSp
     count = raw.get("count")
     if recorded and isinstance(given, str) and isinstance(count, int) and not all(p.is_file() for p in paths):
         return PSFImagesSpec(images, paths, given, count, oversampling, includes_pixel)
-    count = sum(len(read_psf_arrays(path)) for path in paths)
+    count = 0
+    for path in paths:  # each image checked now, before anything is drawn or written
+        for k, array in enumerate(read_psf_arrays(path)):
+            _image_psf(array, 1.0, includes_pixel, oversampling, f"psf.images {path} PSF {k}")
+            count += 1
     digest = _digest(paths)
     if given is not None and given != digest:
         raise SpecError(f"{where}.images: the SHA-256 of {', '.join(names)} is not the spec's sha256 (changed)")

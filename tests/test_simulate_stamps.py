@@ -135,6 +135,8 @@ def test_a_survey_dataset_reads_without_its_psf_file_and_says_what_needs_it(tmp_
         dataset_bounds(ds, progress=False)
     with pytest.raises(GalparamError, match="fits need the PSF images that drew it"):
         run_baseline(tmp_path / "s.npz", tmp_path / "fits.csv", progress=False)
+    with pytest.raises(SpecError, match="psfs.fits: no such file"):
+        ds.spec.psf.read(SCALE)  # drawing more galaxies needs the file
     recorded = spec_from_yaml_text(str(np.load(tmp_path / "s.npz")["spec"]), source=str(tmp_path / "s.npz"))
     assert recorded.digest() == ds.spec.digest()
 
@@ -150,12 +152,17 @@ def test_a_survey_dataset_reads_without_its_psf_file_and_says_what_needs_it(tmp_
         ({"renderer": "galsim"}, "draw with kspace"),
         ({"psf": {"images": "PSF", "sha256": "0" * 64}}, "is not the spec's sha256"),
         ({"psf": {"images": []}}, "is not a file name or a list of them"),
+        ({"psf": {"images": "NAN"}}, "PSF 0: the PSF image holds NaN or infinite values"),
     ],
 )
 def test_survey_spec_mistakes_are_one_line_naming_the_key(tmp_path, changes, message):
     path, _ = psf_file(tmp_path / "psfs.fits")
     if "psf" in changes:
-        changes["psf"] = {k: (str(path) if v == "PSF" else v) for k, v in changes["psf"].items()}
+        nan = np.ones((9, 9))
+        nan[4, 4] = np.nan
+        fits.PrimaryHDU(nan).writeto(tmp_path / "nan.fits")
+        names = {"PSF": str(path), "NAN": str(tmp_path / "nan.fits")}
+        changes["psf"] = {k: names.get(v, v) if isinstance(v, str) else v for k, v in changes["psf"].items()}
     with pytest.raises(SpecError, match=message):
         survey_spec(path, **changes)
 
