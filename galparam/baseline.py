@@ -234,9 +234,11 @@ def run_baseline(
     spec = ds.spec
     geometry = spec.geometry
     per_task = FIT_BATCH[renderer]
-    stamps = None
+    stamps, known_sky = None, 0.0
     if spec.stamp_model:
-        sky_varies = "sky" in spec.priors and not spec.priors["sky"].is_fixed
+        if "sky" in spec.priors and spec.priors["sky"].is_fixed:
+            known_sky = spec.priors["sky"].low
+        sky_varies = spec.varies("sky")  # a fixed sky is known: subtracted
         if spec.psf is not None and not spec.psf.available:
             names = ", ".join(str(path) for path in spec.psf.paths)
             raise GalparamError(f"{dataset_path}: fits need the PSF images that drew it, {names}, which are not here")
@@ -244,7 +246,7 @@ def run_baseline(
     tasks = (
         (
             list(range(a, min(a + per_task, total))),
-            ds.img[a : min(a + per_task, total)].astype(np.float64),
+            ds.img[a : min(a + per_task, total)].astype(np.float64) - known_sky,
             ds.psf_fwhm[a : min(a + per_task, total)].astype(np.float64),
             ds.sigma[a : min(a + per_task, total)].astype(np.float64),
             spec.poisson_noise,

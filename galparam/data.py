@@ -19,7 +19,8 @@ import pandas as pd
 from galparam.errors import DatasetError, GalparamError
 from galparam.io import write_json_atomic
 from galparam.parameters import LABEL_NAMES, PARAMETERS, first_invalid
-from galparam.schema import DATASET_SCHEMA, PER_IMAGE, PER_IMAGE_OR_SET, REQUIRED_KEYS
+from galparam.psf_file import RECORDED_SUFFIX
+from galparam.schema import DATASET_SCHEMA, ENTRIES, PER_IMAGE, PER_IMAGE_OR_SET, REQUIRED_KEYS, STAMP_MODEL_KEYS
 from galparam.specs import DatasetSpec, spec_from_yaml_text
 
 _CHECKED = tuple(e for e in DATASET_SCHEMA if e.required and e.dtype != "str")
@@ -190,15 +191,18 @@ def load_dataset(path, *, mmap: bool = False) -> Dataset:
         _fail(path, f"not a readable npz dataset, perhaps truncated ({type(exc).__name__}: {exc})")
 
     try:
-        spec = spec_from_yaml_text(str(arrays["spec"]), source=f"{path} (recorded spec)")
+        spec = spec_from_yaml_text(str(arrays["spec"]), source=f"{path}{RECORDED_SUFFIX}")
     except GalparamError as exc:
         _fail(path, f"its recorded spec is invalid: {exc}")
 
+    missing = [key for key in STAMP_MODEL_KEYS if key not in arrays] if spec.stamp_model else []
+    if missing:
+        _fail(path, f"drawn with PSF images or centre and sky priors, but missing {', '.join(missing)}")
     img = arrays["img"]
     if img.ndim != 3 or img.shape[1] != img.shape[2]:
         _fail(path, f"img has shape {img.shape}; expected (N, S, S)")
     n, s = img.shape[0], img.shape[1]
-    for entry in _CHECKED:
+    for entry in _CHECKED + tuple(ENTRIES[key] for key in STAMP_MODEL_KEYS if key in arrays):
         array, row = arrays[entry.key], entry.row_shape(s)
         if entry.per == PER_IMAGE and array.shape != (n, *row):
             _fail(path, f"{entry.key} has shape {array.shape}; expected {(n, *row)}")

@@ -20,6 +20,9 @@ import numpy as np
 from galparam.errors import GalparamError, SpecError
 from galparam.psf import ImagePSF
 
+RECORDED_SUFFIX = " (recorded spec)"
+"""What :func:`galparam.data.load_dataset` appends to a dataset's path for its recorded spec."""
+
 PSF_KEYS = {
     "images": "a FITS file of PSF images (every 2-D HDU, or each plane of a cube), or a list of them",
     "oversampling": "PSF pixels a data pixel spans along each axis (default 1)",
@@ -67,8 +70,8 @@ class PSFImagesSpec:
 
     @property
     def available(self) -> bool:
-        """Whether every file is here (a dataset's recorded spec may name files elsewhere)."""
-        return all(path.is_file() for path in self.paths)
+        """Whether every file is here, unchanged (a dataset's recorded spec may name files elsewhere)."""
+        return all(path.is_file() for path in self.paths) and _digest(self.paths) == self.sha256
 
     def read(self, pixel_scale: float) -> tuple[ImagePSF, ...]:
         """The PSFs, in file order, for data of ``pixel_scale`` arcsec.
@@ -164,12 +167,18 @@ def parse_psf_images(raw, source: str, *, recorded: bool = False) -> PSFImagesSp
     includes_pixel = raw.get("includes_pixel", True)
     if not isinstance(includes_pixel, bool):
         raise SpecError(f"{where}.includes_pixel: {includes_pixel!r}; accepted: true or false")
-    base = Path(source.split(" (")[0]).parent
+    base = Path(source.removesuffix(RECORDED_SUFFIX)).parent
     paths = tuple(Path(n) if Path(n).is_absolute() else base / n for n in names)
     images = images if isinstance(images, str) else tuple(images)
     given = raw.get("sha256")
     count = raw.get("count")
-    if recorded and isinstance(given, str) and isinstance(count, int) and not all(p.is_file() for p in paths):
+    if recorded and isinstance(given, str) and isinstance(count, int):
+        # a dataset's spec: its files are looked for beside it, then from here; if they are not
+        # found, or changed, the dataset still loads (it holds its PSF images); drawing more says so
+        for folder in (base, Path(".")):
+            found = tuple(Path(n) if Path(n).is_absolute() else folder / n for n in names)
+            if all(p.is_file() for p in found) and _digest(found) == given:
+                return PSFImagesSpec(images, found, given, count, oversampling, includes_pixel)
         return PSFImagesSpec(images, paths, given, count, oversampling, includes_pixel)
     count = 0
     for path in paths:  # each image checked now, before anything is drawn or written

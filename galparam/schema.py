@@ -83,6 +83,8 @@ DATASET_SCHEMA = (
 """Every array of a dataset file, in the order it is written."""
 
 ENTRIES = {entry.key: entry for entry in DATASET_SCHEMA}
+STAMP_MODEL_KEYS = ("centre", "sky", "psf_index")
+"""The entries a dataset drawn with the stamp model has (and no other)."""
 REQUIRED_KEYS = tuple(e.key for e in DATASET_SCHEMA if e.required)
 BATCH_KEYS = tuple(e.key for e in DATASET_SCHEMA if e.batch)
 """The arrays a training batch may take (what fresh images are drawn with)."""

@@ -21,6 +21,16 @@ NOISE_KINDS = ("sigma", "weight", "variance", "noise_sigma")
 """How the noise may be given: a σ map, an inverse-variance map, a variance map, one σ."""
 
 
+SKY_RANGE_SIGMAS = 20.0
+"""A fitted sky stays within this many times the stamp's median σ of zero."""
+
+
+def offset_limit(shape) -> float:
+    """How far from a stamp's centre a galaxy's centre is fitted (pixels, along each axis): a
+    quarter of the smaller side, at least 5; simulated centres stay within it too."""
+    return max(5.0, min(shape) / 4)
+
+
 def _first_pixel(bad: np.ndarray) -> str:
     """``x=…, y=…`` (1-based, FITS order) of the first True pixel."""
     y, x = np.argwhere(bad)[0]

@@ -349,6 +349,8 @@ def _check_replicas(strategy, spec: ExperimentSpec, data: ExperimentData) -> Non
     sizes = {"batch_size": spec.batch_size, "the validation split's last batch": len(data.val) % spec.batch_size}
     if data.fresh is None:
         sizes["the training split's last batch"] = len(data.train) % spec.batch_size
+    else:
+        sizes["an epoch's last batch of fresh images"] = data.fresh.images_per_epoch % spec.batch_size
     for what, size in sizes.items():
         if size % replicas:
             raise TrainingError(
@@ -505,6 +507,7 @@ def train(
     if spec.denoiser is not None:  # checked before the folder is touched
         denoiser = load_denoiser(spec.denoiser)
     strategy = backend.strategy(spec.strategy)
+    _check_replicas(strategy, spec, data)  # before the run folder is touched
     state = run.prepare(spec.to_yaml(), source=spec.source, resume=resume, overwrite=overwrite)
     if state == "finished":
         if run.info()["dataset"]["spec_sha256"] != data.spec_digest:
@@ -529,7 +532,6 @@ def train(
         hm = hypermodel(spec, data, fixed={**hp, "learning_rate": lr}, denoiser=denoiser)
         scalers = Scalers.for_run(run, family, data, image=denoiser.image_scaler if spec.joint else None)
         trained = {}
-        _check_replicas(strategy, spec, data)
         with backend.distributing(strategy):
             for stage in stages:
                 trained[stage.name] = _run_stage(

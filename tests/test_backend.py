@@ -283,6 +283,7 @@ def test_data_parallel_over_two_cpu_devices_trains_to_the_one_device_losses(data
         timeout=900,
     )
     assert refused.returncode != 0 and "batch_size is 33 images, not a multiple of 2" in refused.stderr
+    assert not (tmp_path / "odd" / "data_parallel").exists()  # refused before the run folder is made
 
 
 @pytest.mark.slow

@@ -139,13 +139,18 @@ def test_a_survey_dataset_reads_without_its_psf_file_and_says_what_needs_it(tmp_
         ds.spec.psf.read(SCALE)  # drawing more galaxies needs the file
     recorded = spec_from_yaml_text(str(np.load(tmp_path / "s.npz")["spec"]), source=str(tmp_path / "s.npz"))
     assert recorded.digest() == ds.spec.digest()
+    # a PSF file edited since: the dataset still loads (it holds its PSF images); the bounds say so
+    fits.PrimaryHDU(np.ones((5, 5))).writeto(path)
+    changed = load_dataset(tmp_path / "s.npz")
+    assert not changed.spec.psf.available and changed.spec.digest() == ds.spec.digest()
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"priors": {"psf_fwhm": {"fixed": 0.5}}}, "with psf images the FWHM is each image's"),
-        ({"priors": {"dx": {"uniform": [-30, 3]}}}, "puts galaxies off a 48-pixel stamp"),
+        ({"priors": {"dx": {"uniform": [-13, 3]}}}, "reaches beyond 12 pixels from a 48-pixel stamp's centre"),
+        ({"priors": {"sky": {"uniform": [-4001, 0]}}}, "reaches beyond 20 σ .200 counts., where fits look"),
         ({"psf": {"images": "nowhere.fits"}}, "nowhere.fits: no such file"),
         ({"psf": {"images": "PSF", "oversampling": 0}}, "oversampling: 0; accepted: a whole number 1 to 16"),
         ({"psf": {"images": "PSF", "colour": 1}}, "unknown key 'colour'"),
@@ -207,9 +212,11 @@ def test_a_network_trains_on_a_survey_like_dataset_and_evaluates_against_its_own
     )
 
 
-def test_the_likelihood_fit_of_a_survey_like_dataset_finds_centre_and_sky_and_its_errors_are_the_bounds(tmp_path):
+@pytest.mark.parametrize("sky", [{"uniform": [-20, 20]}, {"fixed": 100.0}])
+def test_the_likelihood_fit_of_a_survey_like_dataset_finds_centre_and_sky_and_its_errors_are_the_bounds(tmp_path, sky):
+    """A sky that varies is fitted; a fixed one is known (subtracted), as the bounds take it."""
     path, _ = psf_file(tmp_path / "psfs.fits")
-    spec = survey_spec(path, size=12, snr_window=[40, 100])
+    spec = survey_spec(path, size=12, snr_window=[40, 100], priors={"sky": sky})
     simulate(spec, tmp_path / "s.npz", jobs=1, progress=False)
     fits_table = run_baseline(tmp_path / "s.npz", tmp_path / "fits.csv", jobs=1, progress=False)
     ds = load_dataset(tmp_path / "s.npz")
@@ -231,3 +238,15 @@ def test_a_spec_extending_a_survey_spec_finds_the_bases_psf_files(tmp_path):
     spec = load_spec(tmp_path / "data" / "extends" / "deeper" / "mine.yaml")
     assert spec.psf.count == 3 and spec.psf.available
     assert spec.psf.sha256 == load_spec(tmp_path / "data" / "hst-like.yaml").psf.sha256
+
+
+def test_a_moved_survey_dataset_finds_its_relative_psf_files_from_the_current_folder(tmp_path, monkeypatch):
+    psf_file(tmp_path / "psfs.fits")
+    monkeypatch.chdir(tmp_path)
+    spec = survey_spec("psfs.fits", size=4, psf={"images": "psfs.fits"})  # relative to the spec (here)
+    simulate(spec, tmp_path / "s.npz", jobs=1, progress=False)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "s.npz").rename(tmp_path / "elsewhere" / "s.npz")
+    ds = load_dataset(tmp_path / "elsewhere" / "s.npz")
+    assert ds.spec.psf.images == "psfs.fits" and ds.spec.psf.available
+    assert np.isfinite(dataset_bounds(ds, progress=False).to_numpy()).all()

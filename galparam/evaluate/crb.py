@@ -297,8 +297,9 @@ def stamp_dataset_bounds(dataset, indices, *, poisson: bool, progress: bool = Tr
         [dataset.extra["centre"][indices], dataset.extra["sky"][indices], dataset.extra["psf_index"][indices]]
     )
     draws = Draws(np.column_stack([dataset.label[indices], dataset.psf_fwhm[indices], dataset.sigma[indices]]), stamp)
-    varies = [name in spec.priors and not spec.priors[name].is_fixed for name in STAMP_COLUMNS[:3]]
-    free = list(range(len(LABEL_NAMES))) + [len(LABEL_NAMES) + j for j, free in enumerate(varies) if free]
+    free = list(range(len(LABEL_NAMES))) + [
+        len(LABEL_NAMES) + j for j, name in enumerate(STAMP_COLUMNS[:3]) if spec.varies(name)
+    ]
     std = np.empty((len(indices), len(LABEL_NAMES)))
     bar = tqdm(total=len(indices), desc="bounds", unit="img", disable=not progress)
     for a in range(0, len(indices), BOUND_BATCH):

@@ -37,15 +37,12 @@ from galparam.kspace.stamps import (
 )
 from galparam.kspace.tables import N_RANGE
 from galparam.psf import ImagePSF
-from galparam.stamp import Stamp
+from galparam.stamp import SKY_RANGE_SIGMAS, Stamp, offset_limit
 
 __all__ = ["FLAGS", "StampBox", "StampFit", "moments_start"]
 
 SHEAR_MAX = 0.9
 """The largest |g| a stamp's fit considers (axis ratio 0.053)."""
-
-SKY_RANGE_SIGMAS = 20.0
-"""A fitted sky stays within this many times the stamp's median σ of zero."""
 
 FLAGS = {
     "not_converged": "L-BFGS-B stopped before meeting its convergence criterion",
@@ -87,7 +84,7 @@ class StampBox:
             (0.1 * scale, min(0.5 * max(ny, nx) * scale, 20.0)),
             shear_max=SHEAR_MAX,
         )
-        offset_max = max(5.0, min(ny, nx) / 4)
+        offset_max = offset_limit((ny, nx))
         sky = Interval.closed(-SKY_RANGE_SIGMAS * median_sigma, SKY_RANGE_SIGMAS * median_sigma) if fit_sky else None
         return cls(galaxy, offset_max, sky)
 

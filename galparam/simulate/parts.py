@@ -27,7 +27,6 @@ from galparam.simulate.draws import draw_candidates
 from galparam.simulate.screen import SNRScreen
 from galparam.simulate.workers import RenderConfig, Rendered, Workers
 from galparam.specs import DatasetSpec
-from galparam.stamp_model import StampConfig, stamp_model_for
 
 PART_KEYS = ("img", "img_nonoise", "params", "snr", "draws")
 """The arrays of a part (and ``psf_img`` where the PSF varies, ``stamp`` for the stamp model)."""
@@ -55,7 +54,7 @@ def simulate_chunk(
         "params": np.empty((m, len(DRAW_COLUMNS))),
         "snr": np.empty(m),
     }
-    if spec.psf_varies:
+    if config.psf_varies:  # a stamp-model spec's parts hold them all: a merge needs no PSF file
         out["psf_img"] = np.empty((m, *shape), np.float32)
     if spec.stamp_model:
         out["stamp"] = np.empty((m, len(STAMP_COLUMNS)))
@@ -71,7 +70,7 @@ def simulate_chunk(
         out["snr"][done] = res.snr[res.accepted]
         out["img"][done] = res.img
         out["img_nonoise"][done] = res.img_nonoise
-        if spec.psf_varies:
+        if config.psf_varies:
             out["psf_img"][done] = res.psf_img
         if progress is not None:
             progress(len(done), len(pending))
@@ -182,7 +181,7 @@ def write_part(path: Path, spec: DatasetSpec, parts: list[Part], start: int, sto
             w.add(key, value)
         _stream(w, "img", parts, "img", shape, np.float32)
         _stream(w, "img_nonoise", parts, "img_nonoise", shape, np.float32)
-        if spec.psf_varies:
+        if spec.psf_varies or spec.stamp_model:
             _stream(w, "psf_img", parts, "psf_img", shape, np.float32)
         _stream(w, "params", parts, "params", (len(DRAW_COLUMNS),), np.float64)
         _stream(w, "snr", parts, "snr", (), np.float64)
@@ -222,8 +221,8 @@ def write_dataset(path: Path, spec: DatasetSpec, parts: list[Part]) -> None:
     write_text_atomic(path.with_suffix(".csv"), csv_text)
     if spec.psf_varies:
         psf = _Stream(parts)
-    elif spec.stamp_model:
-        psf = stamp_model_for(StampConfig.from_spec(spec)).psf_rows(draws[:1])
+    elif spec.stamp_model:  # one PSF: the first image's, from the parts
+        psf = parts[0].read("psf_img")[:1]
     else:
         psf = renderer_for(spec.renderer, spec.geometry).psf_image(spec.priors["psf_fwhm"].low)[None]
     if spec.stamp_model:

@@ -30,7 +30,7 @@ class RenderConfig:
     geometry: Geometry
     poisson_noise: bool
     snr_window: tuple | None
-    psf_varies: bool
+    psf_varies: bool  # each image's PSF stamp is returned (also for every stamp-model spec)
     renderer: str
     stamp: StampConfig | None = None
 
@@ -41,7 +41,7 @@ class RenderConfig:
             spec.geometry,
             spec.poisson_noise,
             spec.snr_window,
-            spec.psf_varies,
+            spec.psf_varies or spec.stamp_model,
             spec.renderer,
             StampConfig.from_spec(spec),
         )

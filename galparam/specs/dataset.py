@@ -63,6 +63,7 @@ from galparam.psf_file import PSFImagesSpec, parse_psf_images
 from galparam.render import DEFAULT_RENDERER, RENDERERS
 from galparam.settings import Setting, check_setting, read_settings, yaml_number
 from galparam.specs.files import read_spec_file
+from galparam.stamp import SKY_RANGE_SIGMAS, offset_limit
 
 DATASET_SETTINGS = {
     "name": Setting(str, help="dataset name"),
@@ -198,6 +199,10 @@ class DatasetSpec:
         if self.psf is None:
             return 0
         return self.psf.count
+
+    def varies(self, name: str) -> bool:
+        """Whether the spec draws ``name`` from a range (a prior it lacks, or a fixed one, does not)."""
+        return name in self.priors and not self.priors[name].is_fixed
 
     def stamp_priors(self) -> tuple[Prior, ...]:
         """The priors in :data:`STAMP_DRAW_ORDER` but the PSF index (fixed at 0 where not given)."""
@@ -356,10 +361,20 @@ def _check_stamp_model(spec: DatasetSpec) -> None:
             f"{source}: with PSF images, centre or sky priors a stamp has {STAMP_SIDE.text()} pixels a side "
             f"of {PIXEL_SCALE.text()} arcsec; got {side} and {scale:g}"
         )
+    reach = offset_limit((side, side))
     for name in ("dx", "dy"):
         prior = spec.priors.get(name)
-        if prior is not None and max(abs(prior.low), abs(prior.high)) > side / 2:
-            raise SpecError(f"{source}: priors.{name}: {prior.to_yaml()} puts galaxies off a {side}-pixel stamp")
+        if prior is not None and max(abs(prior.low), abs(prior.high)) > reach:
+            raise SpecError(
+                f"{source}: priors.{name}: {prior.to_yaml()} reaches beyond {reach:g} pixels from a {side}-pixel "
+                "stamp's centre, where fits look for it; keep centres within"
+            )
+    sky, sigma = spec.priors.get("sky"), spec.priors["sigma"]
+    if sky is not None and max(abs(sky.low), abs(sky.high)) > SKY_RANGE_SIGMAS * sigma.low:
+        raise SpecError(
+            f"{source}: priors.sky: {sky.to_yaml()} reaches beyond {SKY_RANGE_SIGMAS:g} σ ({sigma.low:g} counts), "
+            "where fits look for a sky; this is a residual level: keep it within"
+        )
 
 
 def load_spec(path) -> DatasetSpec:
