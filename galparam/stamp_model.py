@@ -61,9 +61,7 @@ class StampModel:
                 Frame(geometry.shape, geometry.pixel_scale, psf) for psf in config.psf.read(geometry.pixel_scale)
             ]
             self.psf_images = np.stack([frame.psf_image() for frame in self.frames]).astype(np.float32)
-            grid = MOFFAT_FWHM_PIXELS * geometry.pixel_scale
-            moffats = np.stack([self.frame(fwhm, moffat=True).psf_image() for fwhm in grid])
-            self.psf_fwhm = fwhm_by_effective_area(self.psf_images, moffats, grid)
+            self.psf_fwhm = psf_fwhm_on_stamp(self.psf_images, geometry)
 
     def frame(self, key: float, *, moffat: bool = False) -> Frame:
         """PSF image ``key``'s frame, or (a Moffat spec, or ``moffat``) the Moffat's of FWHM ``key``."""
@@ -108,6 +106,16 @@ class StampModel:
         for fwhm in np.unique(draws.psf_fwhm):
             out[draws.psf_fwhm == fwhm] = self.frame(fwhm).psf_image()
         return out
+
+
+def psf_fwhm_on_stamp(psf_images, geometry: Geometry) -> np.ndarray:
+    """Each PSF image's FWHM (arcsec), images drawn on the geometry's stamp: that of the Moffat
+    (the geometry's β, drawn by GalSim the same way) with the same effective area, from half a
+    pixel to 40 pixels (any pixel scale; the tables' Moffats start at 0.2″, wider than HST's PSF)."""
+    grid = MOFFAT_FWHM_PIXELS * geometry.pixel_scale
+    shape = geometry.shape
+    moffats = np.stack([Frame(shape, geometry.pixel_scale, MoffatPSF(f, geometry.psf_beta)).psf_image() for f in grid])
+    return fwhm_by_effective_area(psf_images, moffats, grid)
 
 
 @lru_cache(maxsize=4)

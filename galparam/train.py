@@ -418,7 +418,8 @@ def training_range(estimates, data: ExperimentData) -> dict:
 def geometry(data: ExperimentData) -> dict:
     """The images' geometry and noise model (``run.json``'s ``geometry``)."""
     spec = data.dataset_spec
-    return {**spec.geometry.to_dict(), "poisson_noise": spec.poisson_noise}
+    psf = {} if spec.psf is None else {"psf": "images"}  # trained on a file's PSF images, not the Moffat
+    return {**spec.geometry.to_dict(), "poisson_noise": spec.poisson_noise, **psf}
 
 
 def calibrate(run: RunFolder, estimator: Estimator, data: ExperimentData, mean, cov) -> dict:

@@ -204,6 +204,18 @@ def test_a_network_trains_on_a_survey_like_dataset_and_evaluates_against_its_own
     run = train(tiny_experiment(tmp_path / "s.npz", epochs=1), tmp_path / "run", verbose=0)
     info = json.loads((run / "run.json").read_text())
     assert "training_range" not in info and info["ood"].startswith("none: the network does not estimate")
+    assert info["geometry"]["psf"] == "images"
+    # a FITS cutout with one of the file's PSFs: taken as it is (no Moffat-profile check)
+    ds_in = load_dataset(tmp_path / "s.npz")
+    header = fits.Header({"PIXSCALE": SCALE})
+    fits.PrimaryHDU(ds_in.img[0].astype(np.float64), header=header).writeto(tmp_path / "g.fits")
+    fits.PrimaryHDU(fits.getdata(path, 1)).writeto(tmp_path / "psf0.fits")
+    argv = ["predict", str(run), str(tmp_path / "g.fits"), "--psf", str(tmp_path / "psf0.fits")]
+    assert main_evaluate([*argv, "-o", str(tmp_path / "p.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    assert list(predicted["image"]) == [str(tmp_path / "g.fits")] and np.isfinite(predicted[list(LABEL_NAMES)]).all(
+        None
+    )
     out = tmp_path / "bounds.csv"
     assert main_evaluate(["crb", "--dataset", str(tmp_path / "s.npz"), "-o", str(out), "--n-images", "6"]) == 0
     ds = load_dataset(tmp_path / "s.npz")

@@ -203,6 +203,7 @@ def _predict(args) -> int:
             pixel_scale=args.pixel_scale,
             psf=args.psf,
             psf_fwhm=args.psf_fwhm,
+            trained_on_psf_images=info["geometry"].get("psf") == "images",
         )
         if info.get("psf_input", False) and psf is None:
             raise GalparamError(f"{args.run}: this model takes each image's PSF image; give it with --psf")

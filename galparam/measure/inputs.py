@@ -19,6 +19,7 @@ from galparam.frame import Frame
 from galparam.psf import ImagePSF
 from galparam.render import KSpaceRenderer, renderer_for
 from galparam.stamp import Stamp, segment_mask
+from galparam.stamp_model import psf_fwhm_on_stamp
 
 NOISE_OPTIONS = ("sigma", "weight", "variance", "noise_sigma")
 """How a cutout's noise may be given (one of them): a σ map, an inverse-variance map, a variance map, one σ."""
@@ -389,7 +390,7 @@ PSF_MATCH_TOLERANCE = 0.05
 trained on, at its own FWHM, before the network refuses the images."""
 
 
-def network_inputs(specs, geometry, *, pixel_scale=None, psf=None, psf_fwhm=None):
+def network_inputs(specs, geometry, *, pixel_scale=None, psf=None, psf_fwhm=None, trained_on_psf_images=False):
     """FITS cutouts for a network trained on ``geometry``, checked against it.
 
     Parameters
@@ -405,6 +406,9 @@ def network_inputs(specs, geometry, *, pixel_scale=None, psf=None, psf_fwhm=None
         training PSF's profile (a Moffat of the geometry's β) within :data:`PSF_MATCH_TOLERANCE`.
     psf_fwhm : float, optional
         Or the PSF's FWHM (arcsec), a Moffat of the geometry's β.
+    trained_on_psf_images : bool
+        The network was trained through PSF images (a survey-like dataset, ``run.json``'s geometry
+        ``psf: images``): any PSF image is taken, only its FWHM is measured.
 
     Returns
     -------
@@ -461,6 +465,9 @@ def network_inputs(specs, geometry, *, pixel_scale=None, psf=None, psf_fwhm=None
         image_psf = ImagePSF(array.astype(np.float64), geometry.pixel_scale, source=name)
         # onto the network's stamp, centred on its true centre as the training PSF images are
         stamps.append((Frame((side, side), geometry.pixel_scale, image_psf).psf_image(), name))
+    if trained_on_psf_images:  # any PSF image is what it was trained with: none is refused
+        fwhm = psf_fwhm_on_stamp(np.stack([s for s, _ in stamps]), geometry)
+        return _repeated(images, np.stack([s for s, _ in stamps]), fwhm)
     renderer = renderer_for(KSpaceRenderer.NAME, geometry)
     fwhm = psf_fwhm_from_images(np.stack([s for s, _ in stamps]), geometry)
     drawn = renderer.psf_images(fwhm).astype(np.float64)
@@ -472,7 +479,11 @@ def network_inputs(specs, geometry, *, pixel_scale=None, psf=None, psf_fwhm=None
                 f"differs from the closest one, FWHM {width:.3g} arcsec, by {100 * worst:.0f} % of its peak; "
                 f"accepted {100 * PSF_MATCH_TOLERANCE:.0f} %); galparam-measure fits any PSF"
             )
-    psf_images = np.stack([s for s, _ in stamps])
+    return _repeated(images, np.stack([s for s, _ in stamps]), fwhm)
+
+
+def _repeated(images, psf_images, fwhm):
+    """One PSF given for every image: repeated for each."""
     if len(psf_images) == 1:
         psf_images, fwhm = np.repeat(psf_images, len(images), axis=0), np.repeat(fwhm, len(images))
     return images, psf_images, fwhm
