@@ -338,8 +338,8 @@ class Study:
 
 def elapsed(start: float) -> str:
     """``M min S s`` since ``start`` (a ``time.perf_counter()`` value)."""
-    seconds = time.perf_counter() - start
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    minutes, seconds = divmod(round(time.perf_counter() - start), 60)  # 179.6 s is 3 min 0 s, not 2 min 60 s
+    return f"{minutes} min {seconds} s"
 
 
 def read_metrics(run_dir) -> pd.DataFrame:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from galparam.errors import GalparamError
-from galparam.study import Study, dataset_table
+from galparam.study import Study, dataset_table, elapsed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +67,8 @@ def test_steps_say_what_is_missing(project):
         study.baseline(45)
     with pytest.raises(GalparamError, match="test_snr60-small.npz is missing"):
         study.baseline(60)
+
+
+def test_elapsed_time_rounds_to_whole_seconds_without_a_sixtieth():
+    now = time.perf_counter()
+    assert elapsed(now - 179.6) == "3 min 0 s" and elapsed(now - 59.4) == "0 min 59 s"
