@@ -32,6 +32,7 @@ Simulate datasets of PSF-blurred, noisy Sérsic galaxies from YAML specs (see da
   galparam-simulate run data/v1.yaml --shard 1/4       one of four parts, for another machine
   galparam-simulate merge data/v1.shard-*-of-4.npz -o data/v1.npz
   galparam-simulate tables --copy-to DIR               the renderer's tables, for a machine without GalSim
+  galparam-simulate data/sdss-like.yaml --size 20000   a survey's look: its PSF images, centres, a sky
 
 Sample i depends only on (seed, i): the same seed gives the same bytes whatever --jobs or --shard.
 An interrupted run resumes from the chunks saved in OUT.npz.parts/ when started again; OUT.npz
