@@ -239,9 +239,8 @@ def run_baseline(
         if "sky" in spec.priors and spec.priors["sky"].is_fixed:
             known_sky = spec.priors["sky"].low
         sky_varies = spec.varies("sky")  # a fixed sky is known: subtracted
-        if spec.psf is not None and not spec.psf.available:
-            names = ", ".join(str(path) for path in spec.psf.paths)
-            raise GalparamError(f"{dataset_path}: fits need the PSF images that drew it, {names}, which are not here")
+        if spec.psf is not None:
+            spec.psf.require("fits", dataset_path)
         stamps = (StampConfig.from_spec(spec), ds.extra["psf_index"], sky_varies)
     tasks = (
         (

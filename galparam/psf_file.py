@@ -68,6 +68,18 @@ class PSFImagesSpec:
             "count": self.count,
         }
 
+    def require(self, what: str, where) -> None:
+        """Refuse ``what`` (e.g. "bounds") of ``where`` (a dataset) in one line when the files
+        that drew it are not here, or changed.
+
+        Raises
+        ------
+        GalparamError
+        """
+        if not self.available:
+            names = ", ".join(str(path) for path in self.paths)
+            raise GalparamError(f"{where}: {what} need the PSF images that drew it, {names}, which are not here")
+
     @property
     def available(self) -> bool:
         """Whether every file is here, unchanged (a dataset's recorded spec may name files elsewhere)."""
@@ -140,6 +152,14 @@ def read_psf_arrays(path: Path) -> list[np.ndarray]:
     return arrays
 
 
+def file_names(images) -> list[str] | None:
+    """``psf.images`` as a list of file names (one name or a list of them), or None if it is neither."""
+    names = [images] if isinstance(images, str) else images
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        return None
+    return names
+
+
 def parse_psf_images(raw, source: str, *, recorded: bool = False) -> PSFImagesSpec:
     """A spec's ``psf`` mapping, checked: the file exists and is read once (its digest recorded).
 
@@ -158,8 +178,8 @@ def parse_psf_images(raw, source: str, *, recorded: bool = False) -> PSFImagesSp
     if unknown:
         raise SpecError(f"{where}: unknown key {unknown[0]!r}; accepted: {', '.join(PSF_KEYS)}")
     images = raw["images"]
-    names = [images] if isinstance(images, str) else images
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+    names = file_names(images)
+    if not names:
         raise SpecError(f"{where}.images: {images!r} is not a file name or a list of them")
     oversampling = raw.get("oversampling", 1)
     if isinstance(oversampling, bool) or not isinstance(oversampling, int) or not 1 <= oversampling <= 16:

@@ -289,9 +289,8 @@ def stamp_dataset_bounds(dataset, indices, *, poisson: bool, progress: bool = Tr
     from tqdm.auto import tqdm
 
     spec = dataset.spec
-    if spec.psf is not None and not spec.psf.available:
-        names = ", ".join(str(path) for path in spec.psf.paths)
-        raise GalparamError(f"{dataset.path}: bounds need the PSF images that drew it, {names}, which are not here")
+    if spec.psf is not None:
+        spec.psf.require("bounds", dataset.path)
     model = stamp_model_for(StampConfig.from_spec(spec))
     stamp = np.column_stack(
         [dataset.extra["centre"][indices], dataset.extra["sky"][indices], dataset.extra["psf_index"][indices]]

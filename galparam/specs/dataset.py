@@ -59,7 +59,7 @@ from galparam.frame import PIXEL_SCALE, STAMP_SIDE
 from galparam.geometry import GEOMETRY_SETTINGS, Geometry
 from galparam.interval import Interval
 from galparam.parameters import PARAMETERS, sersic_grid
-from galparam.psf_file import PSFImagesSpec, parse_psf_images
+from galparam.psf_file import PSFImagesSpec, file_names, parse_psf_images
 from galparam.render import DEFAULT_RENDERER, RENDERERS
 from galparam.settings import Setting, check_setting, read_settings, yaml_number
 from galparam.specs.files import read_spec_file
@@ -396,8 +396,8 @@ def _relocate_psf_images(raw: dict, folder: Path) -> dict:
     if not isinstance(psf, dict) or "images" not in psf:
         return raw
     images = psf["images"]
-    names = [images] if isinstance(images, str) else images
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    names = file_names(images)
+    if names is None:
         return raw  # the spec's own check says what is wrong
     moved = [str((folder / n).resolve()) for n in names]
     return {**raw, "psf": {**psf, "images": moved[0] if isinstance(images, str) else moved}}
