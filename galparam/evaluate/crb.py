@@ -106,7 +106,7 @@ def fisher_matrix(
 
 
 def fisher_matrices(
-    model, jacobian, sigma, *, poisson: bool = True, gain: float | None = None, mask=None
+    model, jacobian, sigma, *, poisson: bool = True, gain: float | None = None, mask=None, xp=np
 ) -> np.ndarray:
     """Fisher matrices of many images: ``F_ij = Σ_p ∂_i μ_p ∂_j μ_p / v_p``, ``v_p = σ_p² (+ μ_p / gain)``.
 
@@ -124,17 +124,19 @@ def fisher_matrices(
         Electrons per count (default 1).
     mask : bool ndarray like ``model``, optional
         The pixels that count (the others carry no information).
+    xp : module
+        The array library: ``numpy``, or ``jax.numpy`` inside a traced device computation.
 
     Returns
     -------
     ndarray of shape (B, K, K)
     """
-    variance = pixel_variance(model, sigma, poisson=poisson, gain=gain)
+    variance = pixel_variance(model, sigma, poisson=poisson, gain=gain, xp=xp)
     flat = jacobian.reshape(*jacobian.shape[:2], -1)
     if mask is None:
-        return np.einsum("bip,bjp->bij", flat / variance.reshape(len(model), 1, -1), flat)
-    information = np.where(mask, 1.0 / variance, 0.0)  # per pixel, none where masked
-    return np.einsum("bip,bjp->bij", flat * information.reshape(len(model), 1, -1), flat)
+        return xp.einsum("bip,bjp->bij", flat / variance.reshape(model.shape[0], 1, -1), flat)
+    information = xp.where(mask, 1.0 / variance, 0.0)  # per pixel, none where masked
+    return xp.einsum("bip,bjp->bij", flat * information.reshape(model.shape[0], 1, -1), flat)
 
 
 def covariances(fisher: np.ndarray) -> np.ndarray:

@@ -326,46 +326,8 @@ class BatchedFit(Fit):
         t0 = time.perf_counter()
         images, psf_fwhm, sigma, init = check_images(images, psf_fwhm, sigma, init, self.renderer.geometry.shape)
         B = len(images)
-        if psf_images is None:
-            psf_images = self.renderer.psf_images(psf_fwhm)
-        scale = self.renderer.geometry.pixel_scale
-        moments = np.array([initial_guess(images[b], psf_images[b], pixel_scale=scale, box=self.box) for b in range(B)])
-
+        x0, unit, from_init = self._start(images, psf_fwhm, sigma, init, psf_images)
         lo, hi = self.box.low, self.box.high
-        x0 = np.array([self.box.to_variables(t) for t in moments])
-        from_init = np.zeros(B, dtype=bool)
-        if init is not None:
-            # a given start (a network's estimate) is taken where it is likelier than the moments'
-            # one: a poor estimate cannot make the fit slower than a plain one
-            given = np.array([self.box.to_variables(t) for t in init])
-            nll_given, _ = nll_and_weights(images, self._model(given, psf_fwhm), sigma, poisson=self.poisson)
-            nll_moments, _ = nll_and_weights(images, self._model(x0, psf_fwhm), sigma, poisson=self.poisson)
-            from_init = nll_given <= nll_moments
-            x0[from_init] = given[from_init]
-        # Fisher-scoring steps from the start while they lower the NLL, then each variable in
-        # units of its bound there (the box's width where unconstrained)
-        moving = np.ones(B, dtype=bool)
-        cov = np.empty((B, 5, 5))
-        current = np.zeros(B, dtype=bool)  # cov is the inverse Fisher matrix at x0
-        for _ in range(self.scoring_steps):
-            rows = np.flatnonzero(moving)
-            if not len(rows):
-                break
-            mu, jac = self.model_and_jacobian(self._thetas(x0[rows]), psf_fwhm[rows])
-            jac_x = self._variables_jacobian(x0[rows], jac)
-            cov[rows] = covariances(fisher_matrices(mu, jac_x, sigma[rows], poisson=self.poisson))
-            x0[rows], moving[rows] = self._scoring_step(
-                images[rows], sigma[rows], psf_fwhm[rows], x0[rows], mu, jac_x, cov[rows]
-            )
-            current[rows] = ~moving[rows]  # a rejected step leaves x0 where its matrix was taken
-        stale = np.flatnonzero(~current)
-        if len(stale):
-            mu, jac = self.model_and_jacobian(self._thetas(x0[stale]), psf_fwhm[stale])
-            jac_x = self._variables_jacobian(x0[stale], jac)
-            cov[stale] = covariances(fisher_matrices(mu, jac_x, sigma[stale], poisson=self.poisson))
-        with np.errstate(invalid="ignore"):  # a start the image hardly constrains: the box's width
-            unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-        unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
         # each image's grid, held while L-BFGS-B runs: the one its start needs
         grid_N, grid_h = self.renderer.grid(*self._thetas(x0).T, psf_fwhm)
         offset = np.full(B, np.nan)  # each fit's NLL at its start: L-BFGS-B minimizes the NLL less it
@@ -439,21 +401,76 @@ class BatchedFit(Fit):
         )
         return self
 
-    def _scoring_step(self, images, sigma, psf_fwhm, x0, mu, jac_x, cov) -> np.ndarray:
+    def _start(self, images, psf_fwhm, sigma, init, psf_images):
+        """Where each fit starts and its unit step: the moments' start (or ``init`` where likelier),
+        moved by Fisher-scoring steps while they lower the NLL; each variable's bound there.
+
+        Returns
+        -------
+        x0 : ndarray (B, 5), the fit variables; unit : ndarray (B, 5); from_init : bool ndarray (B,)
+        """
+        B = len(images)
+        if psf_images is None:
+            psf_images = self.renderer.psf_images(psf_fwhm)
+        scale = self.renderer.geometry.pixel_scale
+        moments = np.array([initial_guess(images[b], psf_images[b], pixel_scale=scale, box=self.box) for b in range(B)])
+
+        lo, hi = self.box.low, self.box.high
+        x0 = np.array([self.box.to_variables(t) for t in moments])
+        from_init = np.zeros(B, dtype=bool)
+        if init is not None:
+            # a given start (a network's estimate) is taken where it is likelier than the moments'
+            # one: a poor estimate cannot make the fit slower than a plain one
+            given = np.array([self.box.to_variables(t) for t in init])
+            from_init = self._nll(images, given, psf_fwhm, sigma) <= self._nll(images, x0, psf_fwhm, sigma)
+            x0[from_init] = given[from_init]
+        # Fisher-scoring steps from the start while they lower the NLL, then each variable in
+        # units of its bound there (the box's width where unconstrained)
+        moving = np.ones(B, dtype=bool)
+        cov = np.empty((B, 5, 5))
+        current = np.zeros(B, dtype=bool)  # cov is the inverse Fisher matrix at x0
+        for _ in range(self.scoring_steps):
+            rows = np.flatnonzero(moving)
+            if not len(rows):
+                break
+            nll0, grad, fisher = self._assess(images[rows], x0[rows], psf_fwhm[rows], sigma[rows])
+            cov[rows] = covariances(fisher)
+            x0[rows], moving[rows] = self._scoring_step(
+                images[rows], sigma[rows], psf_fwhm[rows], x0[rows], nll0, grad, cov[rows]
+            )
+            current[rows] = ~moving[rows]  # a rejected step leaves x0 where its matrix was taken
+        stale = np.flatnonzero(~current)
+        if len(stale):
+            cov[stale] = covariances(self._assess(images[stale], x0[stale], psf_fwhm[stale], sigma[stale])[2])
+        with np.errstate(invalid="ignore"):  # a start the image hardly constrains: the box's width
+            unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+        unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
+        return x0, unit, from_init
+
+    def _assess(self, images, x, psf_fwhm, sigma):
+        """At fit variables x (B, 5), each image on its own grid: the NLL (B,), its gradient by the
+        variables (B, 5) and their Fisher matrices (B, 5, 5)."""
+        mu, jac = self.model_and_jacobian(self._thetas(x), psf_fwhm)
+        jac_x = self._variables_jacobian(x, jac)
+        nll, weights = nll_and_weights(images, mu, sigma, poisson=self.poisson)
+        grad = np.einsum("bkij,bij->bk", jac_x, weights)
+        return nll, grad, fisher_matrices(mu, jac_x, sigma, poisson=self.poisson)
+
+    def _nll(self, images, x, psf_fwhm, sigma) -> np.ndarray:
+        """The NLL (B,) at fit variables x (B, 5), each image on its own grid."""
+        return nll_and_weights(images, self._model(x, psf_fwhm), sigma, poisson=self.poisson)[0]
+
+    def _scoring_step(self, images, sigma, psf_fwhm, x0, nll0, grad, cov) -> np.ndarray:
         """The start moved by one Fisher-scoring step, −F⁻¹∇NLL (clipped into the box), where that
         lowers the NLL; and where it did."""
-        nll0, weights = nll_and_weights(images, mu, sigma, poisson=self.poisson)
-        grad = np.einsum("bkij,bij->bk", jac_x, weights)
         step = -np.einsum("bij,bj->bi", np.nan_to_num(cov), grad)
         x1 = np.clip(x0 + step, self.box.low, self.box.high)
-        nll1, _ = nll_and_weights(images, self._model(x1, psf_fwhm), sigma, poisson=self.poisson)
+        nll1 = self._nll(images, x1, psf_fwhm, sigma)
         better = np.isfinite(nll1) & (nll1 < nll0)
         retry = np.flatnonzero(~better)
         if len(retry):  # a full step that overshoots (far from the maximum): half of it
             half = np.clip(x0[retry] + step[retry] / 2, self.box.low, self.box.high)
-            nll_half, _ = nll_and_weights(
-                images[retry], self._model(half, psf_fwhm[retry]), sigma[retry], poisson=self.poisson
-            )
+            nll_half = self._nll(images[retry], half, psf_fwhm[retry], sigma[retry])
             kept = np.isfinite(nll_half) & (nll_half < nll0[retry])
             x1[retry] = np.where(kept[:, None], half, x0[retry])
             better[retry] = kept

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def pixel_variance(model, sigma, *, poisson: bool = True, gain: float | None = None) -> np.ndarray:
+def pixel_variance(model, sigma, *, poisson: bool = True, gain: float | None = None, xp=np) -> np.ndarray:
     """Each pixel's variance: ``σ² + max(μ_p, 0) / gain`` (``σ²`` without Poisson noise).
 
     Parameters
@@ -29,22 +29,24 @@ def pixel_variance(model, sigma, *, poisson: bool = True, gain: float | None = N
         Add the model's Poisson variance.
     gain : float, optional
         Electrons per count (default 1: the counts are electrons).
+    xp : module
+        The array library: ``numpy``, or ``jax.numpy`` inside a traced device computation.
 
     Returns
     -------
     ndarray like ``model``
     """
-    model = np.asarray(model)
-    sigma = np.asarray(sigma, dtype=np.float64)
+    model = xp.asarray(model)
+    sigma = xp.asarray(sigma, dtype=model.dtype if xp is not np else np.float64)
     if model.ndim == 3 and sigma.ndim <= 1:
-        sigma = np.broadcast_to(sigma, model.shape[:1])[:, None, None]
+        sigma = xp.broadcast_to(sigma, model.shape[:1])[:, None, None]
     if not poisson:
         return sigma**2 + 0.0
-    light = np.clip(model, 0.0, None)
+    light = xp.clip(model, 0.0, None)
     return sigma**2 + (light if gain is None else light / gain)
 
 
-def nll_and_weights(image, model, sigma, *, poisson: bool = True, gain: float | None = None, mask=None):
+def nll_and_weights(image, model, sigma, *, poisson: bool = True, gain: float | None = None, mask=None, xp=np):
     """Negative log-likelihood of ``image`` given the noiseless ``model``, and ∂NLL/∂μ per pixel.
 
     Each pixel is Gaussian with mean μ_p and variance ``v_p = σ_p² + max(μ_p, 0) / gain`` (without
@@ -63,6 +65,8 @@ def nll_and_weights(image, model, sigma, *, poisson: bool = True, gain: float | 
         Electrons per count (default 1).
     mask : bool ndarray like ``model``, optional
         The pixels to count (True); the others add nothing to the NLL and get weight 0.
+    xp : module
+        The array library: ``numpy``, or ``jax.numpy`` inside a traced device computation.
 
     Returns
     -------
@@ -70,20 +74,20 @@ def nll_and_weights(image, model, sigma, *, poisson: bool = True, gain: float | 
     weights : ndarray like ``model``
         ∂NLL/∂μ_p: the gradient by any parameter θ is Σ_p weights_p ∂μ_p/∂θ.
     """
-    model = np.asarray(model)
-    variance = pixel_variance(model, sigma, poisson=poisson, gain=gain)
+    model = xp.asarray(model)
+    variance = pixel_variance(model, sigma, poisson=poisson, gain=gain, xp=xp)
     resid = image - model
-    terms = resid**2 / (2 * variance) + 0.5 * np.log(variance)
+    terms = resid**2 / (2 * variance) + 0.5 * xp.log(variance)
     if mask is not None:
-        terms = np.where(mask, terms, 0.0)
-    nll = np.sum(terms, axis=(-2, -1))
-    nll = float(nll) if model.ndim == 2 else nll
+        terms = xp.where(mask, terms, 0.0)
+    nll = xp.sum(terms, axis=(-2, -1))
+    nll = float(nll) if model.ndim == 2 and xp is np else nll
     weights = -resid / variance
     if poisson:
-        light = np.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
-        weights += light if gain is None else light / gain
+        light = xp.where(model > 0, 0.5 / variance - resid**2 / (2 * variance**2), 0.0)
+        weights = weights + (light if gain is None else light / gain)
     if mask is not None:
-        weights = np.where(mask, weights, 0.0)
+        weights = xp.where(mask, weights, 0.0)
     return nll, weights
 
 

@@ -103,13 +103,21 @@ class KerasRenderer:
         out = fn(*args, fw, h)
         return out[:B] if Bp > B else out
 
+    def group_function(self, N: int, H: int):
+        """The drawing of one (N, H) group as a plain function ``(flux, n, hlr, g1, g2, psf_fwhm, h)
+        → (B, stamp, stamp)`` for a caller's own trace (jax.jit, jax.linearize): the grid's constants
+        are made now, eagerly, so that none is created inside the trace."""
+        self._grid_consts(N, H)
+
+        def draw(flux, n, hlr, g1, g2, psf_fwhm, h):
+            return self._render_group(flux, n, hlr, g1, g2, psf_fwhm, h, N=N, H=H)
+
+        return draw
+
     def _compile(self, N, H):
         import keras
 
-        def f(flux, n, hlr, g1, g2, psf_fwhm, h):
-            return self._render_group(flux, n, hlr, g1, g2, psf_fwhm, h, N=N, H=H)
-
-        self._grid_consts(N, H)  # constants made eagerly, outside any trace
+        f = self.group_function(N, H)
         backend = keras.backend.backend()
         if backend == "tensorflow":
             import tensorflow as tf
