@@ -15,6 +15,7 @@ Nothing here imports TensorFlow unless the backend is TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 from galparam.errors import TrainingError
 
@@ -115,6 +116,68 @@ def strategy(kind: str | None):
     if "TF_CONFIG" not in os.environ:
         raise TrainingError("strategy multi_worker needs TF_CONFIG describing the cluster (see tf.distribute)")
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+PREDICT_BATCH = 1024
+"""Images per forward pass of :func:`predict` on JAX (all batches of a call run in one compiled loop)."""
+
+_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def predict(model, inputs, *, batch_size: int | None = None):
+    """The model's outputs for every row of ``inputs`` (an array or a dict of arrays), as numpy.
+
+    On JAX the inputs go to the device once and every batch runs inside one compiled loop
+    (``jax.lax.map`` over the model's ``stateless_call``): no host round trip per batch, as
+    ``model.predict`` makes. Elsewhere it is ``model.predict``. The same outputs either way, to
+    float rounding (XLA may fuse a batch's arithmetic differently).
+
+    Parameters
+    ----------
+    model : keras.Model
+    inputs : ndarray or dict of ndarrays, each (N, ...)
+    batch_size : int, optional
+        Rows per forward pass (default :data:`PREDICT_BATCH` on JAX, 256 elsewhere).
+
+    Returns
+    -------
+    ndarray, or a dict of them for a model with named outputs
+    """
+    if name() != "jax":
+        return model.predict(inputs, batch_size=batch_size or 256, verbose=0)
+    import jax
+    import numpy as np
+
+    batch = int(batch_size or PREDICT_BATCH)
+    leaves = jax.tree_util.tree_leaves(inputs)
+    rows = len(leaves[0])
+    if rows == 0:
+        return model.predict(inputs, batch_size=batch, verbose=0)
+    batch = min(batch, rows)
+    padded = -(-rows // batch) * batch
+
+    def stack(a):  # (N, ...) → (batches, batch, ...), the last batch padded by repeating row 0
+        a = np.asarray(a)
+        if padded > rows:
+            a = np.concatenate([a, np.repeat(a[:1], padded - rows, axis=0)])
+        return a.reshape(padded // batch, batch, *a.shape[1:])
+
+    fn = _PREDICTORS.get(model)
+    if fn is None:
+
+        def run(trainable, non_trainable, stacked):
+            def one(x):
+                return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+            return jax.lax.map(one, stacked)
+
+        fn = _PREDICTORS[model] = jax.jit(run)
+    out = fn(
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        jax.tree_util.tree_map(stack, inputs),
+    )
+    return jax.tree_util.tree_map(lambda y: np.asarray(y).reshape(padded, *y.shape[2:])[:rows], out)
 
 
 def make_deterministic() -> None:

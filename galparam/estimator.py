@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 
+from galparam import backend
 from galparam.data import MinMaxScaler, load_dataset, with_channel
 from galparam.errors import GalparamError
 from galparam.evaluate.uncertainty import fit_calibration
@@ -120,7 +121,7 @@ class Estimator:
         spread = np.ones(len(LABEL_NAMES)) if self.calibration is None else self.calibration
         return {level: f / spread for level, f in self.interval_calibration.items()}
 
-    def predict_scaled(self, images, psf_images=None, *, batch_size: int = 256) -> np.ndarray:
+    def predict_scaled(self, images, psf_images=None, *, batch_size: int | None = None) -> np.ndarray:
         """The network's raw outputs (labels in the scaler's range); see :meth:`predict`."""
         images = self._check_images(images, "images")
         if self.psf_input:
@@ -137,15 +138,15 @@ class Estimator:
         for start in range(0, len(images), _CHUNK):
             chunk = images[start : start + _CHUNK]
             if self.denoiser is not None:
-                chunk = self.denoiser.denoise(chunk, batch_size=batch_size)
+                chunk = self.denoiser.denoise(chunk, batch_size=batch_size or 256)
             x = with_channel(chunk)
             if self.psf_input:
                 x = {"image": x, "psf": with_channel(psf_images[start : start + _CHUNK])}
-            y = self._net.predict(x, batch_size=batch_size, verbose=0)
+            y = backend.predict(self._net, x, batch_size=batch_size)
             out.append(np.asarray(y["labels"] if isinstance(y, dict) else y))  # a joint model's two outputs
         return np.concatenate(out) if out else np.empty((0, len(LABEL_NAMES)), np.float32)
 
-    def predict_distribution(self, images, psf_images=None, *, batch_size: int = 256, calibrated: bool = True):
+    def predict_distribution(self, images, psf_images=None, *, batch_size: int | None = None, calibrated: bool = True):
         """Each image's estimate and, with an uncertainty head, its covariance, in physical units.
 
         Returns
@@ -162,7 +163,7 @@ class Estimator:
         cov = cov / np.outer(scale, scale)
         return mean, calibrated_covariance(cov, self.calibration if calibrated else None)
 
-    def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
+    def predict(self, images, psf_images=None, *, batch_size: int | None = None) -> pd.DataFrame:
         """Estimate the five parameters of each image (and, with an uncertainty head, their spreads).
 
         Parameters
@@ -171,8 +172,9 @@ class Estimator:
             Galaxy images in counts, as the training images (same size and pixel scale).
         psf_images : array_like of shape (N, S, S) or (1, S, S), optional
             The PSF image of each galaxy (or one for all); required by models trained with the PSF input.
-        batch_size : int
-            Images per forward pass.
+        batch_size : int, optional
+            Images per forward pass (default 256; on JAX 1,024, every pass of a call in one
+            compiled loop on the device: :func:`galparam.backend.predict`).
 
         Returns
         -------
@@ -268,7 +270,7 @@ class Ensemble:
 
     interval_scale = Estimator.interval_scale
 
-    def calibrate(self, images, truth, psf_images=None, *, batch_size: int = 256) -> dict:
+    def calibrate(self, images, truth, psf_images=None, *, batch_size: int | None = None) -> dict:
         """Fit the ensemble's calibration on images with known ``truth`` (N, 5): one factor per label
         on the mixture's spread and one per level for the intervals, as
         :func:`galparam.train.calibrate` fits a run's; returns the factors."""
@@ -277,7 +279,7 @@ class Ensemble:
         self.calibration, self.interval_calibration = fit_calibration(truth, mean, std)
         return {"factors": self.calibration, "intervals": self.interval_calibration}
 
-    def predict_distribution(self, images, psf_images=None, *, batch_size: int = 256, calibrated: bool = True):
+    def predict_distribution(self, images, psf_images=None, *, batch_size: int | None = None, calibrated: bool = True):
         """The ensemble's estimates (N, 5) and covariances (N, 5, 5), physical units (scaled by the
         ensemble's own calibration where :meth:`calibrate` ran, unless ``calibrated`` is false;
         the members' calibrations always apply)."""
@@ -291,14 +293,14 @@ class Ensemble:
             cov = cov + np.mean(member_covs, axis=0)
         return mean, calibrated_covariance(cov, self.calibration if calibrated else None)
 
-    def predict(self, images, psf_images=None, *, batch_size: int = 256) -> pd.DataFrame:
+    def predict(self, images, psf_images=None, *, batch_size: int | None = None) -> pd.DataFrame:
         """As :meth:`Estimator.predict`: the estimates, ``<label>_std`` (and, once calibrated,
         ``<label>_ci68`` and ``<label>_ci95``) and the correlations."""
         mean, cov = self.predict_distribution(images, psf_images, batch_size=batch_size)
         return _table(mean, cov, correlations=True, interval_scale=self.interval_scale)
 
 
-def load_ensemble(run_dirs, *, calibrate: bool = True, batch_size: int = 256) -> Ensemble:
+def load_ensemble(run_dirs, *, calibrate: bool = True, batch_size: int | None = None) -> Ensemble:
     """A deep ensemble of runs of one experiment (other seeds), calibrated on their validation split.
 
     Parameters

@@ -327,3 +327,29 @@ def test_a_gpu_study_stopped_from_outside_leaves_its_tables_so_far(tmp_path):
     assert any("SIGTERM" in item for item in status["not_finished"])
     timing = pd.read_csv(tmp_path / "out" / "timing.csv")
     assert list(timing.step) == ["draw test set SNR 60", "draw test set SNR 30"]
+
+
+@pytest.mark.backends
+def test_predict_gives_keras_predicts_outputs_every_batch_in_one_device_call(tiny_run, datasets):
+    """``backend.predict`` (on JAX one compiled loop over the batches, the last one padded) against
+    Keras's own ``predict``, for a trained Xception and for a model with named inputs and outputs."""
+    import keras
+
+    from galparam.estimator import load_estimator
+
+    net = load_estimator(tiny_run)._net
+    images = with_channel(load_dataset(datasets["fixed"]).img[:37])
+    expected = net.predict(images, batch_size=8, verbose=0)
+    np.testing.assert_allclose(backend.predict(net, images, batch_size=16), expected, rtol=1e-5, atol=1e-5)
+    image, psf = keras.Input((4,), name="image"), keras.Input((4,), name="psf")
+    joined = keras.layers.Concatenate()([image, psf])
+    model = keras.Model(
+        {"image": image, "psf": psf},
+        {"labels": keras.layers.Dense(5, name="labels")(joined), "flux": keras.layers.Dense(1, name="flux")(joined)},
+    )
+    rng = np.random.default_rng(2)
+    inputs = {"image": rng.normal(size=(11, 4)).astype("float32"), "psf": rng.normal(size=(11, 4)).astype("float32")}
+    got, expected = backend.predict(model, inputs, batch_size=4), model.predict(inputs, batch_size=4, verbose=0)
+    assert set(got) == {"labels", "flux"}
+    for key in got:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)

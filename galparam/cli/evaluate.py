@@ -100,7 +100,7 @@ def build_parser() -> ArgumentParser:
     r.add_argument("--key", help="the array holding the images (default: img, or the only image array)")
     r.add_argument("--psf-key", help="the array holding the PSF images, for models with a PSF input (default: psf_img)")
     r.add_argument(
-        "--batch-size", type=positive_int, default=256, help="images per forward pass (default: %(default)s)"
+        "--batch-size", type=positive_int, help="images per forward pass (default: 256; 1024 on the JAX backend)"
     )
     r.add_argument(
         "--ensemble",
