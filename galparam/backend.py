@@ -135,7 +135,9 @@ def predict(model, inputs, *, batch_size: int | None = None):
     Parameters
     ----------
     model : keras.Model
+        The network, built.
     inputs : ndarray or dict of ndarrays, each (N, ...)
+        Its inputs, one row per example.
     batch_size : int, optional
         Rows per forward pass (default :data:`PREDICT_BATCH` on JAX, 256 elsewhere).
 
