@@ -289,14 +289,38 @@ def _make_classes() -> dict:
                 self._next = (epoch + 1, 0) if step + 1 == self.steps else (epoch, step + 1)
             return structure_batch(self.names, self._kept[key], self.inputs, self.targets)
 
-    return {"EpochBatches": EpochBatches, "ArrayBatches": ArrayBatches, "StreamBatches": StreamBatches}
+    class SampleBatches(EpochBatches):
+        """Batches of sample keys for images drawn on the device (:mod:`galparam.device_draw`):
+        batch ``i`` of epoch ``e`` is ``(keys,)``, keys (b, 2) int32 rows ``(e, j)`` for the
+        epoch's samples ``j`` of that batch.
+
+        Parameters
+        ----------
+        images_per_epoch, batch_size : int
+        first_epoch : int
+        """
+
+        def __init__(self, images_per_epoch: int, batch_size: int, *, first_epoch: int = 0):
+            super().__init__(-(-images_per_epoch // batch_size), first_epoch)
+            self.images_per_epoch, self.batch_size = int(images_per_epoch), int(batch_size)
+
+        def __getitem__(self, i: int):
+            samples = np.arange(i * self.batch_size, min((i + 1) * self.batch_size, self.images_per_epoch))
+            return (np.stack([np.full_like(samples, self.epoch), samples], axis=1).astype(np.int32),)
+
+    return {
+        "EpochBatches": EpochBatches,
+        "ArrayBatches": ArrayBatches,
+        "StreamBatches": StreamBatches,
+        "SampleBatches": SampleBatches,
+    }
 
 
 _CLASSES: dict = {}
 
 
 def __getattr__(name: str):
-    if name in ("EpochBatches", "ArrayBatches", "StreamBatches"):
+    if name in ("EpochBatches", "ArrayBatches", "StreamBatches", "SampleBatches"):
         if not _CLASSES:
             _CLASSES.update(_make_classes())
         return _CLASSES[name]

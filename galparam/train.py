@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galparam import backend
+from galparam import backend, pipelines
 from galparam.data import MinMaxScaler, column_range, with_channel
-from galparam.errors import TrainingError
+from galparam.device_draw import DeviceDrawer
+from galparam.errors import GalparamError, TrainingError
 from galparam.estimator import Denoiser, Estimator, load_denoiser
 from galparam.evaluate import ood
 from galparam.evaluate.fitbox import FitBox
@@ -164,8 +165,13 @@ def _read_state(stage_dir: Path) -> dict:
     return {"epochs_done": 0, "best": math.inf, "best_epoch": 0, "wait": 0, "lr_wait": 0, "done": False}
 
 
-def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=False, verbose="auto", deadline=None):
-    """Train one stage to its end (or load it if it finished), returning the model with its best weights."""
+def _run_stage(
+    stage, run, spec, strategy, build, datasets, history, *, plateau=False, verbose="auto", deadline=None, prepare=None
+):
+    """Train one stage to its end (or load it if it finished), returning the model with its best weights.
+
+    ``prepare(model)``, if given, is called on the built or reloaded model before it trains (images
+    drawn on the device: :meth:`galparam.device_draw.DeviceDrawer.attach`)."""
     import keras
 
     register_losses()  # a checkpoint compiled with one of galparam's losses loads only once it is known
@@ -183,6 +189,8 @@ def _run_stage(stage, run, spec, strategy, build, datasets, history, *, plateau=
         state.pop("stopped_by_deadline", None)  # a resumed stage has a new deadline, or none
         train_ds, val_ds, steps, val_steps = datasets(start)
         checkpoint = _EpochCheckpoint(stage, run, state, spec, history, plateau=plateau, deadline=deadline)
+        if prepare is not None:
+            prepare(model)
         if verbose:
             print(f"stage {stage}: epochs {start + 1}..{spec.epochs}", flush=True)
         model.fit(
@@ -311,6 +319,9 @@ def stage_pipelines(stage: Stage, spec: ExperimentSpec, data: ExperimentData, sc
     arrays = {name: (data.column(key), transform) for name, (key, transform) in columns.items()}
     val_ds = batches(arrays, inputs, targets, data.val, spec.batch_size)
     val_steps = math.ceil(len(data.val) / spec.batch_size)
+    if data.fresh is not None and spec.draw_on == "device":  # keys only: the step draws the images
+        train_ds = pipelines.SampleBatches(data.fresh.images_per_epoch, spec.batch_size, first_epoch=first_epoch)
+        return train_ds, val_ds, data.fresh.steps_per_epoch, val_steps
     if data.fresh is not None:
         ordered = {name: columns[name] for name in column_names(inputs, targets)}
         shapes = [transform(data.column(key)[:1]).shape[1:] for key, transform in ordered.values()]
@@ -339,6 +350,25 @@ def search_pipelines(spec: ExperimentSpec, data: ExperimentData):
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def _device_drawer(spec: ExperimentSpec, family: Family, data: ExperimentData) -> DeviceDrawer | None:
+    """The drawer of an experiment whose fresh images are drawn on the device (``draw_on: device``),
+    checked: Keras's JAX backend, a spec the device draws, stages that take images to labels."""
+    if spec.draw_on != "device":
+        return None
+    for stage in family.stages_of(spec):
+        kinds = set(stage.inputs.values()) | set(stage.targets.values())
+        if kinds - {"images", "measured_images", "labels"} or (stage.takes_psf and data.psf_input):
+            raise TrainingError(
+                f"{spec.source}: dataset: draw_on: device draws images and labels; stage {stage.name} also needs "
+                f"{', '.join(sorted(kinds - {'images', 'measured_images', 'labels'}) or ['PSF images'])} "
+                "(use draw_on: host)"
+            )
+    try:
+        return DeviceDrawer(data.dataset_spec, data.dataset_spec.seed)
+    except GalparamError as exc:
+        raise TrainingError(f"{spec.source}: dataset: draw_on: device: {exc}") from None
 
 
 def _check_replicas(strategy, spec: ExperimentSpec, data: ExperimentData) -> None:
@@ -509,6 +539,7 @@ def train(
         denoiser = load_denoiser(spec.denoiser)
     strategy = backend.strategy(spec.strategy)
     _check_replicas(strategy, spec, data)  # before the run folder is touched
+    drawer = _device_drawer(spec, family, data)  # before the run folder is touched
     state = run.prepare(spec.to_yaml(), source=spec.source, resume=resume, overwrite=overwrite)
     if state == "finished":
         if run.info()["dataset"]["spec_sha256"] != data.spec_digest:
@@ -546,6 +577,9 @@ def train(
                     plateau=stage.plateau,
                     verbose=verbose,
                     deadline=deadline,
+                    prepare=None
+                    if drawer is None
+                    else partial(drawer.attach, image_key=data.image_key, label_affine=scalers.label.affine()),
                 )
         with strategy.scope():
             model = hm.finish(trained)

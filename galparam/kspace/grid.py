@@ -11,59 +11,67 @@ from galparam.kspace.tables import Tables
 from galparam.parameters import ParameterError
 
 
-def shear_axes(g1, g2):
-    """Major and minor semi-axis factors of GalSim's shear matrix (their product is 1)."""
-    g = np.hypot(g1, g2)
-    return np.sqrt((1 + g) / (1 - g)), np.sqrt((1 - g) / (1 + g))
+def shear_axes(g1, g2, xp=np):
+    """Major and minor semi-axis factors of GalSim's shear matrix (their product is 1).
+
+    ``xp`` is the array library (numpy, or ``jax.numpy`` in a traced device computation), as below."""
+    g = xp.hypot(g1, g2)
+    return xp.sqrt((1 + g) / (1 - g)), xp.sqrt((1 - g) / (1 + g))
 
 
-def unit_maxk_stepk(tables: Tables, n):
+def unit_maxk_stepk(tables: Tables, n, xp=np):
     """The unit Sérsic's maxk and stepk at any n: log-linear between tabulated indices."""
-    n = np.asarray(n, dtype=np.float64)
+    n = xp.asarray(n, dtype=np.float64) if xp is np else n
     return (
-        np.exp(np.interp(n, tables.n_nodes, np.log(tables.sersic_maxk))),
-        np.exp(np.interp(n, tables.n_nodes, np.log(tables.sersic_stepk))),
+        xp.exp(xp.interp(n, tables.n_nodes, np.log(tables.sersic_maxk))),
+        xp.exp(xp.interp(n, tables.n_nodes, np.log(tables.sersic_stepk))),
     )
 
 
-def galsim_maxk_stepk(tables: Tables, n, hlr, g1, g2, psf_fwhm):
+def galsim_maxk_stepk(tables: Tables, n, hlr, g1, g2, psf_fwhm, xp=np):
     """maxk and stepk (rad/arcsec) that GalSim gives the galaxy ⊗ PSF ⊗ pixel (Convolution rules:
     maxk is the smallest, 1/stepk² the sum of 1/stepk²; a Transformation divides maxk by its
     minor and stepk by its major axis)."""
-    major, minor = shear_axes(g1, g2)
-    mk_u, sk_u = unit_maxk_stepk(tables, n)
-    hlr = np.asarray(hlr, dtype=np.float64)
-    psf_fwhm = np.asarray(psf_fwhm, dtype=np.float64)
+    major, minor = shear_axes(g1, g2, xp)
+    mk_u, sk_u = unit_maxk_stepk(tables, n, xp)
+    if xp is np:
+        hlr = np.asarray(hlr, dtype=np.float64)
+        psf_fwhm = np.asarray(psf_fwhm, dtype=np.float64)
     mk_gal, sk_gal = mk_u / (hlr * minor), sk_u / (hlr * major)
     mk_psf, sk_psf = tables.psf_maxk / psf_fwhm, tables.psf_stepk / psf_fwhm
     mk_pix = 2.0 / (1e-3 * tables.pixel_scale)  # GSParams.maxk_threshold = 1e-3
     sk_pix = math.pi / tables.pixel_scale
-    maxk = np.minimum(np.minimum(mk_gal, mk_psf), mk_pix)
+    maxk = xp.minimum(xp.minimum(mk_gal, mk_psf), mk_pix)
     stepk = (sk_gal**-2 + sk_psf**-2 + sk_pix**-2) ** -0.5
     return maxk, stepk
 
 
-def kbox_half(maxk, N, pixel_scale):
+def kbox_half(maxk, N, pixel_scale, xp=np):
     """GalSim's half-width of the k-box in units of dk = 2π/(N·scale) (drawFFT_makeKImage)."""
-    maxk_pix = np.asarray(maxk) * pixel_scale  # rad/pixel
-    dk = 2 * np.pi / np.asarray(N)
-    return np.where(N * dk / 2 > maxk_pix, N // 2, np.ceil(maxk_pix / dk).astype(np.int64))
+    maxk_pix = xp.asarray(maxk) * pixel_scale  # rad/pixel
+    dk = 2 * np.pi / (np.asarray(N) if xp is np else N)
+    return xp.where(N * dk / 2 > maxk_pix, N // 2, xp.ceil(maxk_pix / dk).astype(_int(xp)))
 
 
-def good_fft_size(N):
+def good_fft_size(N, xp=np):
     """GalSim's goodFFTSize: the next 2^k or 3·2^k at or above N."""
-    log2 = np.ceil(np.log2(N))
+    log2 = xp.ceil(xp.log2(N))
     p2, p3 = 2**log2, 3 * 2 ** (log2 - 2)
-    return np.where(p3 >= N, p3, p2).astype(np.int64)
+    return xp.where(p3 >= N, p3, p2).astype(_int(xp))
 
 
-def galsim_fft_size(stepk, pixel_scale, stamp):
+def galsim_fft_size(stepk, pixel_scale, stamp, xp=np):
     """The N GalSim's drawImage would use (getGoodImageSize, goodFFTSize, minimum 128)."""
-    nd = 2 * np.pi / (pixel_scale * np.asarray(stepk, dtype=np.float64))
-    N = np.ceil(nd * (1 - 1e-12)).astype(np.int64)
+    nd = 2 * np.pi / (pixel_scale * (np.asarray(stepk, dtype=np.float64) if xp is np else stepk))
+    N = xp.ceil(nd * (1 - 1e-12)).astype(_int(xp))
     N = 2 * ((N + 1) // 2)
-    N = np.maximum(N, stamp)
-    return np.maximum(good_fft_size(N), 128)
+    N = xp.maximum(N, stamp)
+    return xp.maximum(good_fft_size(N, xp), 128)
+
+
+def _int(xp):
+    """The integer type of grid sizes: int64 in numpy, int32 on the device."""
+    return np.int64 if xp is np else "int32"
 
 
 def choose_grid(tables: Tables, flux, n, hlr, g1, g2, psf_fwhm, *, N=None, box_step=8, grid=None):
@@ -142,33 +150,36 @@ def enclosing_grid(tables: Tables, grid, flux, n, hlr, g1, g2, psf_fwhm):
     return N, h
 
 
-def grid_size(tables: Tables, n, hlr, g1, g2, psf_fwhm, stepk=None):
+def grid_size(tables: Tables, n, hlr, g1, g2, psf_fwhm, stepk=None, xp=np):
     """N by galaxy: GalSim's own N, or the smaller N that the calibrated rule allows.
 
     The rule table holds, at nodes of (n, major-axis radius hlr·sqrt((1+|g|)/(1-|g|)), PSF FWHM),
     the smallest size in `GRID_SIZES` whose image is within the calibration tolerances of the
     image at GalSim's N. A galaxy takes the largest N required at the 8 corners of its cell (no
     monotonicity assumed), and never more than GalSim's own N (at which the match is exact, the
-    wrap-around included). Outside the calibrated ranges it takes GalSim's N.
+    wrap-around included). Outside the calibrated ranges it takes GalSim's N. ``xp``: numpy, or
+    ``jax.numpy`` in a traced device computation.
     """
     if stepk is None:
-        stepk = galsim_maxk_stepk(tables, n, hlr, g1, g2, psf_fwhm)[1]
-    NG = galsim_fft_size(stepk, tables.pixel_scale, tables.stamp)
+        stepk = galsim_maxk_stepk(tables, n, hlr, g1, g2, psf_fwhm, xp)[1]
+    NG = galsim_fft_size(stepk, tables.pixel_scale, tables.stamp, xp)
     if tables.rule_N.size == 0:
         return NG
-    n, hlr, psf_fwhm = (np.asarray(a, dtype=np.float64) for a in (n, hlr, psf_fwhm))
-    r = hlr * shear_axes(g1, g2)[0]
-    need = np.zeros(np.shape(NG), dtype=np.int64)
-    inside = np.ones(np.shape(NG), dtype=bool)
+    if xp is np:
+        n, hlr, psf_fwhm = (np.asarray(a, dtype=np.float64) for a in (n, hlr, psf_fwhm))
+    r = hlr * shear_axes(g1, g2, xp)[0]
+    need = xp.zeros(NG.shape, dtype=_int(xp))
+    inside = xp.ones(NG.shape, dtype=bool)
     idx = []
     for x, nodes in ((n, tables.rule_n), (r, tables.rule_r), (psf_fwhm, tables.rule_fwhm)):
         tol = 1e-9 * (nodes[-1] - nodes[0])
         inside &= (x >= nodes[0] - tol) & (x <= nodes[-1] + tol)
-        hi = np.clip(np.searchsorted(nodes, x - tol), 0, len(nodes) - 1)
-        lo = np.clip(np.searchsorted(nodes, x + tol, side="right") - 1, 0, len(nodes) - 1)
+        hi = xp.clip(xp.searchsorted(nodes, x - tol), 0, len(nodes) - 1)
+        lo = xp.clip(xp.searchsorted(nodes, x + tol, side="right") - 1, 0, len(nodes) - 1)
         idx.append((lo, hi))
+    rule = tables.rule_N if xp is np else xp.asarray(tables.rule_N, dtype=_int(xp))
     for a in idx[0]:
         for b in idx[1]:
             for c in idx[2]:
-                need = np.maximum(need, tables.rule_N[a, b, c])
-    return np.where(inside, np.minimum(need, NG), NG)
+                need = xp.maximum(need, rule[a, b, c])
+    return xp.where(inside, xp.minimum(need, NG), NG)

@@ -139,21 +139,7 @@ class KerasRenderer:
         psf_fwhm = ops.convert_to_tensor(psf_fwhm, dt)
         B = ops.shape(flux)[0]
 
-        # per-galaxy Sérsic table: the cubic spline in n between the bracketing nodes (C² in n)
-        x = (n - float(t.n_nodes[0])) / float(t.n_step)
-        j = ops.clip(ops.floor(x), 0.0, float(len(t.n_nodes) - 2))
-        u = x - j
-        v = 1.0 - u
-        w = [v, u, v * v * v - v, u * u * u - u]  # weights of C_j, C_j+1, D_j, D_j+1
-        jj = ops.cast(j, "int32")
-        lo, hi = ops.take(self.coef, jj, axis=0), ops.take(self.coef, jj + 1, axis=0)
-        # explicit adds in a fixed order (an einsum's matmul kernel may depend on the batch size)
-        w = [wq * flux for wq in w]  # the flux scales the table (M rows) rather than the k-box
-        gal = w[0][:, None, None] * lo[:, 0]
-        gal = gal + w[1][:, None, None] * hi[:, 0]
-        gal = gal + w[2][:, None, None] * lo[:, 1]
-        gal = gal + w[3][:, None, None] * hi[:, 1]
-        gal = ops.reshape(gal, (-1, 4))  # (B·M, 4)
+        gal = self._sersic_rows(flux, n)
 
         # hlr²·|A k|², A GalSim's shear matrix; epsilon keeps d(ksq**0.25) finite at k = 0
         # (products, not ** 2: a vectorised pow can round differently from the scalar one, which
@@ -194,6 +180,98 @@ class KerasRenderer:
         re, _ = ops.ifft2((F * c["cos"], F * c["sin"]))
         s = t.stamp
         return 2.0 * re[:, :s, :s]
+
+    def _sersic_rows(self, flux, n):
+        """Each galaxy's radial table (B·M, 4), times its flux: the cubic spline in n between the
+        bracketing nodes (C² in n)."""
+        ops, t = self._ops, self.tables
+        x = (n - float(t.n_nodes[0])) / float(t.n_step)
+        j = ops.clip(ops.floor(x), 0.0, float(len(t.n_nodes) - 2))
+        u = x - j
+        v = 1.0 - u
+        w = [v, u, v * v * v - v, u * u * u - u]  # weights of C_j, C_j+1, D_j, D_j+1
+        jj = ops.cast(j, "int32")
+        lo, hi = ops.take(self.coef, jj, axis=0), ops.take(self.coef, jj + 1, axis=0)
+        # explicit adds in a fixed order (an einsum's matmul kernel may depend on the batch size)
+        w = [wq * flux for wq in w]  # the flux scales the table (M rows) rather than the k-box
+        gal = w[0][:, None, None] * lo[:, 0]
+        gal = gal + w[1][:, None, None] * hi[:, 0]
+        gal = gal + w[2][:, None, None] * lo[:, 1]
+        gal = gal + w[3][:, None, None] * hi[:, 1]
+        return ops.reshape(gal, (-1, 4))
+
+    def lattice_images(self, flux, n, hlr, g1, g2, psf_fwhm, N, h, *, H: int):
+        """Images of galaxies each on its own FFT size ``N`` (B,) and k-box ``h`` (B,) ≤ ``H``, all
+        in one static shape: the k-box on the integer lattice m (kx = m_x·dk, dk = 2π/(N·scale)
+        per galaxy), and the inverse transform summed directly at the stamp's pixels,
+
+            image(y, x) = (2/N²) Re Σ_m F(m) exp(iπ·m_y·(2y + 1 − S)/N) exp(iπ·m_x·(2x + 1 − S)/N)
+
+        (two real matrix products per axis): the stamp of the folded N×N inverse FFT that
+        :meth:`render_group` takes, with no fold and no FFT, so N may differ from galaxy to galaxy
+        inside a compiled function (images drawn on the device). The cost grows with H, not N.
+        Same arithmetic as :meth:`render_group` otherwise; (B,) tensors in, (B, S, S) out."""
+        ops, dt, t = self._ops, self.dtype, self.tables
+        M, S = self.M, t.stamp
+        flux, n, hlr, g1, g2, psf_fwhm = (ops.convert_to_tensor(v, dt) for v in (flux, n, hlr, g1, g2, psf_fwhm))
+        N = ops.convert_to_tensor(N, "int32")
+        B = ops.shape(flux)[0]
+        gal = self._sersic_rows(flux, n)
+        mx = np.arange(0, H + 1)
+        my = np.arange(-H, H + 1)
+        lat = dict(
+            kxx=np.broadcast_to(mx[None, :] ** 2, (len(my), len(mx))).ravel(),
+            kxy=(2 * my[:, None] * mx[None, :]).ravel(),
+            kyy=np.broadcast_to(my[:, None] ** 2, (len(my), len(mx))).ravel(),
+            k=np.hypot(my[:, None], mx[None, :]).ravel(),
+        )
+        lat = {key: ops.convert_to_tensor(value, dt) for key, value in lat.items()}
+        dk = 2.0 * np.pi / (ops.cast(N, dt) * t.pixel_scale)
+        # as render_group: hlr²·|A k|² / s_step⁴, with k = m·dk
+        gsq = g1 * g1 + g2 * g2
+        hh = hlr * hlr / (1.0 - gsq) * (1.0 / t.s_step**4) * dk * dk
+        p1, m1 = 1.0 + g1, 1.0 - g1
+        cxx = hh * (p1 * p1 + g2 * g2)
+        cxy = hh * 2.0 * g2
+        cyy = hh * (m1 * m1 + g2 * g2)
+        ksq = cxx[:, None] * lat["kxx"] + cxy[:, None] * lat["kxy"] + cyy[:, None] * lat["kyy"]
+        pos = ops.sqrt(ops.sqrt(ksq + KSQ_EPS / t.s_step**4))
+        row = ops.minimum(ops.floor(pos), float(M - 1))
+        irow = ops.cast(row, "int32") + (ops.arange(B, dtype="int32") * M)[:, None]
+        F = self._horner(ops.take(gal, irow, axis=0), pos - row)
+        sp = ops.sqrt(lat["k"][None, :] * ops.reshape(psf_fwhm * dk, (-1, 1))) * (1.0 / t.s_step)
+        prow = ops.minimum(ops.floor(sp), float(M - 1))
+        F = F * self._horner(ops.take(self.psf_coef, ops.cast(prow, "int32"), axis=0), sp - prow)
+        F = ops.reshape(F, (-1, 2 * H + 1, H + 1))
+        # pixel response sinc(m/N) per axis (the kx = 0 column halved: the half-plane's sum is
+        # twice its real part), and GalSim's own k-box: zeros beyond h
+        hcol = ops.reshape(ops.convert_to_tensor(h, "int32"), (-1, 1))
+        Nf = ops.reshape(ops.cast(N, dt), (-1, 1))
+        mxs, mys = ops.convert_to_tensor(mx, dt), ops.convert_to_tensor(my, dt)
+        px = self._sinc(mxs[None, :] / Nf) * ops.cast(ops.convert_to_tensor(mx, "int32")[None, :] <= hcol, dt)
+        px = px * ops.convert_to_tensor(np.where(mx == 0, 0.5, 1.0), dt)[None, :]
+        py = self._sinc(mys[None, :] / Nf) * ops.cast(ops.abs(ops.convert_to_tensor(my, "int32"))[None, :] <= hcol, dt)
+        F = F * px[:, None, :] * py[:, :, None]
+        # phases reduced exactly in integers: m·(2y + 1 − S) mod 2N, then the angle π·that/N
+        pix = np.arange(S)
+        Ni = ops.reshape(N, (-1, 1, 1))
+
+        def trig(m):
+            p = ops.convert_to_tensor((m[None, :] * (2 * pix[:, None] + 1 - S))[None], "int32")  # (1, S, L)
+            angle = ops.cast(ops.mod(p, 2 * Ni), dt) * (np.pi / ops.cast(Ni, dt))
+            return ops.cos(angle), ops.sin(angle)  # (B, S, L)
+
+        cy, sy = trig(my)
+        cx, sx = trig(mx)
+        rows_c, rows_s = ops.matmul(cy, F), ops.matmul(sy, F)  # (B, S, H+1)
+        img = ops.matmul(rows_c, ops.transpose(cx, (0, 2, 1))) - ops.matmul(rows_s, ops.transpose(sx, (0, 2, 1)))
+        return img * ops.reshape(2.0 / (ops.cast(N, dt) * ops.cast(N, dt)), (-1, 1, 1))
+
+    def _sinc(self, x):
+        """sin(πx)/(πx), 1 at 0."""
+        ops = self._ops
+        safe = ops.where(x == 0, 1.0, x)
+        return ops.where(x == 0, 1.0, ops.sin(np.pi * safe) / (np.pi * safe))
 
     def _horner(self, cf, tt):
         return cf[..., 0] + tt * (cf[..., 1] + tt * (cf[..., 2] + tt * cf[..., 3]))

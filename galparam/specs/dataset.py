@@ -139,18 +139,19 @@ class Prior:
         """The values of a discretized prior."""
         return sersic_grid(self.low, self.high, self.steps)
 
-    def transform(self, u: np.ndarray) -> np.ndarray:
-        """Map uniform deviates u ∈ [0, 1) to draws from this prior (vectorized)."""
-        u = np.asarray(u, dtype=np.float64)
+    def transform(self, u: np.ndarray, xp=np) -> np.ndarray:
+        """Map uniform deviates u ∈ [0, 1) to draws from this prior (vectorized; ``xp`` the array
+        library: numpy, or ``jax.numpy`` for draws on the device)."""
+        u = np.asarray(u, dtype=np.float64) if xp is np else u
         if self.kind == "fixed":
-            return np.full_like(u, self.low)
+            return xp.full_like(u, self.low)
         if self.kind == "uniform":
             return self.low + (self.high - self.low) * u
         if self.kind == "discretized":
-            index = np.minimum((u * self.steps).astype(np.int64), self.steps - 1)
-            return self.grid()[index]
+            index = xp.minimum((u * self.steps).astype(np.int64 if xp is np else "int32"), self.steps - 1)
+            return xp.asarray(self.grid(), dtype=u.dtype)[index] if xp is not np else self.grid()[index]
         count = int(self.high) - int(self.low) + 1
-        return int(self.low) + np.minimum(np.floor(u * count), count - 1)
+        return int(self.low) + xp.minimum(xp.floor(u * count), count - 1)
 
     def to_yaml(self):
         if self.kind == "fixed":

@@ -149,12 +149,15 @@ class ExperimentSpec:
     joint: bool = False
     uncertainty: str = "none"
     on_the_fly: bool = False
+    draw_on: str = "host"
     source: str = field(default="<experiment>", compare=False)
 
     def to_dict(self) -> dict:
         """The resolved spec (dataset as an absolute path, hyperparameters inline)."""
         out = {k: getattr(self, k) for k in EXPERIMENT_SETTINGS}
         out["dataset"] = {"spec": str(self.dataset), "on_the_fly": True} if self.on_the_fly else str(self.dataset)
+        if self.draw_on != "host":  # older runs' experiment.yaml (and digests) stay as they were
+            out["dataset"]["draw_on"] = self.draw_on
         out["stages"] = list(self.stages)
         out["loss_weights"] = list(self.loss_weights)
         if self.uncertainty == "none":  # runs made before the heads resume: their experiment.yaml lacks it
@@ -204,7 +207,7 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
     base_dir = Path(base_dir)
     if values["denoiser"] is not None:
         values["denoiser"] = (base_dir / values["denoiser"]).resolve()
-    values["dataset"], values["on_the_fly"] = _read_dataset(source, values["dataset"], base_dir)
+    values["dataset"], values["on_the_fly"], values["draw_on"] = _read_dataset(source, values["dataset"], base_dir)
     values["hyperparameters"] = _read_hyperparameters(source, values["hyperparameters"], base_dir)
     family.check_arguments(values["hyperparameters"], source=source)
     stages = values["stages"]
@@ -221,15 +224,20 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
     return ExperimentSpec(source=source, **values)
 
 
-DATASET_SOURCE_KEYS = ("spec", "on_the_fly")
+DATASET_SOURCE_KEYS = ("spec", "on_the_fly", "draw_on")
 """The keys of an experiment's ``dataset`` mapping."""
 
+DRAW_ON = ("host", "device")
+"""Where fresh images are drawn: CPU processes (numpy, the default) or the device, inside the
+compiled training step (Keras's JAX backend; :mod:`galparam.device_draw`)."""
 
-def _read_dataset(source: str, value, base_dir: Path) -> tuple[Path, bool]:
-    """``dataset: FILE.npz`` → (file, False); ``{spec: DATA.yaml, on_the_fly: true}`` → (spec file, True);
-    ``{spec: DATA.yaml, on_the_fly: false}`` → (the spec's dataset file DATA.npz, False)."""
+
+def _read_dataset(source: str, value, base_dir: Path) -> tuple[Path, bool, str]:
+    """``dataset: FILE.npz`` → (file, False, host); ``{spec: DATA.yaml, on_the_fly: true}`` → (spec
+    file, True, draw_on: host or device); ``{spec: DATA.yaml, on_the_fly: false}`` → (the spec's
+    dataset file DATA.npz, False, host)."""
     if isinstance(value, str) and value:
-        return (base_dir / value).resolve(), False
+        return (base_dir / value).resolve(), False, "host"
     accepted = "a dataset file (data/v1.npz) or {spec: data/v1.yaml, on_the_fly: true}"
     if not isinstance(value, dict):
         raise SpecError(f"{source}: dataset: {value!r} is not {accepted}")
@@ -241,8 +249,13 @@ def _read_dataset(source: str, value, base_dir: Path) -> tuple[Path, bool]:
         raise SpecError(f"{source}: dataset: spec: {spec!r} is not a dataset spec file (.yaml); {accepted}")
     if not isinstance(fly, bool):
         raise SpecError(f"{source}: dataset: on_the_fly: {fly!r} is not true or false")
+    draw_on = value.get("draw_on", "host")
+    if draw_on not in DRAW_ON:
+        raise SpecError(f"{source}: dataset: draw_on: {draw_on!r} is not one of {', '.join(DRAW_ON)}")
+    if draw_on == "device" and not fly:
+        raise SpecError(f"{source}: dataset: draw_on: device draws fresh images; it needs on_the_fly: true")
     path = (base_dir / spec).resolve()
-    return (path, True) if fly else (path.with_suffix(".npz"), False)
+    return (path, True, draw_on) if fly else (path.with_suffix(".npz"), False, "host")
 
 
 def _read_hyperparameters(source: str, value, base_dir: Path) -> dict:
