@@ -34,7 +34,7 @@ from galparam.errors import GalparamError
 from galparam.evaluate.crb import covariances, fisher_matrices
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import nll_and_weights
-from galparam.evaluate.start import initial_guess
+from galparam.evaluate.start import initial_guesses
 from galparam.parameters import PARAMETERS
 from galparam.render import KSpaceRenderer, renderer_for
 
@@ -413,7 +413,7 @@ class BatchedFit(Fit):
         if psf_images is None:
             psf_images = self.renderer.psf_images(psf_fwhm)
         scale = self.renderer.geometry.pixel_scale
-        moments = np.array([initial_guess(images[b], psf_images[b], pixel_scale=scale, box=self.box) for b in range(B)])
+        moments = initial_guesses(images, psf_images, pixel_scale=scale, box=self.box)
 
         lo, hi = self.box.low, self.box.high
         x0 = np.array([self.box.to_variables(t) for t in moments])

@@ -17,13 +17,30 @@ def initial_guess(image, psf_image, *, pixel_scale: float, box: FitBox | None = 
     -------
     ndarray of shape (5,): flux, sersic_n, hlr, g1, g2, inside ``box``
     """
+    return _guess(image, adaptive_moments(image), adaptive_moments(psf_image), pixel_scale, box)
+
+
+def initial_guesses(images, psf_images, *, pixel_scale: float, box: FitBox | None = None) -> np.ndarray:
+    """:func:`initial_guess` of many images (B, S, S) with their PSF images: (B, 5), each PSF's
+    moments measured once (a test set shares one PSF)."""
+    psf_moments: dict = {}
+    out = np.empty((len(images), 5))
+    for b, (image, psf) in enumerate(zip(images, psf_images, strict=True)):
+        psf = np.ascontiguousarray(psf, dtype=np.float64)
+        key = psf.tobytes()
+        if key not in psf_moments:
+            psf_moments[key] = adaptive_moments(psf)
+        out[b] = _guess(image, adaptive_moments(image), psf_moments[key], pixel_scale, box)
+    return out
+
+
+def _guess(image, gal, psf, pixel_scale: float, box: FitBox | None) -> np.ndarray:
     box = box or FitBox.training_prior()
     lo, hi = box.low, box.high
     guess = (lo + hi) / 2
     guess[0] = float(np.sum(image))
     guess[1] = 2.0
     guess[3:] = 0.0
-    gal, psf = adaptive_moments(image), adaptive_moments(psf_image)
     if gal is not None and psf is not None:
         size2 = gal[0] ** 2 - psf[0] ** 2
         if size2 > 0:
@@ -90,3 +107,4 @@ def _numpy_adaptive_moments(image, max_iter: int = 200, tol: float = 1e-6):
     e = np.hypot(e1, e2)
     factor = 1.0 / (1.0 + np.sqrt(max(1.0 - e * e, 0.0)))  # distortion → reduced shear
     return float(sigma), float(e1 * factor), float(e2 * factor)
+
