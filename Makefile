@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.galparam-installed
 
-.PHONY: demo test test-fast system-packages bench bench-denoise bench-peers lint format clean reproduce gpu-study
+.PHONY: demo test test-fast system-packages bench bench-denoise bench-peers bench-device lint format clean reproduce gpu-study
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(STAMP)
 OUT ?= gpu-study
 GPU_STUDY_PYTHON ?= $(BIN)/python
 # Denoise, then measure: hours on 2 CPU cores at its default 20,000 images, minutes on a GPU
+# the device paths (fits, bounds, prediction, drawing on Keras's JAX backend) beside the numpy paths, one run
+bench-device: $(STAMP)
+	KERAS_BACKEND=jax $(BIN)/python benchmarks/bench_device.py $(BENCH_DEVICE_FLAGS)
+
 DENOISE_OUT ?= bench-denoise
 bench-denoise: $(STAMP)
 	$(BIN)/python benchmarks/bench_denoise.py $(DENOISE_OUT) $(BENCH_DENOISE_FLAGS)

@@ -6,11 +6,15 @@ tables --copy-to DIR``, then ``GALPARAM_CACHE=DIR``). docs/gpu-study.md says how
 borrowed GPU machine. Steps, each timed, each skipped (and said so) when the budget is spent:
 
 1. draw both fixed-parameter test sets (10,000 images each) with every core;
-2. train the v2 Xception on fresh images drawn each epoch (180,000 an epoch, as the study), with
-   its fixed 20,000-image validation set drawn into the run folder, early stopping, and a deadline
-   that leaves time for the rest;
-3. predict both test sets; per-image Cramér–Rao bounds from the model's exact Jacobian;
-4. likelihood fits of the first 1,000 images of each test set, plain and started from the network;
+2. train the v2 Xception on fresh images drawn each epoch (180,000 an epoch, as the study), drawn
+   on the device inside the training step on JAX (``--draw-on device``, :mod:`galparam.device_draw`;
+   ``host``: CPU processes), with its fixed 20,000-image validation set drawn into the run folder,
+   early stopping, and a deadline that leaves time for the rest;
+3. predict both test sets (every batch in one device call, :func:`galparam.backend.predict`);
+   per-image Cramér–Rao bounds from the model's exact Jacobian, on the device
+   (:func:`galparam.evaluate.device_fit.device_bounds`);
+4. likelihood fits of every test image, plain and started from the network, solved on the device
+   (:class:`galparam.evaluate.device_fit.DeviceFit`; on TensorFlow the numpy fits of the first 1,000);
 5. write the tables (at most 8 files, flat) into OUT: ``study.md`` (everything, for a note),
    ``validation.csv`` (RMSE beside the study's full-scale figures), ``test_sets.csv`` (bias,
    spread and RMSE against the bound), ``timing.csv``, ``history.csv``, ``status.json``.
@@ -46,7 +50,8 @@ SCALES = {
         train_images=180_000,
         validation_images=20_000,
         test_images=10_000,
-        fit_images=1_000,
+        fit_images=10_000,
+        host_fit_images=1_000,  # the numpy fits' share where the device cannot fit (TensorFlow)
         epochs=200,
         patience=6,
         batch_size=128,
@@ -59,6 +64,7 @@ SCALES = {
         validation_images=64,
         test_images=64,
         fit_images=8,
+        host_fit_images=8,
         epochs=2,
         patience=0,
         batch_size=32,
@@ -103,6 +109,11 @@ def parse_args(argv=None):
     p.add_argument("--work", type=Path, help="folder for data and the run (default: a temporary folder)")
     p.add_argument("--batch-size", type=int, help="training batch size (default: 128 full, 32 toy)")
     p.add_argument("--jobs", type=int, help="processes for drawing and fits (default: every core)")
+    p.add_argument(
+        "--draw-on",
+        choices=("device", "host"),
+        help="where the training images are drawn (default: device on JAX, host otherwise)",
+    )
     args = p.parse_args(argv)
     if args.budget_s <= 0:
         p.error(f"--budget-s {args.budget_s:g}: a positive number of seconds is accepted")
@@ -125,7 +136,7 @@ def environment() -> dict:
     return info
 
 
-def write_specs(work: Path, scale: dict, batch_size: int, toy: bool):
+def write_specs(work: Path, scale: dict, batch_size: int, toy: bool, draw_on: str):
     """The v2 dataset spec sized for this scale, the experiment on it, the test-set specs."""
     from galparam.specs import experiment_from_dict, load_spec
     from galparam.specs.experiment import relocate_paths
@@ -138,7 +149,7 @@ def write_specs(work: Path, scale: dict, batch_size: int, toy: bool):
     raw = read_spec_file(ROOT / "experiments" / "xception-v2-fly.yaml", "experiment spec", relocate_paths)
     raw.update(
         name="gpu-study-xception-v2" + ("-toy" if toy else ""),
-        dataset={"spec": "v2.yaml", "on_the_fly": True},
+        dataset={"spec": "v2.yaml", "on_the_fly": True, "draw_on": draw_on},
         epochs=scale["epochs"],
         patience=scale["patience"],
         batch_size=batch_size,
@@ -160,6 +171,8 @@ class GpuStudy:
         self.toy = args.toy
         self.scale = SCALES["toy" if args.toy else "full"]
         self.batch_size = args.batch_size or self.scale["batch_size"]
+        self.on_device = env["backend"] == "jax"
+        self.draw_on = args.draw_on or ("device" if self.on_device else "host")
         self.clock = Clock(args.budget_s)
         self.timing: list[dict] = []
         self.unfinished: list[str] = []
@@ -195,7 +208,7 @@ class GpuStudy:
     def run(self, work: Path) -> None:
         from galparam.simulate import simulate
 
-        experiment, tests = write_specs(work, self.scale, self.batch_size, self.toy)
+        experiment, tests = write_specs(work, self.scale, self.batch_size, self.toy, self.draw_on)
         paths = {}
         for snr, spec in tests.items():
             if self.clock.left() <= 0:
@@ -224,7 +237,8 @@ class GpuStudy:
             self.skip("training")
             return None
         self.clock.say(
-            f"training {experiment.name}: {self.scale['train_images']:,} fresh images an epoch, "
+            f"training {experiment.name}: {self.scale['train_images']:,} fresh images an epoch "
+            f"drawn on the {self.draw_on}, "
             f"batch {self.batch_size}, until epoch {experiment.epochs} or {deadline - time.monotonic():.0f} s"
         )
         began = time.perf_counter()
@@ -267,6 +281,7 @@ class GpuStudy:
         from galparam.data import load_dataset
         from galparam.estimator import load_estimator
         from galparam.evaluate.crb import batch_bounds
+        from galparam.evaluate.device_fit import device_bounds
         from galparam.evaluate.metrics import estimator_metrics
         from galparam.parameters import LABEL_NAMES
 
@@ -283,13 +298,18 @@ class GpuStudy:
         cov = self.timed(
             f"bounds SNR {snr}",
             len(ds),
-            lambda: batch_bounds(truth, ds.psf_fwhm, ds.sigma, poisson=ds.spec.poisson_noise),
+            lambda: (device_bounds if self.on_device else batch_bounds)(
+                truth, ds.psf_fwhm, ds.sigma, poisson=ds.spec.poisson_noise
+            ),
         )
         bound = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         estimates = {"xception": (predicted, np.arange(len(ds)))}
-        n_fit = min(self.scale["fit_images"], len(ds))
+        n_fit = min(self.scale["fit_images" if self.on_device else "host_fit_images"], len(ds))
         for name, init in (("fit", None), ("fit from xception", predicted[:n_fit])):
-            done = self.fits(snr, path, work / f"fits-{name.replace(' ', '-')}-snr{snr}.csv", n_fit, init)
+            if self.on_device:
+                done = self.device_fits(snr, ds, n_fit, init)
+            else:
+                done = self.fits(snr, path, work / f"fits-{name.replace(' ', '-')}-snr{snr}.csv", n_fit, init)
             if done is not None:
                 estimates[name] = (done[0], done[1])
         for name, (values, rows) in estimates.items():
@@ -309,6 +329,32 @@ class GpuStudy:
                         "std/CRB": row["std/crb"],
                     }
                 )
+
+    def device_fits(self, snr: int, ds, n_fit: int, init):
+        """Fit the first ``n_fit`` images on the device (plain, or from ``init``); (estimates, rows),
+        or None past the budget."""
+        from galparam.evaluate.device_fit import DeviceFit
+        from galparam.evaluate.fitbox import FitBox
+
+        name = "network-started fits" if init is not None else "fits"
+        if not self.has_time(f"{name} at SNR {snr}"):
+            return None
+        fitter = DeviceFit(box=FitBox.from_spec(ds.spec), poisson=ds.spec.poisson_noise)
+        images = ds.img[:n_fit].astype(np.float64)
+        self.timed(
+            f"{name} SNR {snr} (device)",
+            n_fit,
+            lambda: fitter.fit(images, ds.psf_fwhm[:n_fit], ds.sigma[:n_fit], init=init),
+        )
+        unconverged = int((~fitter.converged_).sum())
+        if unconverged:
+            self.notes.append(f"{name} SNR {snr}: {unconverged} of {n_fit} did not converge")
+        if init is not None:
+            self.notes.append(
+                f"{name} SNR {snr}: {int(fitter.from_init_.sum())} of {n_fit} started from the network's "
+                "estimate (the others from the moments, where the network's start had the higher NLL)"
+            )
+        return fitter.theta_, np.arange(n_fit)
 
     def fits(self, snr: int, path: Path, output: Path, n_fit: int, init):
         """Fit the first ``n_fit`` images (plain, or from ``init``); (estimates, rows), or None past the budget."""
