@@ -401,6 +401,7 @@ class GpuStudy:
             "budget_s": self.args.budget_s,
             "elapsed_s": round(self.clock.elapsed, 1),
             "batch_size": self.batch_size,
+            "draw_on": self.draw_on,
             "environment": env,
             "finished": done and not self.unfinished,
             "running": not done,

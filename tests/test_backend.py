@@ -218,6 +218,10 @@ def test_the_toy_gpu_study_runs_on_jax_without_tensorflow_or_galsim(tmp_path):
     status = json.loads((out / "status.json").read_text())
     assert status["finished"] and status["environment"]["backend"] == "jax"
     assert "tensorflow" not in status["environment"] and status["scale"] == "toy"
+    # the device drew the training images and solved the fits (DeviceFit), as on a GPU
+    assert status["draw_on"] == "device"
+    steps = list(pd.read_csv(out / "timing.csv").step)
+    assert "fits SNR 60 (device)" in steps and "network-started fits SNR 30 (device)" in steps
     tests = pd.read_csv(out / "test_sets.csv")
     assert set(tests.estimator) == {"xception", "fit", "fit from xception"}
     assert set(tests.SNR) == {60, 30} and len(tests) == 2 * 3 * 5

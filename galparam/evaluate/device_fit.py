@@ -250,35 +250,8 @@ class DeviceFit(BatchedFit):
         return covariances(fisher)
 
     def fit(self, images, psf_fwhm, sigma, init=None, *, psf_images=None) -> DeviceFit:
-        """Fit each image; start from :func:`~galparam.evaluate.start.initial_guess` (adaptive
-        moments) or from ``init`` where that is likelier.
-
-        Parameters
-        ----------
-        images : ndarray of shape (B, S, S)
-            The observed images, counts.
-        psf_fwhm, sigma : array_like of shape (B,) or scalars
-            Each image's PSF FWHM (arcsec) and Gaussian noise (counts).
-        init : ndarray of shape (B, 5), optional
-            Starting points, e.g. a network's estimates.
-        psf_images : ndarray of shape (B, S, S), optional
-            The PSF images the moment-based start needs (default: drawn).
-
-        Returns
-        -------
-        DeviceFit
-            This fitter, its results in the attributes of :class:`~galparam.evaluate.fit.Fit`.
-
-        Raises
-        ------
-        GalparamError
-            Images of another shape, NaN values, a PSF FWHM or σ outside its range, bad starting points.
-
-        Warns
-        -----
-        ConvergenceWarning
-            Once, with the count, if some fits stopped without converging.
-        """
+        """Fit each image as :meth:`BatchedFit.fit` does (its parameters but ``concurrency``, its
+        start, results, errors and warning), solved on the device; returns this fitter."""
         t0 = time.perf_counter()
         images, psf_fwhm, sigma, init = check_images(images, psf_fwhm, sigma, init, self.renderer.geometry.shape)
         B = len(images)

@@ -107,4 +107,3 @@ def _numpy_adaptive_moments(image, max_iter: int = 200, tol: float = 1e-6):
     e = np.hypot(e1, e2)
     factor = 1.0 / (1.0 + np.sqrt(max(1.0 - e * e, 0.0)))  # distortion → reduced shear
     return float(sigma), float(e1 * factor), float(e2 * factor)
-

@@ -137,26 +137,10 @@ class KerasRenderer:
         M = self.M
         flux, n, hlr, g1, g2 = (ops.convert_to_tensor(v, dt) for v in (flux, n, hlr, g1, g2))
         psf_fwhm = ops.convert_to_tensor(psf_fwhm, dt)
-        B = ops.shape(flux)[0]
 
         gal = self._sersic_rows(flux, n)
 
-        # hlr²·|A k|², A GalSim's shear matrix; epsilon keeps d(ksq**0.25) finite at k = 0
-        # (products, not ** 2: a vectorised pow can round differently from the scalar one, which
-        # would make an image depend on its batch size)
-        # scaled by 1/s_step⁴ so that ksq**0.25 is the table position directly
-        gsq = g1 * g1 + g2 * g2
-        hh = hlr * hlr / (1.0 - gsq) * (1.0 / t.s_step**4)
-        p1, m1 = 1.0 + g1, 1.0 - g1
-        cxx = hh * (p1 * p1 + g2 * g2)
-        cxy = hh * 2.0 * g2
-        cyy = hh * (m1 * m1 + g2 * g2)
-        ksq = cxx[:, None] * c["kxx"] + cxy[:, None] * c["kxy"] + cyy[:, None] * c["kyy"]
-        pos = ops.sqrt(ops.sqrt(ksq + KSQ_EPS / t.s_step**4))
-        row = ops.minimum(ops.floor(pos), float(M - 1))  # floor: no gradient, as it should be
-        tt = pos - row
-        irow = ops.cast(row, "int32") + (ops.arange(B, dtype="int32") * M)[:, None]
-        F = self._horner(ops.take(gal, irow, axis=0), tt)  # (B, P)
+        F = self._galaxy_spectrum(gal, hlr, g1, g2, c)  # (B, P)
 
         # PSF (Moffat at |k|·fwhm) × pixel response × fold sign
         sp = ops.sqrt(c["k"][None, :] * ops.reshape(psf_fwhm, (-1, 1))) * (1.0 / t.s_step)
@@ -215,7 +199,6 @@ class KerasRenderer:
         M, S = self.M, t.stamp
         flux, n, hlr, g1, g2, psf_fwhm = (ops.convert_to_tensor(v, dt) for v in (flux, n, hlr, g1, g2, psf_fwhm))
         N = ops.convert_to_tensor(N, "int32")
-        B = ops.shape(flux)[0]
         gal = self._sersic_rows(flux, n)
         mx = np.arange(0, H + 1)
         my = np.arange(-H, H + 1)
@@ -227,18 +210,7 @@ class KerasRenderer:
         )
         lat = {key: ops.convert_to_tensor(value, dt) for key, value in lat.items()}
         dk = 2.0 * np.pi / (ops.cast(N, dt) * t.pixel_scale)
-        # as render_group: hlr²·|A k|² / s_step⁴, with k = m·dk
-        gsq = g1 * g1 + g2 * g2
-        hh = hlr * hlr / (1.0 - gsq) * (1.0 / t.s_step**4) * dk * dk
-        p1, m1 = 1.0 + g1, 1.0 - g1
-        cxx = hh * (p1 * p1 + g2 * g2)
-        cxy = hh * 2.0 * g2
-        cyy = hh * (m1 * m1 + g2 * g2)
-        ksq = cxx[:, None] * lat["kxx"] + cxy[:, None] * lat["kxy"] + cyy[:, None] * lat["kyy"]
-        pos = ops.sqrt(ops.sqrt(ksq + KSQ_EPS / t.s_step**4))
-        row = ops.minimum(ops.floor(pos), float(M - 1))
-        irow = ops.cast(row, "int32") + (ops.arange(B, dtype="int32") * M)[:, None]
-        F = self._horner(ops.take(gal, irow, axis=0), pos - row)
+        F = self._galaxy_spectrum(gal, hlr, g1, g2, lat, k_unit=dk)  # k = m·dk
         sp = ops.sqrt(lat["k"][None, :] * ops.reshape(psf_fwhm * dk, (-1, 1))) * (1.0 / t.s_step)
         prow = ops.minimum(ops.floor(sp), float(M - 1))
         F = F * self._horner(ops.take(self.psf_coef, ops.cast(prow, "int32"), axis=0), sp - prow)
@@ -266,6 +238,29 @@ class KerasRenderer:
         rows_c, rows_s = ops.matmul(cy, F), ops.matmul(sy, F)  # (B, S, H+1)
         img = ops.matmul(rows_c, ops.transpose(cx, (0, 2, 1))) - ops.matmul(rows_s, ops.transpose(sx, (0, 2, 1)))
         return img * ops.reshape(2.0 / (ops.cast(N, dt) * ops.cast(N, dt)), (-1, 1, 1))
+
+    def _galaxy_spectrum(self, gal, hlr, g1, g2, k, k_unit=None):
+        """The galaxies' transforms (B, P) on the k-box points ``k`` (kxx, kxy, kyy: (P,) tensors,
+        in units of ``k_unit`` (B,) where given) from their radial tables ``gal`` (B·M, 4)."""
+        ops, t, M = self._ops, self.tables, self.M
+        # hlr²·|A k|², A GalSim's shear matrix; epsilon keeps d(ksq**0.25) finite at k = 0
+        # (products, not ** 2: a vectorised pow can round differently from the scalar one, which
+        # would make an image depend on its batch size)
+        # scaled by 1/s_step⁴ so that ksq**0.25 is the table position directly
+        gsq = g1 * g1 + g2 * g2
+        hh = hlr * hlr / (1.0 - gsq) * (1.0 / t.s_step**4)
+        if k_unit is not None:
+            hh = hh * k_unit * k_unit
+        p1, m1 = 1.0 + g1, 1.0 - g1
+        cxx = hh * (p1 * p1 + g2 * g2)
+        cxy = hh * 2.0 * g2
+        cyy = hh * (m1 * m1 + g2 * g2)
+        ksq = cxx[:, None] * k["kxx"] + cxy[:, None] * k["kxy"] + cyy[:, None] * k["kyy"]
+        pos = ops.sqrt(ops.sqrt(ksq + KSQ_EPS / t.s_step**4))
+        row = ops.minimum(ops.floor(pos), float(M - 1))  # floor: no gradient, as it should be
+        B = ops.shape(hlr)[0]
+        irow = ops.cast(row, "int32") + (ops.arange(B, dtype="int32") * M)[:, None]
+        return self._horner(ops.take(gal, irow, axis=0), pos - row)
 
     def _sinc(self, x):
         """sin(πx)/(πx), 1 at 0."""
