@@ -5,6 +5,11 @@ The device tests run in ``make test``'s JAX pass (``backends``); the TensorFlow 
 TensorFlow process says.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,3 +130,52 @@ def test_training_on_device_drawn_images_resumes_exactly(tmp_path, monkeypatch):
     resumed = pd.read_csv(tmp_path / "resumed" / "history.csv")
     np.testing.assert_allclose(resumed.loss, history.loss, rtol=1e-5)
     np.testing.assert_allclose(resumed.val_loss, history.val_loss, rtol=1e-5)
+
+
+DATA_PARALLEL = """
+import json, sys
+import pandas as pd
+from galparam.specs import experiment_from_dict
+from galparam.train import train
+
+def main():
+    raw, folder = json.loads(sys.argv[1]), sys.argv[2]
+    out = {}
+    for strategy in (None, "data_parallel"):
+        spec = experiment_from_dict({**raw, "strategy": strategy}, source="dev.yaml", base_dir=folder)
+        run = train(spec, folder + "/" + str(strategy), verbose=0)
+        out[str(strategy)] = pd.read_csv(run / "history.csv")[["loss", "val_loss"]].to_dict("list")
+    print(json.dumps(out))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow  # trains twice, in a JAX process whose CPU is split into two devices
+def test_device_drawn_images_train_to_the_same_losses_on_two_devices(tmp_path):
+    """Each device draws its share of a batch's keys: the images, so the losses, are one device's."""
+    spec = make_spec(name="dev", size=100, validation_fraction=0.2)
+    (tmp_path / "data.yaml").write_text(spec.to_yaml())
+    (tmp_path / "dp.py").write_text(DATA_PARALLEL)
+    raw = {
+        "name": "dev",
+        "family": "xception",
+        "dataset": {"spec": "data.yaml", "on_the_fly": True, "draw_on": "device"},
+        "hyperparameters": dict(TINY_XCEPTION),
+        "batch_size": 16,
+        "epochs": 2,
+        "seed": 1,
+    }
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "dp.py"), json.dumps(raw), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    histories = json.loads(done.stdout.strip().splitlines()[-1])
+    for column in ("loss", "val_loss"):
+        np.testing.assert_allclose(histories["data_parallel"][column], histories["None"][column], rtol=1e-4)
