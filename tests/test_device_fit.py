@@ -13,7 +13,7 @@ from galparam import backend
 from galparam.data import load_dataset
 from galparam.errors import GalparamError
 from galparam.evaluate.crb import batch_bounds
-from galparam.evaluate.device_fit import DeviceFit, device_bounds
+from galparam.evaluate.device_fit import DeviceFit, device_adaptive_moments, device_bounds
 from galparam.evaluate.fit import BatchedFit
 from galparam.evaluate.fitbox import FitBox
 from galparam.simulate import simulate
@@ -86,3 +86,23 @@ def test_device_bounds_are_the_numpy_bounds_over_the_prior():
         np.testing.assert_allclose(np.sqrt(np.diagonal(got, axis1=1, axis2=2)), std, rtol=1e-7)
         scale = std[:, :, None] * std[:, None, :]
         np.testing.assert_allclose(got / scale, expected / scale, atol=1e-7)
+
+
+@pytest.mark.backends
+@ON_JAX
+def test_device_moments_are_the_numpy_moments_a_machine_without_galsim_starts_from(test_sets, monkeypatch):
+    from galparam.evaluate import device_fit, start
+
+    images = np.concatenate([test_sets[60].img, test_sets[30].img]).astype(np.float64)
+    images = np.concatenate([images, np.zeros((1, 64, 64))])  # one where the iteration fails
+    device = device_adaptive_moments(images)
+    numpy = [start._numpy_adaptive_moments(image) for image in images]
+    assert [m is None for m in device] == [m is None for m in numpy] and device[-1] is None
+    for a, b in zip(device, numpy, strict=True):
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    # where GalSim is missing (a GPU machine), DeviceFit starts from them; with GalSim from its HSM
+    monkeypatch.setattr(device_fit, "galsim_installed", lambda: False)
+    assert DeviceFit()._moments(images[:3]) == device[:3]
+    monkeypatch.undo()
+    assert DeviceFit()._moments(images[:3]) is None

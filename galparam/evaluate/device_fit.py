@@ -39,10 +39,11 @@ from galparam.evaluate.crb import covariances, fisher_matrices
 from galparam.evaluate.fit import FTOL, GTOL, REGRIDS, SCORING_STEPS, BatchedFit, FitResult, check_images
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import nll_and_weights
+from galparam.evaluate.start import galsim_installed
 from galparam.kspace import KerasRenderer
 from galparam.render import KSpaceRenderer, renderer_for
 
-__all__ = ["DeviceFit", "device_bounds"]
+__all__ = ["DeviceFit", "device_adaptive_moments", "device_bounds"]
 
 LAMBDA_START = 1e-3
 """Levenberg–Marquardt's damping at the start (relative to the Fisher matrix's unit diagonal)."""
@@ -187,6 +188,78 @@ def _device_fisher(device: _Device, renderer, theta, psf_fwhm, sigma, *, poisson
     return out
 
 
+def device_adaptive_moments(images, *, max_iter: int = 200, tol: float = 1e-6, batch: int = 4096) -> list:
+    """The numpy adaptive moments (:func:`galparam.evaluate.start.adaptive_moments` without GalSim)
+    of many images (B, ny, nx) at once on the device, float64: the same iteration, each image
+    stopping where it would alone. A list of (sigma, g1, g2), or None where the iteration fails.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    images = np.asarray(images, dtype=np.float64)
+    B, ny, nx = images.shape
+    out: list = []
+    with jax.enable_x64(True):
+        fn = jax.jit(lambda imgs: _moments_loop(jnp, jax, imgs, max_iter, tol))
+        for start in range(0, B, batch):
+            rows = np.arange(start, min(start + batch, B))
+            sigma, e1, e2, ok = (np.asarray(v)[: len(rows)] for v in fn(images[_padded(rows)]))
+            for s, a, b, good in zip(sigma, e1, e2, ok, strict=True):
+                if not good:
+                    out.append(None)
+                    continue
+                e = np.hypot(a, b)
+                factor = 1.0 / (1.0 + np.sqrt(max(1.0 - e * e, 0.0)))  # distortion → reduced shear
+                out.append((float(s), float(a * factor), float(b * factor)))
+    return out
+
+
+def _moments_loop(jnp, jax, images, max_iter, tol):
+    """The elliptical-Gaussian-weight iteration of ``start._numpy_adaptive_moments``, all images together."""
+    B, ny, nx = images.shape
+    y, x = jnp.mgrid[0:ny, 0:nx].astype(images.dtype)
+    state = (
+        0,
+        jnp.full((B,), (nx - 1) / 2),
+        jnp.full((B,), (ny - 1) / 2),
+        jnp.broadcast_to(jnp.diag(jnp.array([4.0, 4.0])), (B, 2, 2)),
+        jnp.ones((B,), bool),
+        jnp.zeros((B,), bool),
+    )
+
+    def going(state):
+        return (state[0] < max_iter) & jnp.any(state[4])
+
+    def step(state):
+        it, cx, cy, cov, run, ok = state
+        dx, dy = x - cx[:, None, None], y - cy[:, None, None]
+        inv = jnp.linalg.inv(cov)
+        a, b, d = (inv[:, i, j, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
+        w = images * jnp.exp(-0.5 * (a * dx * dx + 2 * b * dx * dy + d * dy * dy))
+        total = w.sum(axis=(1, 2))
+        bad = ~jnp.isfinite(total) | (total <= 0)
+        total = jnp.where(bad, 1.0, total)
+        ncx = cx + (w * dx).sum(axis=(1, 2)) / total
+        ncy = cy + (w * dy).sum(axis=(1, 2)) / total
+        dx, dy = x - ncx[:, None, None], y - ncy[:, None, None]
+        xx = (w * dx * dx).sum(axis=(1, 2)) / total
+        xy = (w * dx * dy).sum(axis=(1, 2)) / total
+        yy = (w * dy * dy).sum(axis=(1, 2)) / total
+        new = 2.0 * jnp.stack([jnp.stack([xx, xy], -1), jnp.stack([xy, yy], -1)], -2)
+        bad = bad | (jnp.linalg.det(new) <= 0) | ~((0 <= ncx) & (ncx < nx) & (0 <= ncy) & (ncy < ny))
+        converged = jnp.abs(new - cov).max(axis=(1, 2)) < tol * (cov[:, 0, 0] + cov[:, 1, 1])
+        move = run & ~bad
+        cx, cy = jnp.where(move, ncx, cx), jnp.where(move, ncy, cy)
+        cov = jnp.where(move[:, None, None], new, cov)
+        ok = ok | (move & converged)
+        return it + 1, cx, cy, cov, run & ~bad & ~converged, ok
+
+    _, _, _, cov, _, ok = jax.lax.while_loop(going, step, state)
+    sigma = jnp.abs(jnp.linalg.det(cov)) ** 0.25
+    trace = cov[:, 0, 0] + cov[:, 1, 1]
+    return sigma, (cov[:, 0, 0] - cov[:, 1, 1]) / trace, 2 * cov[:, 0, 1] / trace, ok
+
+
 class DeviceFit(BatchedFit):
     """Fits (flux, sersic_n, hlr, g1, g2) to many images by maximum likelihood, on the device.
 
@@ -310,6 +383,11 @@ class DeviceFit(BatchedFit):
     def _settings(self) -> tuple:
         """What the compiled functions depend on besides the grid."""
         return (self.box, self.poisson, self.ftol, self.gtol)
+
+    def _moments(self, images) -> list | None:
+        """GalSim's HSM image by image where GalSim is installed (as BatchedFit); else the numpy
+        moments of all images at once on the device (a GPU machine has no GalSim)."""
+        return None if galsim_installed() else device_adaptive_moments(images)
 
     def _shear(self, x):
         """(flux, n, hlr, g1, g2) columns of fit variables (B, 5), traced (the box's square-to-disc map)."""

@@ -413,7 +413,7 @@ class BatchedFit(Fit):
         if psf_images is None:
             psf_images = self.renderer.psf_images(psf_fwhm)
         scale = self.renderer.geometry.pixel_scale
-        moments = initial_guesses(images, psf_images, pixel_scale=scale, box=self.box)
+        moments = initial_guesses(images, psf_images, pixel_scale=scale, box=self.box, moments=self._moments(images))
 
         lo, hi = self.box.low, self.box.high
         x0 = np.array([self.box.to_variables(t) for t in moments])
@@ -446,6 +446,11 @@ class BatchedFit(Fit):
             unit = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, hi - lo), hi - lo)
         return x0, unit, from_init
+
+    def _moments(self, images) -> list | None:
+        """The images' adaptive moments for the start, or None to measure them image by image
+        (:func:`~galparam.evaluate.start.adaptive_moments`)."""
+        return None
 
     def _assess(self, images, x, psf_fwhm, sigma):
         """At fit variables x (B, 5), each image on its own grid: the NLL (B,), its gradient by the

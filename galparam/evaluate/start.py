@@ -20,9 +20,15 @@ def initial_guess(image, psf_image, *, pixel_scale: float, box: FitBox | None = 
     return _guess(image, adaptive_moments(image), adaptive_moments(psf_image), pixel_scale, box)
 
 
-def initial_guesses(images, psf_images, *, pixel_scale: float, box: FitBox | None = None) -> np.ndarray:
+def initial_guesses(
+    images, psf_images, *, pixel_scale: float, box: FitBox | None = None, moments: list | None = None
+) -> np.ndarray:
     """:func:`initial_guess` of many images (B, S, S) with their PSF images: (B, 5), each PSF's
-    moments measured once (a test set shares one PSF)."""
+    moments measured once (a test set shares one PSF).
+
+    ``moments``, the images' :func:`adaptive_moments` measured elsewhere (a list of (sigma, g1, g2)
+    or None; e.g. on the device), is used instead of measuring them here.
+    """
     psf_moments: dict = {}
     out = np.empty((len(images), 5))
     for b, (image, psf) in enumerate(zip(images, psf_images, strict=True)):
@@ -30,8 +36,18 @@ def initial_guesses(images, psf_images, *, pixel_scale: float, box: FitBox | Non
         key = psf.tobytes()
         if key not in psf_moments:
             psf_moments[key] = adaptive_moments(psf)
-        out[b] = _guess(image, adaptive_moments(image), psf_moments[key], pixel_scale, box)
+        gal = adaptive_moments(image) if moments is None else moments[b]
+        out[b] = _guess(image, gal, psf_moments[key], pixel_scale, box)
     return out
+
+
+def galsim_installed() -> bool:
+    """Whether GalSim's HSM measures the moments (else numpy's iteration, :func:`adaptive_moments`)."""
+    try:
+        import galsim  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _guess(image, gal, psf, pixel_scale: float, box: FitBox | None) -> np.ndarray:
@@ -65,10 +81,10 @@ def adaptive_moments(image) -> tuple[float, float, float] | None:
         (``observed_shape``); None where the iteration fails (a very faint image).
     """
     image = np.asarray(image, np.float64)
-    try:
-        import galsim
-    except ImportError:
+    if not galsim_installed():
         return _numpy_adaptive_moments(image)
+    import galsim
+
     try:
         m = galsim.hsm.FindAdaptiveMom(galsim.Image(image, scale=1.0))
     except (galsim.GalSimHSMError, galsim.GalSimError):
