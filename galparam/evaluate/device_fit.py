@@ -1,7 +1,8 @@
 """Maximum-likelihood fits and Cramér–Rao bounds solved on the device (Keras's JAX backend).
 
 :class:`DeviceFit` fits what :class:`~galparam.evaluate.fit.BatchedFit` fits, with the same start
-(adaptive moments, or a given start where it is likelier), the same
+(adaptive moments — measured on the device where GalSim is missing —, or a given start where it is
+likelier, then Fisher-scoring steps while they lower the NLL), the same
 :class:`~galparam.evaluate.fitbox.FitBox` and square-to-disc shear variables, each image held on
 the grid its start needs (and started again on the enclosing grid where its estimate needs a larger
 one), the same likelihood (:mod:`galparam.evaluate.likelihood`) and the same stopping rule
