@@ -56,7 +56,11 @@ ROUND = 8
 """Solver iterations per device call; between calls the host drops the images whose fits have ended."""
 
 BATCH = 1024
-"""Images solved together in one compiled loop (padded to a power of two, so few shapes compile)."""
+"""Images solved together in one compiled loop (padded to a power of two ≥ 8: few shapes compile)."""
+
+GROUP_BOX_STEP = 8
+"""Images are drawn together where their FFT sizes are equal and their k-boxes round up to the same
+multiple of this (each image keeps its own box inside: the same images; fewer shapes to compile)."""
 
 
 def require_jax(what: str) -> None:
@@ -106,9 +110,10 @@ def _groups(N: np.ndarray, h: np.ndarray, box_step: int, batch: int):
             yield int(key[0]), int(key[1]), rows[start : start + batch]
 
 
-def _padded(rows: np.ndarray) -> np.ndarray:
-    """``rows`` repeated at their first to a power of two ≥ 8 (compiled shapes; images are independent)."""
-    size = max(8, 1 << (len(rows) - 1).bit_length())
+def _padded(rows: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    """``rows`` (at most ``batch``) repeated at their first to a power of two ≥ 8, or ``batch`` rows
+    (few compiled shapes; an image does not depend on its batch-mates)."""
+    size = min(max(8, 1 << (len(rows) - 1).bit_length()), max(batch, len(rows)))
     return np.concatenate([rows, np.full(size - len(rows), rows[0])])
 
 
@@ -172,7 +177,7 @@ def _device_fisher(device: _Device, renderer, theta, psf_fwhm, sigma, *, poisson
     N, h = renderer.grid(*theta.T, psf_fwhm)
     out = np.empty((B, 5, 5))
     with jax.enable_x64(True):
-        for N_, H_, rows in _groups(N, h, device.model.box_step, batch):
+        for N_, H_, rows in _groups(N, h, GROUP_BOX_STEP, batch):
 
             def build(N_=N_, H_=H_):
                 draw = device.model.group_function(N_, H_)
@@ -184,7 +189,7 @@ def _device_fisher(device: _Device, renderer, theta, psf_fwhm, sigma, *, poisson
                 return jax.jit(fisher)
 
             fn = device.function(("fisher", poisson, N_, H_), build)
-            p = _padded(rows)
+            p = _padded(rows, batch)
             out[rows] = np.asarray(fn(theta[p], psf_fwhm[p], h[p].astype(np.int32), sigma[p]))[: len(rows)]
     return out
 
@@ -204,7 +209,7 @@ def device_adaptive_moments(images, *, max_iter: int = 200, tol: float = 1e-6, b
         fn = jax.jit(lambda imgs: _moments_loop(jnp, jax, imgs, max_iter, tol))
         for start in range(0, B, batch):
             rows = np.arange(start, min(start + batch, B))
-            sigma, e1, e2, ok = (np.asarray(v)[: len(rows)] for v in fn(images[_padded(rows)]))
+            sigma, e1, e2, ok = (np.asarray(v)[: len(rows)] for v in fn(images[_padded(rows, batch)]))
             for s, a, b, good in zip(sigma, e1, e2, ok, strict=True):
                 if not good:
                     out.append(None)
@@ -405,11 +410,11 @@ class DeviceFit(BatchedFit):
         N, h = self.renderer.grid(*self._thetas(x).T, psf_fwhm)
         out = [np.empty((len(x), *shape)) for shape in outputs]
         with jax.enable_x64(True):
-            for N_, H_, rows in _groups(N, h, self._device.model.box_step, self.batch):
+            for N_, H_, rows in _groups(N, h, GROUP_BOX_STEP, self.batch):
                 fn = self._device.function(
                     (*kind, *self._settings, N_, H_), lambda N_=N_, H_=H_: self._compile(N_, H_)[kind[0]]
                 )
-                p = _padded(rows)
+                p = _padded(rows, self.batch)
                 values = fn(images[p], sigma[p], psf_fwhm[p], h[p].astype(np.int32), x[p])
                 for o, v in zip(out, values, strict=True):
                     o[rows] = np.asarray(v)[: len(rows)]
@@ -436,12 +441,12 @@ class DeviceFit(BatchedFit):
         lam = np.full(B, LAMBDA_START)
         hh = grid_h.astype(np.int32)
         with jax.enable_x64(True):
-            for N_, H_, rows in _groups(grid_N, grid_h, self._device.model.box_step, self.batch):
+            for N_, H_, rows in _groups(grid_N, grid_h, GROUP_BOX_STEP, self.batch):
                 iterate = self._device.function(
                     ("iterate", N_, H_), lambda N_=N_, H_=H_: self._compile(N_, H_)["iterate"]
                 )
                 while len(rows):
-                    p = _padded(rows)
+                    p = _padded(rows, self.batch)
                     budget = self.max_iter - spent[p] - its[p]
                     out = iterate(images[p], sigma[p], psf_fwhm[p], hh[p], x[p], lam[p], nll0[p], unit[p], budget)
                     n = len(rows)
