@@ -80,10 +80,10 @@ def test_device_draws_follow_the_numpy_paths_distributions(tmp_path):
     assert min(p.values()) > 1e-3, p
 
 
-def _device_experiment(folder, **changes):
-    spec = make_spec(name="dev", size=100, validation_fraction=0.2)
-    (folder / "data.yaml").write_text(spec.to_yaml())
-    raw = {
+def _device_raw(folder) -> dict:
+    """A tiny Xception's experiment on fresh images drawn on the device (its data spec written)."""
+    (folder / "data.yaml").write_text(make_spec(name="dev", size=100, validation_fraction=0.2).to_yaml())
+    return {
         "name": "dev",
         "family": "xception",
         "dataset": {"spec": "data.yaml", "on_the_fly": True, "draw_on": "device"},
@@ -91,9 +91,11 @@ def _device_experiment(folder, **changes):
         "batch_size": 16,
         "epochs": 2,
         "seed": 1,
-        **changes,
     }
-    (folder / "dev.yaml").write_text(yaml.safe_dump(raw))
+
+
+def _device_experiment(folder):
+    (folder / "dev.yaml").write_text(yaml.safe_dump(_device_raw(folder)))
     return load_experiment(folder / "dev.yaml")
 
 
@@ -155,18 +157,8 @@ if __name__ == "__main__":
 @pytest.mark.slow  # trains twice, in a JAX process whose CPU is split into two devices
 def test_device_drawn_images_train_to_the_same_losses_on_two_devices(tmp_path):
     """Each device draws its share of a batch's keys: the images, so the losses, are one device's."""
-    spec = make_spec(name="dev", size=100, validation_fraction=0.2)
-    (tmp_path / "data.yaml").write_text(spec.to_yaml())
+    raw = _device_raw(tmp_path)
     (tmp_path / "dp.py").write_text(DATA_PARALLEL)
-    raw = {
-        "name": "dev",
-        "family": "xception",
-        "dataset": {"spec": "data.yaml", "on_the_fly": True, "draw_on": "device"},
-        "hyperparameters": dict(TINY_XCEPTION),
-        "batch_size": 16,
-        "epochs": 2,
-        "seed": 1,
-    }
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     done = subprocess.run(
         [sys.executable, str(tmp_path / "dp.py"), json.dumps(raw), str(tmp_path)],
