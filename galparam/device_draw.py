@@ -48,9 +48,7 @@ def prior_box(spec: DatasetSpec, tables, *, samples: int = 200_000) -> int:
     """
     rng = np.random.default_rng(0)
     u = rng.random((samples, len(spec.draw_priors)))
-    flux, n, hlr, a, b, fwhm, _ = (prior.transform(u[:, j]) for j, prior in enumerate(spec.draw_priors))
-    if spec.shear_form == ("shear_amplitude", "shear_angle"):
-        a, b = a * np.cos(2 * b), a * np.sin(2 * b)
+    _, n, hlr, a, b, fwhm, _ = spec.parameters_of(u)
     p = spec.priors
     nodes = tables.n_nodes[(tables.n_nodes >= p["sersic_n"].low) & (tables.n_nodes <= p["sersic_n"].high)]
     corners = np.meshgrid(
@@ -94,7 +92,7 @@ class DeviceDrawer:
         if spec.stamp_model:
             raise GalparamError(
                 f"{spec.source}: the device draws centred galaxies with a Moffat PSF; this spec's stamp model "
-                "(PSF images, offsets, sky) is drawn on the host (leave draw: host)"
+                "(PSF images, offsets, sky) is drawn on the host (leave draw_on: host)"
             )
         self.spec = spec
         self.seed = int(seed)
@@ -109,12 +107,7 @@ class DeviceDrawer:
         in :data:`galparam.specs.DRAW_ORDER` (the priors' own transforms)."""
         import jax.numpy as jnp
 
-        flux, n, hlr, a, b, fwhm, sigma = (
-            prior.transform(u[:, j], xp=jnp) for j, prior in enumerate(self.spec.draw_priors)
-        )
-        if self.spec.shear_form == ("shear_amplitude", "shear_angle"):
-            a, b = a * jnp.cos(2 * b), a * jnp.sin(2 * b)
-        return jnp.stack([flux, n, hlr, a, b, fwhm, sigma], axis=1)
+        return jnp.stack(self.spec.parameters_of(u, xp=jnp), axis=1)
 
     def noiseless(self, params):
         """(B, S, S) float32 noiseless images of parameters (B, ≥ 6), each galaxy on its own grid

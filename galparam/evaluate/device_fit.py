@@ -40,7 +40,7 @@ from galparam.evaluate.crb import covariances, fisher_matrices
 from galparam.evaluate.fit import FTOL, GTOL, REGRIDS, SCORING_STEPS, BatchedFit, FitResult, check_images
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import nll_and_weights
-from galparam.evaluate.start import galsim_installed
+from galparam.evaluate.start import galsim_installed, moments_of
 from galparam.kspace import KerasRenderer
 from galparam.render import KSpaceRenderer, renderer_for
 
@@ -200,28 +200,24 @@ def device_adaptive_moments(images, *, max_iter: int = 200, tol: float = 1e-6, b
     stopping where it would alone. A list of (sigma, g1, g2), or None where the iteration fails.
     """
     import jax
-    import jax.numpy as jnp
 
     images = np.asarray(images, dtype=np.float64)
-    B, ny, nx = images.shape
     out: list = []
     with jax.enable_x64(True):
-        fn = jax.jit(lambda imgs: _moments_loop(jnp, jax, imgs, max_iter, tol))
-        for start in range(0, B, batch):
-            rows = np.arange(start, min(start + batch, B))
-            sigma, e1, e2, ok = (np.asarray(v)[: len(rows)] for v in fn(images[_padded(rows, batch)]))
-            for s, a, b, good in zip(sigma, e1, e2, ok, strict=True):
-                if not good:
-                    out.append(None)
-                    continue
-                e = np.hypot(a, b)
-                factor = 1.0 / (1.0 + np.sqrt(max(1.0 - e * e, 0.0)))  # distortion → reduced shear
-                out.append((float(s), float(a * factor), float(b * factor)))
+        fn = jax.jit(lambda imgs: _moments_loop(imgs, max_iter, tol))
+        for start in range(0, len(images), batch):
+            rows = np.arange(start, min(start + batch, len(images)))
+            cov, ok = (np.asarray(v)[: len(rows)] for v in fn(images[_padded(rows, batch)]))
+            out += [moments_of(c) if good else None for c, good in zip(cov, ok, strict=True)]
     return out
 
 
-def _moments_loop(jnp, jax, images, max_iter, tol):
-    """The elliptical-Gaussian-weight iteration of ``start._numpy_adaptive_moments``, all images together."""
+def _moments_loop(images, max_iter, tol):
+    """The elliptical-Gaussian-weight iteration of ``start._numpy_adaptive_moments``, all images
+    together: each one's weight covariance (B, 2, 2) and whether it converged (B,)."""
+    import jax
+    import jax.numpy as jnp
+
     B, ny, nx = images.shape
     y, x = jnp.mgrid[0:ny, 0:nx].astype(images.dtype)
     state = (
@@ -261,9 +257,7 @@ def _moments_loop(jnp, jax, images, max_iter, tol):
         return it + 1, cx, cy, cov, run & ~bad & ~converged, ok
 
     _, _, _, cov, _, ok = jax.lax.while_loop(going, step, state)
-    sigma = jnp.abs(jnp.linalg.det(cov)) ** 0.25
-    trace = cov[:, 0, 0] + cov[:, 1, 1]
-    return sigma, (cov[:, 0, 0] - cov[:, 1, 1]) / trace, 2 * cov[:, 0, 1] / trace, ok
+    return cov, ok
 
 
 class DeviceFit(BatchedFit):
@@ -399,9 +393,7 @@ class DeviceFit(BatchedFit):
         """(flux, n, hlr, g1, g2) columns of fit variables (B, 5), traced (the box's square-to-disc map)."""
         import jax.numpy as jnp
 
-        u1, u2 = x[:, 3], x[:, 4]
-        a1, a2 = jnp.sqrt(1 - u2 * u2 / 2), jnp.sqrt(1 - u1 * u1 / 2)
-        return x[:, 0], x[:, 1], x[:, 2], self.box.shear_max * u1 * a1, self.box.shear_max * u2 * a2
+        return (x[:, 0], x[:, 1], x[:, 2], *self.box.disc(x[:, 3], x[:, 4], xp=jnp))
 
     def _on_own_grids(self, kind, images, x, psf_fwhm, sigma, outputs):
         """A compiled function of each image at fit variables x, on each one's own grid."""

@@ -110,10 +110,15 @@ class FitBox:
         """Parameters (N, 5) moved into the box (a network's estimate may stray outside what can be drawn)."""
         return np.array([self.to_theta(self.to_variables(t)) for t in np.asarray(theta, dtype=np.float64)])
 
+    def disc(self, u1, u2, xp=np):
+        """(g1, g2) of the square's points (u1, u2): the square-to-disc map (``xp`` the array library,
+        numpy or ``jax.numpy`` in a traced device computation)."""
+        return self.shear_max * (u1 * xp.sqrt(1 - u2**2 / 2)), self.shear_max * (u2 * xp.sqrt(1 - u1**2 / 2))
+
     def shear(self, u1, u2):
         """(g1, g2) of the square's point (u1, u2), and the 2×2 Jacobian ∂g/∂u."""
         a1, a2 = np.sqrt(1 - u2**2 / 2), np.sqrt(1 - u1**2 / 2)
-        g = self.shear_max * np.array([u1 * a1, u2 * a2])
+        g = np.array(self.disc(u1, u2))
         jac = self.shear_max * np.array([[a1, -u1 * u2 / (2 * a1)], [-u1 * u2 / (2 * a2), a2]])
         return g, jac
 

@@ -117,6 +117,12 @@ def _numpy_adaptive_moments(image, max_iter: int = 200, tol: float = 1e-6):
             break
     else:
         return None
+    return moments_of(cov)
+
+
+def moments_of(cov) -> tuple[float, float, float]:
+    """(sigma, g1, g2) of a converged weight covariance (2, 2), pixels²: the matched Gaussian's size
+    and its reduced shear."""
     sigma = np.linalg.det(cov) ** 0.25
     trace = cov[0, 0] + cov[1, 1]
     e1, e2 = (cov[0, 0] - cov[1, 1]) / trace, 2 * cov[0, 1] / trace

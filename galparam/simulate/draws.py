@@ -46,9 +46,7 @@ def draw_candidates(spec: DatasetSpec, indices, attempts) -> Draws:
         One row per candidate.
     """
     u = candidate_deviates(spec.seed, indices, attempts)
-    flux, n, hlr, a, b, psf_fwhm, sigma = (prior.transform(u[:, j]) for j, prior in enumerate(spec.draw_priors))
-    if spec.shear_form == ("shear_amplitude", "shear_angle"):
-        a, b = a * np.cos(2 * b), a * np.sin(2 * b)
+    flux, n, hlr, a, b, psf_fwhm, sigma = spec.parameters_of(u)
     stamp = None
     if spec.stamp_model:
         v = candidate_deviates(spec.seed, indices, attempts, stream=STREAM_STAMP, count=len(STAMP_DRAW_ORDER))

@@ -218,6 +218,15 @@ class DatasetSpec:
         fwhm = p["psf_fwhm"] if self.psf is None else Prior("fixed", 0.0, 0.0)
         return (p["flux"], p["sersic_n"], p["hlr"], p[a], p[b], fwhm, p["sigma"])
 
+    def parameters_of(self, u, xp=np) -> tuple:
+        """Galaxy parameters (flux, sersic_n, hlr, g1, g2, psf_fwhm, sigma), each (B,), of uniform
+        deviates u (B, 7) in :data:`DRAW_ORDER`: each prior's transform, and the shear from its
+        amplitude and angle where the spec draws those (``xp``: numpy, or ``jax.numpy`` on the device)."""
+        flux, n, hlr, a, b, fwhm, sigma = (prior.transform(u[:, j], xp=xp) for j, prior in enumerate(self.draw_priors))
+        if self.shear_form == ("shear_amplitude", "shear_angle"):
+            a, b = a * xp.cos(2 * b), a * xp.sin(2 * b)
+        return flux, n, hlr, a, b, fwhm, sigma
+
     def with_overrides(self, *, size: int | None = None, seed: int | None = None) -> DatasetSpec:
         """A copy with ``size`` and/or ``seed`` replaced (checked like the file's values)."""
         changes = {}
