@@ -26,7 +26,7 @@ from galparam.evaluate.fit import BatchedFit, ConvergenceWarning
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.galsim_fit import GalSimFit
 from galparam.evaluate.stamp_fit import StampFit
-from galparam.io import write_json_atomic
+from galparam.io import complete_lines, write_json_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
 from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
@@ -124,12 +124,7 @@ def _read_done(path: Path) -> int:
     """Rows already in ``path`` (complete lines only; a torn last line is cut off)."""
     if not path.exists():
         return 0
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(data))
-    lines = data.decode().splitlines()
+    lines = complete_lines(path)
     if not lines or lines[0].split(",") != list(FIT_COLUMNS):
         raise GalparamError(
             f"{path}: not a galparam fits file (header {FIT_COLUMNS}); remove it",

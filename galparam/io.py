@@ -52,6 +52,20 @@ def write_text_atomic(path, text: str) -> None:
         tmp.write_text(text)
 
 
+def complete_lines(path) -> list[str]:
+    """The complete lines of a text file written line by line (a resumable CSV): a torn last
+    line, left by an interrupted write, is cut off the file first. No file: no lines."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(data))
+    return data.decode().splitlines()
+
+
 def write_json_atomic(path, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -21,9 +21,11 @@ from galparam.geometry import Geometry
 from galparam.io import write_text_atomic
 from galparam.measure.inputs import FITS_SUFFIXES, network_inputs, split_hdu
 from galparam.parameters import LABEL_NAMES
+from galparam.posteriors import run_posterior
 from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
 from galparam.report import write_report
 from galparam.runs import RunFolder
+from galparam.specs import load_spec
 
 DESCRIPTION = """\
 Judge estimators against the best possible.
@@ -32,6 +34,8 @@ Judge estimators against the best possible.
   galparam-evaluate crb --dataset DATA.npz -o bounds.csv   each image's own bound
   galparam-evaluate baseline DATA.npz -o fits.csv   maximum-likelihood fits (resumable)
   galparam-evaluate baseline DATA.npz --init RUN -o refined.csv   the fit started from a network's estimate
+  galparam-evaluate posterior DATA.npz --n-images 100 -o post.csv   posteriors under the data's prior (resumable)
+  galparam-evaluate posterior T60.npz --prior data/v2.yaml -o post.csv   ... under a training set's prior
   galparam-evaluate predict RUN DATA.npz -o pred.csv a trained model's estimates for any npz of images
   galparam-evaluate predict RUN a.fits b.fits --psf psf.fits -o pred.csv   ... or FITS cutouts of its geometry
   galparam-evaluate report --runs RUN... --test-sets T60.npz T30.npz --fits F.csv... -o reports/
@@ -83,6 +87,30 @@ def build_parser() -> ArgumentParser:
     )
     add_overwrite(b, "start again instead of resuming")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    q = sub.add_parser(
+        "posterior",
+        help="posterior samples of a dataset's images under a stated prior (importance sampling, MCMC fallback)",
+    )
+    q.add_argument("dataset", metavar="DATA.npz")
+    q.add_argument(
+        "-o", "--output", metavar="posterior.csv", required=True, help="one row per image; resumes if present"
+    )
+    q.add_argument("--n-images", type=positive_int, help="the first N images (default: all)")
+    q.add_argument(
+        "--prior",
+        metavar="SPEC.yaml",
+        help="the dataset spec whose prior to use, e.g. the training set's for a test set (default: the data's own; "
+        "a parameter it fixes gets the fit's flat range)",
+    )
+    q.add_argument("--samples", metavar="SAMPLES.npz", help="also store 1000 equal-weight draws of each posterior")
+    q.add_argument(
+        "--target-ess", type=positive_int, default=500, help="effective samples per image (default: %(default)s)"
+    )
+    q.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_jobs(q)
+    add_overwrite(q, "start again instead of resuming an existing posterior file")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser(
         "predict",
@@ -190,6 +218,29 @@ def _baseline(args) -> int:
     return 0
 
 
+def _posterior(args) -> int:
+    prior_spec = load_spec(args.prior) if args.prior else None
+    table = run_posterior(
+        args.dataset,
+        args.output,
+        n_images=args.n_images,
+        prior_spec=prior_spec,
+        samples=args.samples,
+        seed=args.seed,
+        target_ess=args.target_ess,
+        jobs=args.jobs,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    methods = table["method"].value_counts()
+    print(
+        f"wrote {args.output}: {len(table)} posteriors ({methods.get('importance', 0)} by importance sampling, "
+        f"{methods.get('mcmc', 0)} by MCMC), median ESS {table['ess'].median():.0f}, "
+        f"median {table['seconds'].median():.2f} s per image"
+    )
+    return 0
+
+
 def _predict(args) -> int:
     info = RunFolder(args.run).info()  # the inputs are checked before TensorFlow loads
     fits_inputs = [str(split_hdu(spec)[0]).lower().endswith(FITS_SUFFIXES) for spec in args.images]
@@ -266,7 +317,7 @@ def _report(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    commands = {"crb": _crb, "baseline": _baseline, "predict": _predict, "report": _report}
+    commands = {"crb": _crb, "baseline": _baseline, "predict": _predict, "posterior": _posterior, "report": _report}
     return commands[args.command](args)
 
 

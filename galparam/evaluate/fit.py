@@ -57,7 +57,7 @@ REGRIDS = 3
 """How often a fit may start again on a larger grid when its estimate needs one."""
 
 
-class _Rounds:
+class Rounds:
     """Collects the value-and-gradient requests of the running fits; the last to ask answers all
     of them with one batched evaluation, in the order of the fits' keys.
 
@@ -344,7 +344,7 @@ class BatchedFit(Fit):
             return [(float(v - offset[r]), g * unit[r]) for v, g, r in zip(nll, grad, rows, strict=True)]
 
         wave = min(B, int(concurrency))
-        rounds = _Rounds(evaluate, wave, B - wave)
+        rounds = Rounds(evaluate, wave, B - wave)
 
         def solve(b):
             try:
