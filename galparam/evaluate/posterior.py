@@ -129,7 +129,9 @@ class PosteriorPrior:
         ranges = {}
         for name in ("flux", "sersic_n", "hlr"):
             prior = priors[name]
-            ranges[name] = (prior.low, prior.high) if not prior.is_fixed else tuple(getattr(box, name))
+            ranges[name] = (
+                (prior.low, prior.high) if not prior.is_fixed else (getattr(box, name).low, getattr(box, name).high)
+            )
         n_prior = priors["sersic_n"]
         steps = n_prior.steps if n_prior.kind == "discretized" else 0
         a, b = spec.shear_form
@@ -145,7 +147,8 @@ class PosteriorPrior:
     @classmethod
     def flat(cls, box: FitBox) -> PosteriorPrior:
         """Uniform in a fit box: its ranges and its shear disc."""
-        return cls(tuple(box.flux), tuple(box.sersic_n), tuple(box.hlr), "disc", (0.0, box.shear_max))
+        ranges = [(getattr(box, name).low, getattr(box, name).high) for name in ("flux", "sersic_n", "hlr")]
+        return cls(*ranges, "disc", (0.0, box.shear_max))
 
     def to_dict(self) -> dict:
         """The prior as JSON (what a posterior file records)."""

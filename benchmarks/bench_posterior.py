@@ -1,0 +1,190 @@
+"""Posteriors: simulation-based calibration, the Laplace check, speed, and the Bayes risk at the
+test galaxies (issue 26). Not in CI: ``make bench-posterior`` (about an hour on 2 cores).
+
+1. **Calibration** (v2 and v3, ``--sbc`` galaxies each, drawn from the prior by the simulator):
+   the rank of each true parameter among its posterior's 1,000 equal-weight draws (ties of the
+   discretized index split at random) should be uniform: Kolmogorov–Smirnov and 20-bin χ² p-values;
+   the 68 and 95 % central intervals should cover 68 ± 3 and 95 ± 2 %.
+2. **The Laplace check** (the SNR-60 test galaxy with σ = 20, SNR ≈ 600, under a flat prior): the posterior mean within 0.1
+   bound of the fit, its standard deviation within 10 % of the inverse-Fisher error.
+3. **Speed**: seconds per image (wall clock over the images, ``--jobs`` workers) and per process.
+4. **The Bayes risk at the test galaxies** (SNR 60 and 30, ``--test`` images each, under v2's
+   prior, the one the networks are trained on): the posterior mean's RMSE and the root of the mean
+   posterior variance beside the Cramér–Rao bound and the fit's RMSE.
+
+Everything is resumable: run it again to continue (``--out`` holds the datasets and posterior files).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from galparam.data import load_dataset
+from galparam.evaluate.crb import cramer_rao
+from galparam.parameters import LABEL_NAMES
+from galparam.posteriors import run_posterior
+from galparam.simulate import simulate
+from galparam.specs import load_spec, spec_from_dict
+from galparam.specs.files import read_spec_file
+from galparam.tables import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dataset(out: Path, spec_name: str, size: int, seed: int, jobs: int, sigma: float | None = None) -> Path:
+    """A dataset of the shipped spec ``spec_name`` (``sigma``: its fixed noise replaced)."""
+    path = out / f"{spec_name}{'' if sigma is None else f'-sigma{sigma:g}'}-{size}.npz"
+    if not path.exists():
+        raw = read_spec_file(ROOT / "data" / f"{spec_name}.yaml", "dataset spec")
+        if sigma is not None:
+            raw["priors"]["sigma"] = {"fixed": sigma}
+            raw["name"] = f"{raw['name']}-sigma{sigma:g}"
+        spec = spec_from_dict(raw, source=spec_name).with_overrides(size=size, seed=seed)
+        simulate(spec, path, jobs=jobs)
+    return path
+
+
+def posteriors(path: Path, out: Path, jobs: int, prior=None, tag="") -> tuple[pd.DataFrame, np.ndarray]:
+    csv = out / f"{path.stem}{tag}.posterior.csv"
+    samples = out / f"{path.stem}{tag}.samples.npz"
+    table = run_posterior(path, csv, prior_spec=prior, samples=samples, jobs=jobs)
+    with np.load(samples, allow_pickle=False) as z:
+        draws = z["samples"]
+    return table, draws
+
+
+def calibration(name: str, path: Path, table: pd.DataFrame, draws: np.ndarray) -> list[dict]:
+    truth = load_dataset(path).label.astype(np.float64)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, label in enumerate(LABEL_NAMES):
+        t = truth[:, k : k + 1]
+        d = draws[:, :, k]
+        # the index's draws are grid values: the float32 label ties with those of its grid value
+        close = np.abs(d - t) < 1e-5 if label == "sersic_n" else np.zeros_like(d, dtype=bool)
+        below = ((d < t) & ~close).sum(axis=1)
+        ties = close.sum(axis=1)
+        rank = below + rng.integers(0, ties + 1)  # 0..L
+        L = d.shape[1]
+        u = (rank + rng.uniform(size=len(rank))) / (L + 1)
+        counts = np.histogram(rank, bins=20, range=(0, L + 1))[0]
+        lo68, hi68 = table[f"{label}_q16"], table[f"{label}_q84"]
+        lo95, hi95 = table[f"{label}_q025"], table[f"{label}_q975"]
+        x = truth[:, k]
+        rows.append(
+            {
+                "data": name,
+                "parameter": label,
+                "KS p": stats.kstest(u, "uniform").pvalue,
+                "χ² p (20 bins)": stats.chisquare(counts).pvalue,
+                "cover 68 %": 100 * np.mean((lo68 <= x) & (x <= hi68)),
+                "cover 95 %": 100 * np.mean((lo95 <= x) & (x <= hi95)),
+            }
+        )
+    return rows
+
+
+def bayes_risk(name: str, path: Path, table: pd.DataFrame) -> list[dict]:
+    ds = load_dataset(path)
+    truth = ds.label[0].astype(np.float64)
+    bound = cramer_rao(truth, float(ds.psf_fwhm[0]), float(ds.sigma[0]), poisson=ds.spec.poisson_noise)
+    crb = np.sqrt(np.diag(bound.covariance))
+    rows = []
+    for k, label in enumerate(LABEL_NAMES):
+        mean = table[f"{label}_mean"].to_numpy()
+        fit = table[f"{label}_fit"].to_numpy()
+        rmse_post = np.sqrt(np.mean((mean - truth[k]) ** 2))
+        root_var = np.sqrt(np.mean(table[f"{label}_std"] ** 2))
+        rows.append(
+            {
+                "test set": name,
+                "parameter": label,
+                "CRB σ": crb[k],
+                "posterior mean RMSE": rmse_post,
+                "√ mean posterior var": root_var,
+                "posterior mean bias / CRB": (mean.mean() - truth[k]) / crb[k],
+                "posterior mean RMSE / CRB": rmse_post / crb[k],
+                "fit RMSE / CRB": np.sqrt(np.mean((fit - truth[k]) ** 2)) / crb[k],
+                "fit bias / CRB": (fit.mean() - truth[k]) / crb[k],
+            }
+        )
+    return rows
+
+
+def laplace_check(table: pd.DataFrame) -> list[dict]:
+    rows = []
+    for label in LABEL_NAMES:
+        err = table[f"{label}_fit_err"]
+        rows.append(
+            {
+                "parameter": label,
+                "median |mean − fit| / error": float(
+                    np.median(np.abs(table[f"{label}_mean"] - table[f"{label}_fit"]) / err)
+                ),
+                "median std / error": float(np.median(table[f"{label}_std"] / err)),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench-posterior", help="working folder (resumable)")
+    p.add_argument("--sbc", type=int, default=500, help="prior draws of v2 and of v3")
+    p.add_argument("--test", type=int, default=1000, help="images of each test set")
+    p.add_argument("--jobs", type=int, default=2)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    v2 = load_spec(ROOT / "data" / "v2.yaml")
+    speed, calib, risk = [], [], []
+    for name in ("v2", "test_snr60", "test_snr30", "v3"):
+        path = dataset(out, name, args.sbc if name in ("v2", "v3") else args.test, 2026, args.jobs)
+        if name in ("v2", "v3"):
+            table, draws = posteriors(path, out, args.jobs)
+            calib += calibration(name, path, table, draws)
+        else:
+            table, _ = posteriors(path, out, args.jobs, prior=v2, tag="-v2prior")
+            risk += bayes_risk(name, path, table)
+        speed.append(_speed(name, table, args))
+    path = dataset(out, "test_snr60", 200, 2026, args.jobs, sigma=20.0)
+    table, _ = posteriors(path, out, args.jobs, tag="-flat")
+    laplace = laplace_check(table)
+    speed.append(_speed("test galaxy at SNR ≈ 600 (flat prior)", table, args))
+    report = [
+        "## Calibration (simulation-based; ranks among 1,000 draws)",
+        markdown_table(pd.DataFrame(calib)),
+        "## Laplace check (the SNR-60 test galaxy at σ = 20, SNR ≈ 600, flat prior, 200 images)",
+        markdown_table(pd.DataFrame(laplace)),
+        "## Bayes risk at the test galaxies (v2 prior)",
+        markdown_table(pd.DataFrame(risk)),
+        "## Speed",
+        markdown_table(pd.DataFrame(speed)),
+    ]
+    text = "\n\n".join(report) + "\n"
+    (out / "posterior.md").write_text(text)
+    print(text)
+
+
+def _speed(name, table, args) -> dict:
+    methods = table["method"].value_counts()
+    return {
+        "data": name,
+        "images": len(table),
+        "importance": int(methods.get("importance", 0)),
+        "mcmc": int(methods.get("mcmc", 0)),
+        "median ESS": table["ess"].median(),
+        "min ESS": table["ess"].min(),
+        "median evaluations": table["evaluations"].median(),
+        "s / image, mean per process": table["seconds"].mean(),
+        f"s / image with {args.jobs} processes": table["seconds"].mean() / args.jobs,
+    }
+
+
+if __name__ == "__main__":
+    main()
