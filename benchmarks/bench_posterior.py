@@ -5,7 +5,7 @@ test galaxies (issue 26). Not in CI: ``make bench-posterior`` (about an hour on 
    the rank of each true parameter among its posterior's 1,000 equal-weight draws (ties of the
    discretized index split at random) should be uniform: Kolmogorov–Smirnov and 20-bin χ² p-values;
    the 68 and 95 % central intervals should cover 68 ± 3 and 95 ± 2 %.
-2. **The Laplace check** (the SNR-60 test galaxy with σ = 20, SNR ≈ 600, under a flat prior): the posterior mean within 0.1
+2. **The Laplace check** (the SNR-60 test galaxy with σ = 10, SNR ≈ 1,200, under a flat prior): the posterior mean within 0.1
    bound of the fit, its standard deviation within 10 % of the inverse-Fisher error.
 3. **Speed**: seconds per image (wall clock over the images, ``--jobs`` workers) and per process.
 4. **The Bayes risk at the test galaxies** (SNR 60 and 30, ``--test`` images each, under v2's
@@ -152,14 +152,14 @@ def main() -> None:
             table, _ = posteriors(path, out, args.jobs, prior=v2, tag="-v2prior")
             risk += bayes_risk(name, path, table)
         speed.append(_speed(name, table, args))
-    path = dataset(out, "test_snr60", 200, 2026, args.jobs, sigma=20.0)
+    path = dataset(out, "test_snr60", 200, 2026, args.jobs, sigma=10.0)
     table, _ = posteriors(path, out, args.jobs, tag="-flat")
     laplace = laplace_check(table)
-    speed.append(_speed("test galaxy at SNR ≈ 600 (flat prior)", table, args))
+    speed.append(_speed("test galaxy at SNR ≈ 1,200 (flat prior)", table, args))
     report = [
         "## Calibration (simulation-based; ranks among 1,000 draws)",
         markdown_table(pd.DataFrame(calib)),
-        "## Laplace check (the SNR-60 test galaxy at σ = 20, SNR ≈ 600, flat prior, 200 images)",
+        "## Laplace check (the SNR-60 test galaxy at σ = 10, SNR ≈ 1,200, flat prior, 200 images)",
         markdown_table(pd.DataFrame(laplace)),
         "## Bayes risk at the test galaxies (v2 prior)",
         markdown_table(pd.DataFrame(risk)),

@@ -69,6 +69,12 @@ MCMC_CHUNK = 250
 MCMC_STEPS = 4000
 """Steps emcee runs at most."""
 
+MIN_TAUS = 20
+"""emcee's chains are kept at least this many autocorrelation times long."""
+
+MAX_RHAT = 1.05
+"""emcee's chains run on until every parameter's split-R̂ is below this."""
+
 QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
 """The posterior quantiles reported (the median and the 68 and 95 % central intervals)."""
 
@@ -493,9 +499,10 @@ class Posterior:
         """emcee's ensemble sampler for each image, all walkers of all images rendered together."""
         B = len(images)
 
-        def evaluate(keys, theta):
+        def evaluate(keys, theta):  # theta (R, walkers asked, 5): emcee asks half its ensemble at a time
             return np.split(
-                self._log_target(images, psf_fwhm, sigma, theta.reshape(-1, 5), np.repeat(keys, WALKERS)), len(keys)
+                self._log_target(images, psf_fwhm, sigma, theta.reshape(-1, 5), np.repeat(keys, theta.shape[1])),
+                len(keys),
             )
 
         rounds = Rounds(evaluate, B, 0)
@@ -511,8 +518,7 @@ class Posterior:
                 while steps < MCMC_STEPS:
                     state = sampler.run_mcmc(state, MCMC_CHUNK, progress=False)
                     steps += MCMC_CHUNK
-                    kept = sampler.get_chain(discard=steps // 3)
-                    if _chain_ess(kept) >= self.target_ess:
+                    if _mixed(sampler.get_chain(discard=steps // 3), self.target_ess):
                         break
                 return sampler.get_chain(discard=steps // 3), steps
             finally:
@@ -561,6 +567,15 @@ def _walker_start(drawn, rng, prior):
     else:
         picks = finite[np.argsort(log_w[finite])[-WALKERS:]]
     return theta[picks]
+
+
+def _mixed(chains, target_ess) -> bool:
+    """Whether emcee's chains (steps, walkers, K), burn-in discarded, are long enough: ESS at
+    least ``target_ess``, at least :data:`MIN_TAUS` autocorrelation times long (emcee's advice for
+    a reliable τ), and split-R̂ below :data:`MAX_RHAT`."""
+    tau = np.max(emcee.autocorr.integrated_time(chains, tol=0))
+    ess = chains.shape[0] * chains.shape[1] / tau
+    return ess >= target_ess and chains.shape[0] >= MIN_TAUS * tau and np.max(_split_rhat(chains)) < MAX_RHAT
 
 
 def _chain_ess(chains) -> float:

@@ -1,0 +1,186 @@
+"""Posteriors: a linear-Gaussian model whose posterior is known in closed form (through the same
+sampling code: only the model differs), a galaxy against a long emcee chain, calibration on prior
+draws, the spec's prior, and ``galparam-evaluate posterior``."""
+
+import subprocess
+import sys
+
+import emcee
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATA, make_spec
+from scipy import stats
+
+from galparam.data import load_dataset
+from galparam.evaluate.likelihood import nll_and_weights
+from galparam.evaluate.posterior import Posterior, PosteriorPrior, equal_weight_samples, pit_values
+from galparam.parameters import sersic_grid
+from galparam.posteriors import POSTERIOR_COLUMNS, run_posterior
+from galparam.simulate import simulate
+from galparam.specs import load_spec
+
+TRUTH = np.array([1.0e5, 3.0, 0.3, 0.1, -0.1])
+SCALE = np.array([2.0e3, 0.05, 0.005, 0.01, 0.01])  # about each parameter's posterior width
+SIGMA = 200.0
+
+
+class LinearGaussian(Posterior):
+    """y = A θ + N(0, σ²) on a 64² stamp, flat prior: the posterior is N(θ̂, σ² (AᵀA)⁻¹), θ̂ the
+    least-squares solution. Its Laplace approximation is given off on purpose (a standard
+    deviation off, 1.5 times as wide), so the importance weights have something to correct."""
+
+    def __init__(self, design, **options):
+        prior = PosteriorPrior((3e4, 4e5), (0.5, 6.0), (0.1, 0.6), "disc", (0.0, 0.67))
+        super().__init__(prior, poisson=False, **options)
+        self.design = design
+
+    def exact(self, images):
+        ata = self.design.T @ self.design
+        mean = np.linalg.solve(ata, self.design.T @ images.reshape(len(images), -1).T).T
+        return mean, SIGMA**2 * np.linalg.inv(ata)
+
+    def laplace(self, images, psf_fwhm, sigma, init=None):
+        mean, cov = self.exact(images)
+        sd = np.sqrt(np.diag(cov))
+        return mean + sd, np.broadcast_to(cov * 1.5**2, (len(images), 5, 5)).copy()
+
+    def log_likelihood(self, images, psf_fwhm, sigma, theta):
+        model = (theta @ self.design.T).reshape(images.shape)
+        return -nll_and_weights(images, model, sigma, poisson=False)[0]
+
+
+@pytest.fixture(scope="module")
+def linear():
+    rng = np.random.default_rng(1)
+    design = SIGMA * rng.standard_normal((64 * 64, 5)) / SCALE / 64
+    images = (TRUTH @ design.T + SIGMA * rng.standard_normal((3, 64 * 64))).reshape(3, 64, 64)
+    return design, images
+
+
+def test_importance_sampling_recovers_the_closed_form_posterior(linear):
+    design, images = linear
+    post = LinearGaussian(design).sample(images, 0.5, SIGMA)
+    mean, cov = post.exact(images)
+    sd = np.sqrt(np.diag(cov))
+    assert (post.method_ == "importance").all() and (post.ess_ >= 500).all()
+    np.testing.assert_array_less(np.abs(post.mean_ - mean) / sd, 0.15)
+    np.testing.assert_allclose(post.std_ / sd, 1, atol=0.1)
+    for q, z in ((1, -1.0), (3, 1.0)):  # the 16 and 84 % quantiles
+        np.testing.assert_array_less(np.abs(post.quantiles_[:, q] - (mean + z * sd)) / sd, 0.2)
+
+
+def test_mcmc_fallback_recovers_the_closed_form_posterior(linear):
+    design, images = linear
+    post = LinearGaussian(design, draws=64, rounds=1, target_ess=300).sample(images[:2], 0.5, SIGMA)
+    mean, cov = post.exact(images[:2])
+    sd = np.sqrt(np.diag(cov))
+    assert (post.method_ == "mcmc").all() and (post.ess_ >= 300).all()
+    assert np.nanmax(post.rhat_) < 1.1
+    np.testing.assert_array_less(np.abs(post.mean_ - mean) / sd, 0.25)
+    np.testing.assert_allclose(post.std_ / sd, 1, atol=0.15)
+
+
+def test_an_images_samples_do_not_depend_on_its_batch(linear):
+    design, images = linear
+    alone = LinearGaussian(design, seed=5).sample(images[2:], 0.5, SIGMA, indices=[2])
+    batch = LinearGaussian(design, seed=5).sample(images, 0.5, SIGMA)
+    assert alone.mean_[0].tobytes() == batch.mean_[2].tobytes()
+    other_seed = LinearGaussian(design, seed=6).sample(images[2:], 0.5, SIGMA, indices=[2])
+    assert other_seed.mean_[0].tobytes() != alone.mean_[0].tobytes()
+    draws = equal_weight_samples(batch, 400, 0, range(3))
+    np.testing.assert_allclose(draws.mean(axis=1), batch.mean_, atol=0.2 * SCALE.max())
+
+
+def test_spec_prior_is_the_simulators():
+    v2 = PosteriorPrior.from_spec(load_spec(DATA / "v2.yaml"))
+    assert (v2.shear, v2.shear_range, v2.sersic_steps, v2.snr_window) == ("amplitude", (0.0, 0.67), 1000, (10, 100))
+    grid = sersic_grid(0.5, 6.0, 1000)
+    step = grid[1] - grid[0]
+    np.testing.assert_array_equal(v2.snap(grid + 0.49 * step * np.sign(np.sin(np.arange(1000)))), grid)
+    # the shear's density ∝ 1/|g|: uniform points of the disc weighted by it have the simulator's |g|
+    rng = np.random.default_rng(0)
+    g = rng.uniform(-0.67, 0.67, (200_000, 2))
+    theta = np.column_stack([np.full((len(g), 3), [1e5, 3.0, 0.3]), g])
+    weights = np.exp(v2.log_density(theta))
+    spec = load_spec(DATA / "v2.yaml")
+    drawn = np.hypot(*spec.parameters_of(rng.uniform(size=(20_000, 7)))[3:5])
+    inside = weights > 0
+    resampled = rng.choice(np.hypot(*g[inside].T), size=20_000, p=weights[inside] / weights[inside].sum())
+    assert stats.ks_2samp(resampled, drawn).pvalue > 1e-3
+    # a fixed-parameter test set: the fit's flat box
+    t60 = PosteriorPrior.from_spec(load_spec(DATA / "test_snr60.yaml"))
+    assert (t60.shear, t60.sersic_steps, t60.snr_window) == ("disc", 0, None)
+    assert t60.flux == (3e4, 4e5) and t60.hlr == (0.1, 0.6)
+
+
+@pytest.fixture(scope="module")
+def prior_draws(tmp_path_factory):
+    """40 galaxies of the tiny spec's prior (a 12-value discretized index, the SNR window)."""
+    path = tmp_path_factory.mktemp("posterior") / "draws.npz"
+    return simulate(make_spec(name="draws", size=40, validation_fraction=0.0, seed=3), path, progress=False).output
+
+
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
+def test_posteriors_of_prior_draws_are_calibrated(prior_draws):
+    ds = load_dataset(prior_draws)
+    post = Posterior(PosteriorPrior.from_spec(ds.spec), target_ess=200, draws=512, mcmc=False)
+    post.sample(ds.img.astype(np.float64), ds.psf_fwhm, ds.sigma)
+    pit = pit_values(post, ds.label, np.random.default_rng(0))
+    # the probability integral transforms of 40 galaxies × 5 parameters are uniform
+    assert stats.kstest(pit.ravel(), "uniform").pvalue > 1e-3
+    inside68 = np.mean((pit > 0.16) & (pit < 0.84))
+    assert 0.56 <= inside68 <= 0.80, inside68
+    # the index is on the prior's grid of 12 values
+    assert np.isin(np.round(post.quantiles_[:, 2, 1], 9), np.round(sersic_grid(0.5, 1.6, 12), 9)).all()
+
+
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
+def test_galaxy_posterior_matches_a_long_emcee_chain(prior_draws):
+    ds = load_dataset(prior_draws)
+    prior = PosteriorPrior((3e4, 4e5), (0.5, 6.0), (0.1, 0.6), "amplitude", (0.0, 0.67))
+    b = int(np.argmin(np.abs(ds.snr - 30)))  # a galaxy at SNR ~30: a posterior far from Gaussian in n
+    image, fwhm, sigma = ds.img[b : b + 1].astype(np.float64), ds.psf_fwhm[b : b + 1], ds.sigma[b : b + 1]
+    post = Posterior(prior, target_ess=1000).sample(image, fwhm, sigma)
+
+    def log_target(theta):
+        return post._log_target(image, fwhm, sigma, theta, np.zeros(len(theta), dtype=np.int64))
+
+    rng = np.random.default_rng(1)
+    start = post.samples_[0][0][rng.choice(len(post.samples_[0][0]), 32, p=post.samples_[0][1])]
+    chain = emcee.EnsembleSampler(32, 5, log_target, vectorize=True)
+    chain.random_state = np.random.RandomState(1).get_state()
+    chain.run_mcmc(start, 1500, progress=False)
+    reference = chain.get_chain(discard=300, flat=True)
+    sd = reference.std(axis=0)
+    np.testing.assert_array_less(np.abs(post.mean_[0] - reference.mean(axis=0)) / sd, 0.15)
+    np.testing.assert_allclose(post.std_[0] / sd, 1, atol=0.12)
+
+
+def test_posterior_cli_writes_resumes_and_refuses_bad_input(prior_draws, tmp_path):
+    out = tmp_path / "post.csv"
+    options = {"target_ess": 100, "jobs": 1, "progress": False}
+    first = run_posterior(prior_draws, out, n_images=2, **options)
+    assert list(first.columns) == list(POSTERIOR_COLUMNS) and len(first) == 2
+    whole = run_posterior(prior_draws, tmp_path / "whole.csv", n_images=3, overwrite=True, **options)
+    resumed = run_posterior(prior_draws, out, n_images=3, **options)
+    pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), whole.drop(columns="seconds"))
+    assert (whole["flux_q16"] <= whole["flux_median"]).all()
+    cli = [sys.executable, "-m", "galparam.cli.evaluate", "posterior", str(prior_draws), "-q"]
+    samples = tmp_path / "s.npz"
+    ok = subprocess.run(
+        [*cli, "-o", str(tmp_path / "c.csv"), "--n-images", "2", "--target-ess", "100", "--samples", str(samples)],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "2 posteriors" in ok.stdout, ok.stderr
+    with np.load(samples, allow_pickle=False) as z:
+        assert z["samples"].shape == (2, 1000, 5) and z["index"].tolist() == [0, 1]
+    for args, message in (
+        (["-o", str(out), "--n-images", "4", "--target-ess", "100"], "another dataset, prior or setting"),
+        (["-o", str(tmp_path / "d.csv"), "--target-ess", "10"], "10: accepted 50..100000"),
+        (["-o", str(tmp_path / "e.csv"), "--n-images", "99"], "the dataset has 40 images"),
+    ):
+        bad = subprocess.run([*cli, *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert not (tmp_path / "d.csv").exists() and not (tmp_path / "e.csv").exists()
