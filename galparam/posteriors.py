@@ -2,7 +2,7 @@
 
 ``posterior.csv`` gets one row per image (:data:`POSTERIOR_COLUMNS`), in dataset order, appended
 as each task of images finishes; a run that is interrupted continues after the last complete row
-when started again. A JSON file beside it (``posterior.csv.json``) records the dataset, the prior
+when started again, or goes on to more images when asked for more. A JSON file beside it (``posterior.csv.json``) records the dataset, the prior
 and the settings the rows belong to. With ``samples``, each image's posterior is also stored as
 equal-weight draws in an npz file (written when the run completes; the finished tasks' draws wait
 in a folder beside it until then).
@@ -156,7 +156,6 @@ def run_posterior(
     manifest = {
         "dataset": str(Path(dataset_path).resolve()),
         "dataset_spec_digest": ds.spec.digest(),
-        "n_images": total,
         "prior": prior.to_dict(),
         "prior_from": (prior_spec or ds.spec).name,
         **options,

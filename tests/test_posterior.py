@@ -70,26 +70,16 @@ def test_importance_sampling_recovers_the_closed_form_posterior(linear):
         np.testing.assert_array_less(np.abs(post.quantiles_[:, q] - (mean + z * sd)) / sd, 0.2)
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_mcmc_fallback_recovers_the_closed_form_posterior(linear):
     design, images = linear
-    post = LinearGaussian(design, draws=64, rounds=1, target_ess=300).sample(images[:2], 0.5, SIGMA)
+    post = LinearGaussian(design, draws=64, rounds=1, target_ess=200).sample(images[:2], 0.5, SIGMA)
     mean, cov = post.exact(images[:2])
     sd = np.sqrt(np.diag(cov))
-    assert (post.method_ == "mcmc").all() and (post.ess_ >= 300).all()
+    assert (post.method_ == "mcmc").all() and (post.ess_ >= 200).all()
     assert np.nanmax(post.rhat_) < 1.1
     np.testing.assert_array_less(np.abs(post.mean_ - mean) / sd, 0.25)
     np.testing.assert_allclose(post.std_ / sd, 1, atol=0.15)
-
-
-def test_an_images_samples_do_not_depend_on_its_batch(linear):
-    design, images = linear
-    alone = LinearGaussian(design, seed=5).sample(images[2:], 0.5, SIGMA, indices=[2])
-    batch = LinearGaussian(design, seed=5).sample(images, 0.5, SIGMA)
-    assert alone.mean_[0].tobytes() == batch.mean_[2].tobytes()
-    other_seed = LinearGaussian(design, seed=6).sample(images[2:], 0.5, SIGMA, indices=[2])
-    assert other_seed.mean_[0].tobytes() != alone.mean_[0].tobytes()
-    draws = equal_weight_samples(batch, 400, 0, range(3))
-    np.testing.assert_allclose(draws.mean(axis=1), batch.mean_, atol=0.2 * SCALE.max())
 
 
 def test_spec_prior_is_the_simulators():
@@ -119,6 +109,25 @@ def prior_draws(tmp_path_factory):
     """40 galaxies of the tiny spec's prior (a 12-value discretized index, the SNR window)."""
     path = tmp_path_factory.mktemp("posterior") / "draws.npz"
     return simulate(make_spec(name="draws", size=40, validation_fraction=0.0, seed=3), path, progress=False).output
+
+
+def test_an_images_posterior_is_reproducible_and_hardly_depends_on_its_batch(prior_draws):
+    ds = load_dataset(prior_draws)
+    images, fwhm, sigma = ds.img[:3].astype(np.float64), ds.psf_fwhm[:3], ds.sigma[:3]
+    options = {"target_ess": 100, "draws": 256, "mcmc": False}
+    prior = PosteriorPrior.from_spec(ds.spec)
+    batch = Posterior(prior, seed=5, **options).sample(images, fwhm, sigma)
+    again = Posterior(prior, seed=5, **options).sample(images, fwhm, sigma)
+    assert again.mean_.tobytes() == batch.mean_.tobytes() and again.quantiles_.tobytes() == batch.quantiles_.tobytes()
+    # alone, its draws are the same (they depend on the seed and its index); the fit's maximum, the
+    # proposal's centre, may differ in its last digits (the fit renders its batch together)
+    alone = Posterior(prior, seed=5, **options).sample(images[2:], fwhm[2:], sigma[2:], indices=[2])
+    np.testing.assert_allclose(alone.mean_[0], batch.mean_[2], rtol=1e-8)
+    np.testing.assert_allclose(alone.quantiles_[0], batch.quantiles_[2], rtol=1e-8)
+    other_seed = Posterior(prior, seed=6, **options).sample(images[2:], fwhm[2:], sigma[2:], indices=[2])
+    assert other_seed.mean_[0].tobytes() != alone.mean_[0].tobytes()
+    draws = equal_weight_samples(batch, 2000, 0, range(3))
+    np.testing.assert_allclose(draws.mean(axis=1), batch.mean_, atol=0, rtol=0.05)
 
 
 @pytest.mark.slow  # make test-fast keeps its 5 minutes
@@ -177,7 +186,7 @@ def test_posterior_cli_writes_resumes_and_refuses_bad_input(prior_draws, tmp_pat
     with np.load(samples, allow_pickle=False) as z:
         assert z["samples"].shape == (2, 1000, 5) and z["index"].tolist() == [0, 1]
     for args, message in (
-        (["-o", str(out), "--n-images", "4", "--target-ess", "100"], "another dataset, prior or setting"),
+        (["-o", str(out), "--n-images", "4", "--target-ess", "200"], "another dataset, prior or setting"),
         (["-o", str(tmp_path / "d.csv"), "--target-ess", "10"], "10: accepted 50..100000"),
         (["-o", str(tmp_path / "e.csv"), "--n-images", "99"], "the dataset has 40 images"),
     ):
