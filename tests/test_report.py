@@ -10,8 +10,10 @@ from conftest import make_spec
 from galparam.cli.common import run
 from galparam.cli.evaluate import main as evaluate_main
 from galparam.data import load_dataset
+from galparam.errors import GalparamError
 from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
+from galparam.posteriors import run_posterior
 from galparam.report import write_report
 from galparam.simulate import simulate
 
@@ -158,3 +160,24 @@ def test_fits_of_a_prior_drawn_dataset_join_the_efficiency_shear_and_coverage_ta
     np.testing.assert_allclose(coverage["median std/crb"], np.median(errors / bound, axis=0), rtol=1e-6)
     assert set(report.shear_table.model) == {name}
     assert (tmp_path / "r" / "plots" / f"efficiency_baseline-on-{ds.spec.name}.png").stat().st_size > 10_000
+
+
+def test_report_puts_the_bayes_risk_beside_the_bound(setting, tmp_path):
+    posterior = tmp_path / "post60.csv"
+    run_posterior(setting["tests"][60], posterior, target_ess=100, jobs=1, progress=False)
+    inputs = dict(test_sets=[setting["tests"][60]], fits=[setting["fits"]["base60"]], posteriors=[posterior])
+    table = write_report(tmp_path / "r", **inputs).test_table.set_index("parameter")
+    post = pd.read_csv(posterior)
+    fits = pd.read_csv(setting["fits"]["base60"])
+    truth = load_dataset(setting["tests"][60]).label[0].astype(float)
+    for k, label in enumerate(("flux", "sersic_n", "hlr", "g1", "g2")):
+        root_mmse = np.sqrt(np.mean(post[f"{label}_std"] ** 2))
+        assert table.loc[label, "√MMSE"] == pytest.approx(root_mmse, rel=1e-12)
+        rmse = np.sqrt(np.mean((fits[label] - truth[k]) ** 2))
+        assert table.loc[label, "baseline rmse/√MMSE"] == pytest.approx(rmse / root_mmse, rel=1e-12)
+        bias = post[f"{label}_mean"].mean() - truth[k]
+        assert table.loc[label, "posterior mean bias"] == pytest.approx(bias, rel=1e-9, abs=1e-12)
+    header = (tmp_path / "r" / "test_sets.md").read_text()
+    assert "posteriors post60.csv" in header and "prior of t60" in header
+    with pytest.raises(GalparamError, match="not among the test sets given"):
+        write_report(tmp_path / "s", test_sets=[setting["tests"][30]], posteriors=[posterior])

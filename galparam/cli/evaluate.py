@@ -38,7 +38,7 @@ Judge estimators against the best possible.
   galparam-evaluate posterior T60.npz --prior data/v2.yaml -o post.csv   ... under a training set's prior
   galparam-evaluate predict RUN DATA.npz -o pred.csv a trained model's estimates for any npz of images
   galparam-evaluate predict RUN a.fits b.fits --psf psf.fits -o pred.csv   ... or FITS cutouts of its geometry
-  galparam-evaluate report --runs RUN... --test-sets T60.npz T30.npz --fits F.csv... -o reports/
+  galparam-evaluate report --runs RUN... --test-sets T60.npz T30.npz --fits F.csv... --posteriors P.csv... -o reports/
 """
 
 
@@ -158,6 +158,14 @@ def build_parser() -> ArgumentParser:
         metavar="FITS.csv",
         help="baseline fits of those test sets, or of a dataset drawn from a prior (v2.npz: the fit joins the "
         "efficiency, shear and coverage tables)",
+    )
+    t.add_argument(
+        "--posteriors",
+        nargs="*",
+        default=[],
+        metavar="POSTERIOR.csv",
+        help="posteriors of those test sets (galparam-evaluate posterior): the posterior mean joins the estimators "
+        "and the Bayes risk's root (√MMSE) the bound, with each estimator's RMSE over it",
     )
     t.add_argument("--n-images", type=positive_int, help="evaluate networks on the first N test images (default: all)")
     return p
@@ -306,7 +314,14 @@ def _report(args) -> int:
     if args.runs:
         load_tensorflow_quietly()
 
-    report = write_report(args.output, runs=args.runs, test_sets=args.test_sets, fits=args.fits, n_images=args.n_images)
+    report = write_report(
+        args.output,
+        runs=args.runs,
+        test_sets=args.test_sets,
+        fits=args.fits,
+        posteriors=args.posteriors,
+        n_images=args.n_images,
+    )
     if len(report.test_table):
         print(report.test_table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for note in report.notes:

@@ -43,7 +43,7 @@ def write(report: Report, folder) -> Report:
     return report
 
 
-def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None = None) -> Report:
+def write_report(output, *, runs=(), test_sets=(), fits=(), posteriors=(), n_images: int | None = None) -> Report:
     """Compute the report of runs, test sets and fits (:func:`compute_report`, whose arguments these
     are) and write it into the folder ``output``.
 
@@ -51,7 +51,7 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     ----------
     output : path-like
         The report folder.
-    runs, test_sets, fits : sequence of path-like
+    runs, test_sets, fits, posteriors : sequence of path-like
         As :func:`compute_report`.
     n_images : int, optional
         As :func:`compute_report`.
@@ -65,4 +65,6 @@ def write_report(output, *, runs=(), test_sets=(), fits=(), n_images: int | None
     GalparamError
         As :func:`compute_report`.
     """
-    return write(compute_report(runs=runs, test_sets=test_sets, fits=fits, n_images=n_images), output)
+    return write(
+        compute_report(runs=runs, test_sets=test_sets, fits=fits, posteriors=posteriors, n_images=n_images), output
+    )

@@ -128,14 +128,34 @@ def read_fits(path) -> tuple[pd.DataFrame, dict]:
     return fits, manifest
 
 
+def read_posteriors(path) -> tuple[pd.DataFrame, dict]:
+    """A posterior file (``galparam-evaluate posterior``'s) and the manifest beside it."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        table = pd.read_csv(path)
+        manifest = json.loads(sidecar.read_text())
+    except FileNotFoundError as exc:
+        raise GalparamError(
+            f"{exc.filename}: no such file (posteriors come from galparam-evaluate posterior)"
+        ) from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise GalparamError(f"{path}: not a galparam posterior file ({exc})") from None
+    missing = [c for c in ("index", *(f"{n}_{s}" for n in LABEL_NAMES for s in ("mean", "std"))) if c not in table]
+    if missing or "prior" not in manifest:
+        raise GalparamError(f"{path}: not a galparam posterior file (missing columns {', '.join(missing) or 'none'})")
+    return table, manifest
+
+
 def estimator_name(manifest: dict) -> str:
     """A fit's name in the tables: ``baseline``, or ``refined NAME`` (started from a network's estimates)."""
     init = manifest.get("init", "")
     return "baseline" if init in ("adaptive moments", "") else f"refined {manifest.get('init_model', 'network')}"
 
 
-def bound_table(test_sets, estimates: dict) -> pd.DataFrame:
-    """Rows (SNR, parameter): the bound, then the bias and std of each estimator.
+def bound_table(test_sets, estimates: dict, bayes_risk: dict | None = None) -> pd.DataFrame:
+    """Rows (SNR, parameter): the bound, then the bias and std of each estimator; with the Bayes
+    risk of a test set, its root (``√MMSE``) and each estimator's RMSE over it.
 
     Parameters
     ----------
@@ -143,18 +163,27 @@ def bound_table(test_sets, estimates: dict) -> pd.DataFrame:
         The loaded test sets, with their truth and bound.
     estimates : dict
         ``{snr: {estimator name: (N, 5) estimates of the first N images}}``.
+    bayes_risk : dict, optional
+        ``{snr: (5,) root mean posterior variance}`` (:func:`read_posteriors`).
     """
+    bayes_risk = bayes_risk or {}
     rows = []
     for ts in sorted(test_sets, key=lambda t: -t.snr):
         metrics = {
             name: estimator_metrics(np.tile(ts.truth, (len(values), 1)), values, ts.bound)
             for name, values in estimates.get(ts.snr, {}).items()
         }
+        root_mmse = bayes_risk.get(ts.snr)
         for i, label in enumerate(LABEL_NAMES):
             row = {"SNR": ts.snr, "parameter": label, "CRB": ts.bound[i]}
+            if root_mmse is not None:
+                row["√MMSE"] = root_mmse[i]
             for name, m in metrics.items():
                 row[f"{name} bias"] = m.loc[label, "bias"]
                 row[f"{name} std"] = m.loc[label, "std"]
+                if root_mmse is not None:
+                    rmse = np.sqrt(np.mean((estimates[ts.snr][name][:, i] - ts.truth[i]) ** 2))
+                    row[f"{name} rmse/√MMSE"] = rmse / root_mmse[i]
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -300,7 +329,7 @@ def _test_set_coverage(name: str, ts, predicted: pd.DataFrame, n: int, interval_
     return _first(table, "model", name)
 
 
-def compute_report(*, runs=(), test_sets=(), fits=(), n_images: int | None = None) -> Report:
+def compute_report(*, runs=(), test_sets=(), fits=(), posteriors=(), n_images: int | None = None) -> Report:
     """The report of runs, test sets and fits: its tables and its figures' data (nothing written).
 
     Parameters
@@ -313,6 +342,10 @@ def compute_report(*, runs=(), test_sets=(), fits=(), n_images: int | None = Non
         ``galparam-evaluate baseline`` outputs (with or without ``--init``) on those test sets, or on
         a dataset drawn from a prior (``v2.npz``): those fits join the efficiency, shear and coverage
         tables (their inverse-Fisher errors as the spread) beside the networks' validation splits.
+    posteriors : sequence of path-like
+        ``galparam-evaluate posterior`` outputs on those test sets: the posterior mean joins the
+        estimators, and the root of the mean posterior variance (the Bayes risk of images like
+        these under the posterior's prior) joins the bound, with each estimator's RMSE over it.
     n_images : int, optional
         Networks are evaluated on the first ``n_images`` images of each test set (default all).
 
@@ -326,8 +359,8 @@ def compute_report(*, runs=(), test_sets=(), fits=(), n_images: int | None = Non
         On a missing or invalid input, a test set whose parameters vary, fits of a dataset not
         given, or a model that does not take the test set's images.
     """
-    if not (runs or fits):
-        raise GalparamError("nothing to report: give run folders and/or baseline fits")
+    if not (runs or fits or posteriors):
+        raise GalparamError("nothing to report: give run folders, baseline fits and/or posteriors")
     sets = [load_test_set(p) for p in test_sets]
     by_path = {ts.path.resolve(): ts for ts in sets}
     if len({ts.snr for ts in sets}) != len(sets):
@@ -376,11 +409,30 @@ def compute_report(*, runs=(), test_sets=(), fits=(), n_images: int | None = Non
         name = estimator_name(manifest)
         estimates[ts.snr][name] = table[list(LABEL_NAMES)].to_numpy()
         header.append(f"fits {path.name} ({name}, SNR {ts.snr}): {len(table)} images, {unconverged} not converged")
+    bayes_risk = {}
+    for path in map(Path, posteriors):
+        table, manifest = read_posteriors(path)
+        ts = by_path.get(Path(manifest.get("dataset", "")).resolve())
+        if ts is None:
+            raise GalparamError(
+                f"{path}: posteriors of {manifest.get('dataset')}, which is not among the test sets given "
+                "(the report takes posteriors of its fixed-parameter test sets)"
+            )
+        estimates[ts.snr]["posterior mean"] = table[[f"{n}_mean" for n in LABEL_NAMES]].to_numpy()
+        variance = table[[f"{n}_std" for n in LABEL_NAMES]].to_numpy() ** 2
+        bayes_risk[ts.snr] = np.sqrt(variance.mean(axis=0))
+        methods = table["method"].value_counts().to_dict() if "method" in table else {}
+        header.append(
+            f"posteriors {path.name} (SNR {ts.snr}, prior of {manifest.get('prior_from', '?')}): {len(table)} images, "
+            + ", ".join(f"{v} by {k}" for k, v in sorted(methods.items()))
+        )
     for snr, by_name in estimates.items():
         for name, values in by_name.items():
             header.append(f"SNR {snr} {name}: first {len(values)} images")
 
-    report = Report(bound_table(sets, estimates), validation_table([(r, i) for r, i, _ in loaded]), header=header)
+    report = Report(
+        bound_table(sets, estimates, bayes_risk), validation_table([(r, i) for r, i, _ in loaded]), header=header
+    )
     report.test_sets = {ts.snr: ts for ts in sets}
     report.estimates = estimates
     restored = []
