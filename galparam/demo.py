@@ -7,8 +7,10 @@
 5. train the small Xception with an uncertainty head (a spread per estimate, calibrated);
 6. fit the first 60 images of each test set by maximum likelihood (the baseline), and the first 60
    of v2, plainly and started from the small Xception (the fits' efficiency maps, shear and coverage);
+   and the posteriors of the first 60 of each test set under v2's prior (the Bayes risk);
 7. write the report — tables as CSV, Markdown and LaTeX, plots as PNG — and print the headline
-   table: bias and spread of each network and of the baseline against the Cramér–Rao bound, the
+   table: bias and spread of each network, of the baseline and of the posterior mean against the
+   Cramér–Rao bound, the Bayes risk's root (√MMSE) and each one's RMSE over it, the
    coverage of the predicted intervals, and the shear calibration (m, c);
 8. measure the real galaxies shipped in ``data/real`` (three SDSS, five HST cutouts, from the
    catalogues ``galparam-measure --catalog`` reads) into ``<output>/real/``: a table each and a
@@ -118,11 +120,17 @@ def main(argv=None) -> int:
     for i, base in enumerate(DEMO_EXPERIMENTS, start=3):
         step(i, f"training {study.name(base)}")
         runs[base] = study.train(base)
-    step(steps - 2, f"maximum-likelihood fits of the test sets and of {study.name(DEMO_FIT_DATASET)}")
+    step(
+        steps - 2,
+        f"maximum-likelihood fits of the test sets and of {study.name(DEMO_FIT_DATASET)}; the test sets' posteriors",
+    )
     fits = [study.baseline(snr) for snr in TEST_SETS]
     fits += [study.baseline(DEMO_FIT_DATASET), study.baseline(DEMO_FIT_DATASET, init=DEMO_FIT_INIT)]
+    posteriors = [study.posterior(snr) for snr in TEST_SETS]
     step(steps - 1, f"writing the report into {args.reports}")
-    report = study.report(args.reports, experiments=DEMO_EXPERIMENTS, fits=fits, searches=(DEMO_SEARCH,))
+    report = study.report(
+        args.reports, experiments=DEMO_EXPERIMENTS, fits=fits, posteriors=posteriors, searches=(DEMO_SEARCH,)
+    )
     real_folder = Path(args.output) / "real"
     step(steps, f"measuring the real galaxies of data/real (galparam-measure) into {real_folder}")
     real = measure_real(args.project, real_folder, jobs=args.jobs)

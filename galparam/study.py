@@ -31,6 +31,7 @@ from galparam.baseline import network_starting_points, run_baseline
 from galparam.data import load_dataset
 from galparam.errors import GalparamError
 from galparam.parameters import LABEL_NAMES
+from galparam.posteriors import run_posterior
 from galparam.runs import RunFolder
 from galparam.search.automl import run_autokeras
 from galparam.search.dashboard import read_trials, write_dashboard
@@ -291,7 +292,36 @@ class Study:
         )
         return out
 
-    def report(self, folder=None, *, experiments=(), fits=(), searches=(), n_images: int | None = -1):
+    def posterior(self, snr: int, *, n_images: int | None = -1, prior: str = "v2") -> Path:
+        """Sample the posteriors of a test set's first images under a training set's prior (resumable).
+
+        Parameters
+        ----------
+        snr : {60, 30}
+            Which test set.
+        n_images : int or None
+            How many images; default :data:`BASELINE_IMAGES` (60 small, all full); ``None``: all.
+        prior : str
+            The dataset (``v2``) whose prior the posteriors take: the networks' training prior.
+
+        Returns
+        -------
+        Path
+            The posterior file, ``fits/posterior-snrS.csv``.
+        """
+        if snr not in TEST_SETS:
+            raise GalparamError(f"test set SNR {snr}: accepted {', '.join(map(str, TEST_SETS))}")
+        data = self.dataset_path(TEST_SETS[snr])
+        self._needs(data)
+        n = BASELINE_IMAGES[self.setting] if n_images == -1 else n_images
+        out = self.fits_dir / f"posterior-snr{snr}.csv"
+        if self.progress:
+            _say(f"posteriors of {data.name} under {self.name(prior)}'s prior into {out}")
+        prior_spec = load_spec(self.project / "data" / f"{self.name(prior)}.yaml")
+        run_posterior(data, out, n_images=n, prior_spec=prior_spec, jobs=self.jobs, progress=self.progress)
+        return out
+
+    def report(self, folder=None, *, experiments=(), fits=(), posteriors=(), searches=(), n_images: int | None = -1):
         """Write the report: test-set, validation, dataset and search tables, and the plots.
 
         Parameters
@@ -302,6 +332,8 @@ class Study:
             Trained experiments (``xception-v2``, ...) to include.
         fits : sequence of path-like
             Fits files from :meth:`baseline`.
+        posteriors : sequence of path-like
+            Posterior files from :meth:`posterior` (the Bayes risk beside the bound).
         searches : sequence of str
             Searches (``grid-v1``, ...) whose trials get a table and a plot.
         n_images : int or None
@@ -318,7 +350,11 @@ class Study:
         for path in test_sets:
             self._needs(path)
         report = reporting.compute_report(
-            runs=[self.run_dir(e) for e in experiments], test_sets=test_sets, fits=fits, n_images=n
+            runs=[self.run_dir(e) for e in experiments],
+            test_sets=test_sets,
+            fits=fits,
+            posteriors=posteriors,
+            n_images=n,
         )
         paths = sorted(self.data_dir.glob("*.npz"))
         report.datasets_table = dataset_table(paths)
