@@ -24,18 +24,15 @@ from tqdm.auto import tqdm
 
 from galparam.data import load_dataset
 from galparam.errors import GalparamError, Remedy
-from galparam.evaluate.posterior import QUANTILES, Posterior, PosteriorPrior, equal_weight_samples
+from galparam.evaluate.posterior import QUANTILE_NAMES, Posterior, PosteriorPrior, equal_weight_samples
 from galparam.io import complete_lines, write_json_atomic, write_npz_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
 from galparam.render import KSpaceRenderer, renderer_for
 
-QUANTILE_NAMES = dict(zip(QUANTILES, ("q025", "q16", "median", "q84", "q975"), strict=True))
-"""Column suffixes of :data:`~galparam.evaluate.posterior.QUANTILES`."""
-
 POSTERIOR_COLUMNS = (
     "index",
-    *(f"{name}_{stat}" for name in LABEL_NAMES for stat in ("mean", "std", *QUANTILE_NAMES.values())),
+    *(f"{name}_{stat}" for name in LABEL_NAMES for stat in ("mean", "std", *QUANTILE_NAMES)),
     *(f"{name}_fit" for name in LABEL_NAMES),
     *(f"{name}_fit_err" for name in LABEL_NAMES),
     "method",

@@ -265,3 +265,24 @@ def test_the_help_shows_examples_and_conventions():
     for text in ("galparam-measure galaxy.fits --psf psf.fits", "--catalog", "position_angle", "sersic_n_at_edge"):
         assert text in done.stdout
     json.dumps(done.stdout)
+
+
+def test_posterior_summaries_join_the_table(simulated, tmp_path):
+    folder, truth, _ = simulated
+    cutout = Cutout(str(folder / "galaxy.fits"), psf=str(folder / "psf.fits"), noise_sigma=0.5)
+    row = measure(cutout, posterior=True, progress=False)[0]
+    assert row["post_method"] == "importance" and row["post_ess"] >= 500
+    # a bright galaxy: the posterior is the fit's Laplace approximation
+    for name, column in (("flux", "flux"), ("sersic_n", "sersic_n"), ("hlr", "hlr_arcsec"), ("g1", "g1"), ("g2", "g2")):
+        err = row[f"{column}_err"]
+        assert abs(row[f"{name}_post_mean"] - row[column]) < 0.2 * err, name
+        assert 0.85 < row[f"{name}_post_std"] / err < 1.15, name
+        assert row[f"{name}_post_q16"] < row[f"{name}_post_median"] < row[f"{name}_post_q84"], name
+    assert row["sersic_n_post_median"] == pytest.approx(truth["n"], abs=0.01)
+    # the console's --posterior, resumable like the fits: its table holds the same numbers
+    out = tmp_path / "post.ecsv"
+    args = [str(folder / "galaxy.fits"), "--psf", str(folder / "psf.fits"), "--noise-sigma", "0.5"]
+    assert main([*args, "--posterior", "-q", "-o", str(out)]) == 0
+    written = Table.read(out)[0]
+    assert written["sersic_n_post_mean"] == pytest.approx(row["sersic_n_post_mean"], rel=1e-12)
+    assert "posterior" in Table.read(out).meta

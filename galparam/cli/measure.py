@@ -26,6 +26,7 @@ model (a sheared Sérsic profile through your PSF image, on your pixel scale, σ
   galparam-measure a.fits b.fits --psf a_psf.fits b_psf.fits --noise-sigma 0.01 -o ab.csv
   galparam-measure --catalog galaxies.csv -o results.ecsv          one row per galaxy (columns below)
   galparam-measure --catalog real_galaxy_catalog.fits -o hst.ecsv  GalSim's real-galaxy catalogue
+  galparam-measure --catalog galaxies.csv --posterior -o results.ecsv   ... and each posterior's summaries
 
 FILE[HDU] names an HDU by number or name (default: the first HDU with an image). The pixel scale
 comes from the image header (CD matrix, CDELT, PIXSCALE) unless --pixel-scale gives it. The PSF
@@ -97,6 +98,12 @@ def build_parser() -> ArgumentParser:
     fit.add_argument(
         "--fit-sky", action="store_true", help="fit a constant sky level (default: the cutouts are sky-subtracted)"
     )
+    fit.add_argument(
+        "--posterior",
+        action="store_true",
+        help="also sample each galaxy's posterior (flat prior in the fit's box): mean, std and quantiles per parameter",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="the posteriors' random seed (default: %(default)s)")
     fit.add_argument(
         "--residuals", metavar="DIR", help="per galaxy: NAME.fits (data, model, residual, weight) and NAME.png"
     )
@@ -181,6 +188,8 @@ def main(argv=None) -> int:
         residuals=args.residuals,
         fit_sky=args.fit_sky,
         zeropoint=args.zeropoint,
+        posterior=args.posterior,
+        seed=args.seed,
         jobs=args.jobs,
         progress=not args.quiet,
         overwrite=args.overwrite,

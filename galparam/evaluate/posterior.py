@@ -43,10 +43,18 @@ from galparam.errors import GalparamError
 from galparam.evaluate.fit import BatchedFit, ConvergenceWarning, Rounds, check_images
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import nll_and_weights
-from galparam.parameters import sersic_grid
+from galparam.parameters import LABEL_NAMES, sersic_grid
 from galparam.render import KSpaceRenderer, renderer_for
 
-__all__ = ["Posterior", "PosteriorPrior", "QUANTILES", "SHEAR_PRIORS", "equal_weight_samples", "pit_values"]
+__all__ = [
+    "Posterior",
+    "PosteriorPrior",
+    "QUANTILES",
+    "QUANTILE_NAMES",
+    "SHEAR_PRIORS",
+    "equal_weight_samples",
+    "pit_values",
+]
 
 NU = 5.0
 """Degrees of freedom of the Student-t proposal."""
@@ -78,6 +86,9 @@ MAX_RHAT = 1.05
 QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
 """The posterior quantiles reported (the median and the 68 and 95 % central intervals)."""
 
+QUANTILE_NAMES = ("q025", "q16", "median", "q84", "q975")
+"""The names of :data:`QUANTILES` in tables (column suffixes)."""
+
 SHEAR_PRIORS = ("amplitude", "box", "disc")
 """The shear priors: |g| uniform in a range and its angle uniform (density ∝ 1/|g| in (g1, g2)),
 g1 and g2 each uniform in a range, or uniform on the disc |g| ≤ a maximum."""
@@ -105,6 +116,8 @@ class PosteriorPrior:
         low to high (:func:`galparam.parameters.sersic_grid`).
     snr_window : pair of float, optional
         Galaxies whose noiseless SNR (√Σμ² / σ) falls outside are not in the prior.
+    extra : tuple of (str, float, float)
+        Further parameters after the five, each uniform in its range (a stamp's centre and sky).
     """
 
     flux: tuple
@@ -114,6 +127,7 @@ class PosteriorPrior:
     shear_range: tuple
     sersic_steps: int = 0
     snr_window: tuple | None = None
+    extra: tuple = ()
 
     def __post_init__(self):
         if self.shear not in SHEAR_PRIORS:
@@ -124,6 +138,17 @@ class PosteriorPrior:
                 raise GalparamError(f"posterior prior: {name} [{low:g}, {high:g}] is empty or fixed; give low < high")
             object.__setattr__(self, name, (low, high))
         object.__setattr__(self, "shear_range", tuple(float(v) for v in self.shear_range))
+        object.__setattr__(self, "extra", tuple((str(n), float(lo), float(hi)) for n, lo, hi in self.extra))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The parameters: the five labels, then the extra ones."""
+        return (*LABEL_NAMES, *(name for name, _, _ in self.extra))
+
+    def widths(self) -> np.ndarray:
+        """Each parameter's range (the shear's: its largest |g|)."""
+        ranges = [self.flux, self.sersic_n, self.hlr]
+        return np.array([hi - lo for lo, hi in ranges] + [self.shear_max] * 2 + [hi - lo for _, lo, hi in self.extra])
 
     @classmethod
     def from_spec(cls, spec) -> PosteriorPrior:
@@ -166,6 +191,7 @@ class PosteriorPrior:
             "shear": self.shear,
             "shear_range": list(self.shear_range),
             "snr_window": list(self.snr_window) if self.snr_window else None,
+            **({"extra": [list(e) for e in self.extra]} if self.extra else {}),
         }
 
     @property
@@ -202,13 +228,15 @@ class PosteriorPrior:
         return sersic_grid(*self.sersic_n, self.sersic_steps)[cell]
 
     def log_density(self, theta) -> np.ndarray:
-        """The log prior density of (flux, continuous index, hlr, g1, g2) (..., 5), up to a
-        constant, −inf outside the support (the SNR window aside: it needs the image)."""
+        """The log prior density of (flux, continuous index, hlr, g1, g2, extra...) (..., K), up to
+        a constant, −inf outside the support (the SNR window aside: it needs the image)."""
         theta = np.asarray(theta, dtype=np.float64)
-        flux, n, hlr, g1, g2 = np.moveaxis(theta, -1, 0)
+        flux, n, hlr, g1, g2 = np.moveaxis(theta[..., :5], -1, 0)
         n_low, n_high = self.n_support()
         inside = (self.flux[0] <= flux) & (flux <= self.flux[1])
         inside &= (n_low <= n) & (n < n_high) & (self.hlr[0] <= hlr) & (hlr <= self.hlr[1])
+        for k, (_, low, high) in enumerate(self.extra):
+            inside &= (low <= theta[..., 5 + k]) & (theta[..., 5 + k] <= high)
         amplitude = np.hypot(g1, g2)
         out = np.zeros(flux.shape)
         if self.shear == "box":
@@ -311,23 +339,24 @@ class Posterior:
 
     Attributes
     ----------
-    mean_, std_ : ndarray of shape (B, 5)
-        Posterior means and standard deviations.
-    quantiles_ : ndarray of shape (B, len(QUANTILES), 5)
+    mean_, std_ : ndarray of shape (B, K)
+        Posterior means and standard deviations of the prior's parameters (:attr:`PosteriorPrior.names`:
+        K = 5, or more with a stamp's centre and sky).
+    quantiles_ : ndarray of shape (B, len(QUANTILES), K)
         The posterior quantiles :data:`QUANTILES`.
     ess_ : ndarray of shape (B,)
         Effective sample size.
     max_weight_ : ndarray of shape (B,)
         The largest normalized importance weight (1 / number of samples for MCMC).
-    rhat_ : ndarray of shape (B, 5)
+    rhat_ : ndarray of shape (B, K)
         Split-R̂ of the MCMC chains (NaN for importance sampling).
     method_ : ndarray of shape (B,), str
         ``importance`` or ``mcmc``.
     evaluations_ : ndarray of shape (B,), int
         Likelihood evaluations spent.
-    laplace_mean_, laplace_cov_ : ndarray (B, 5), (B, 5, 5)
+    laplace_mean_, laplace_cov_ : ndarray (B, K), (B, K, K)
         The fit's maximum and inverse Fisher matrix (the Laplace approximation).
-    samples_ : list of (ndarray (M, 5), ndarray (M,))
+    samples_ : list of (ndarray (M, K), ndarray (M,))
         Each image's samples (the index on its grid) and normalized weights.
     """
 
@@ -418,8 +447,17 @@ class Posterior:
         if indices.shape != (B,):
             raise GalparamError(f"indices of shape {indices.shape}: expected ({B},)")
         self.laplace_mean_, self.laplace_cov_ = self.laplace(images, psf_fwhm, sigma, init)
+        self._run(indices, lambda theta, rows: self._log_target(images, psf_fwhm, sigma, theta, rows))
+        return self
+
+    def _run(self, indices, log_target) -> None:
+        """Importance sampling from the Laplace approximations (:attr:`laplace_mean_`,
+        :attr:`laplace_cov_`), then the summaries (:meth:`_finish`). ``log_target(theta, rows)``:
+        the log posterior density (M,), up to a constant, of parameter sets theta (M, K), set m
+        for image ``rows[m]``."""
+        B = len(indices)
         rngs = [np.random.default_rng([self.seed, int(i)]) for i in indices]
-        drawn = [[] for _ in range(B)]  # per image: (theta (M, 5), log w (M,)) of each round
+        drawn = [[] for _ in range(B)]  # per image: (theta (M, K), log w (M,)) of each round
         evaluations = np.zeros(B, dtype=np.int64)
         proposals = [self._first_proposal(b) for b in range(B)]
         ess = np.zeros(B)
@@ -430,9 +468,7 @@ class Posterior:
                 break
             theta = [_t_draws(rngs[b], *proposals[b], int(wanted[b])) for b in active]
             rows = np.repeat(active, wanted[active])
-            log_p = np.split(
-                self._log_target(images, psf_fwhm, sigma, np.concatenate(theta), rows), np.cumsum(wanted[active])[:-1]
-            )
+            log_p = np.split(log_target(np.concatenate(theta), rows), np.cumsum(wanted[active])[:-1])
             evaluations[active] += wanted[active]
             for t, lp, b in zip(theta, log_p, active, strict=True):
                 drawn[b].append((t, lp - _t_logpdf(t, *proposals[b])))
@@ -442,8 +478,7 @@ class Posterior:
                 if ess[b] < self.target_ess:
                     proposals[b] = _moved_proposal(t_all, weights, proposals[b])
                     wanted[b] = _next_round(ess[b], evaluations[b], self.target_ess, self.draws)
-        self._finish(images, psf_fwhm, sigma, drawn, ess, evaluations, rngs)
-        return self
+        self._finish(log_target, drawn, ess, evaluations, rngs)
 
     def _first_proposal(self, b):
         """The Laplace approximation as a t's (mean, scale's Cholesky factor); where the image does
@@ -455,16 +490,15 @@ class Posterior:
         except np.linalg.LinAlgError:
             chol = None
         if chol is None or not np.isfinite(chol).all():
-            widths = np.array([np.ptp(self.prior.flux), np.ptp(self.prior.sersic_n), np.ptp(self.prior.hlr)])
-            chol = np.diag(np.r_[widths, self.prior.shear_max, self.prior.shear_max] / 10)
+            chol = np.diag(self.prior.widths() / 10)
         return mean, chol
 
-    def _finish(self, images, psf_fwhm, sigma, drawn, ess, evaluations, rngs) -> None:
+    def _finish(self, log_target, drawn, ess, evaluations, rngs) -> None:
         """Summaries of the weighted draws; the MCMC fallback where they fall short."""
-        B = len(images)
+        B, K = len(drawn), len(self.prior.names)
         self.samples_ = []
         self.method_ = np.full(B, "importance", dtype=object)
-        self.rhat_ = np.full((B, 5), np.nan)
+        self.rhat_ = np.full((B, K), np.nan)
         for b in range(B):
             t_all, log_w = (np.concatenate(parts) for parts in zip(*drawn[b], strict=True))
             weights = _weights(log_w)
@@ -474,12 +508,10 @@ class Posterior:
             self.samples_.append((t, weights[keep]))
         short = np.flatnonzero(ess < self.target_ess) if self.mcmc else np.array([], dtype=np.int64)
         if len(short):
-            chains, steps = self._mcmc(
-                images[short], psf_fwhm[short], sigma[short], [drawn[b] for b in short], rngs, short
-            )
+            chains, steps = self._mcmc(log_target, [drawn[b] for b in short], rngs, short)
             for r, b in enumerate(short):
-                kept = chains[r]  # (steps, walkers, 5)
-                flat = kept.reshape(-1, 5).copy()
+                kept = chains[r]  # (steps, walkers, K)
+                flat = kept.reshape(-1, K).copy()
                 flat[:, 1] = self.prior.snap(flat[:, 1])
                 self.samples_[b] = (flat, np.full(len(flat), 1.0 / len(flat)))
                 self.method_[b] = "mcmc"
@@ -495,15 +527,13 @@ class Posterior:
         self.quantiles_ = np.array([_weighted_quantiles(t, w, QUANTILES) for t, w in self.samples_])
         self.max_weight_ = np.array([w.max() for _, w in self.samples_])
 
-    def _mcmc(self, images, psf_fwhm, sigma, drawn, rngs, rows):
-        """emcee's ensemble sampler for each image, all walkers of all images rendered together."""
-        B = len(images)
+    def _mcmc(self, log_target, drawn, rngs, rows):
+        """emcee's ensemble sampler for each of the images ``rows``, all their walkers rendered together."""
+        B, K = len(rows), len(self.prior.names)
 
-        def evaluate(keys, theta):  # theta (R, walkers asked, 5): emcee asks half its ensemble at a time
-            return np.split(
-                self._log_target(images, psf_fwhm, sigma, theta.reshape(-1, 5), np.repeat(keys, theta.shape[1])),
-                len(keys),
-            )
+        def evaluate(keys, theta):  # theta (R, walkers asked, K): emcee asks half its ensemble at a time
+            images = np.repeat(np.asarray(rows)[keys], theta.shape[1])
+            return np.split(log_target(theta.reshape(-1, K), images), len(keys))
 
         rounds = Rounds(evaluate, B, 0)
 
@@ -511,7 +541,7 @@ class Posterior:
             try:
                 rng = rngs[rows[r]]
                 start = _walker_start(drawn[r], rng, self.prior)
-                sampler = emcee.EnsembleSampler(WALKERS, 5, lambda x: rounds.ask(r, x), vectorize=True)
+                sampler = emcee.EnsembleSampler(WALKERS, K, lambda x: rounds.ask(r, x), vectorize=True)
                 sampler.random_state = np.random.RandomState(rng.integers(2**31)).get_state()
                 state = start
                 steps = 0
@@ -588,9 +618,9 @@ def _chain_ess(chains) -> float:
 
 
 def equal_weight_samples(posterior: Posterior, size: int, seed: int, indices) -> np.ndarray:
-    """(B, size, 5) draws of each image's weighted samples by systematic resampling (an image's
+    """(B, size, K) draws of each image's weighted samples by systematic resampling (an image's
     from its index and the seed), e.g. to store them."""
-    out = np.empty((len(posterior.samples_), size, 5))
+    out = np.empty((len(posterior.samples_), size, len(posterior.prior.names)))
     for b, ((t, w), index) in enumerate(zip(posterior.samples_, indices, strict=True)):
         rng = np.random.default_rng([seed, int(index), 1])
         positions = (rng.uniform() + np.arange(size)) / size
@@ -600,7 +630,7 @@ def equal_weight_samples(posterior: Posterior, size: int, seed: int, indices) ->
 
 
 def pit_values(posterior: Posterior, truth, rng) -> np.ndarray:
-    """The posterior CDF at each true value (B, 5), ties (a discretized index) split at random:
+    """The posterior CDF at each true value (B, K), ties (a discretized index) split at random:
     uniform on [0, 1] when the posteriors are calibrated (simulation-based calibration)."""
     truth = np.array(truth, dtype=np.float64)
     truth[:, 1] = posterior.prior.snap(truth[:, 1])  # a dataset's float32 index, on its grid
@@ -608,5 +638,5 @@ def pit_values(posterior: Posterior, truth, rng) -> np.ndarray:
     for b, (t, w) in enumerate(posterior.samples_):
         below = w @ (t < truth[b])
         equal = w @ (t == truth[b])
-        out[b] = below + rng.uniform(size=5) * equal
+        out[b] = below + rng.uniform(size=len(below)) * equal
     return out

@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from galparam import __version__
 from galparam.errors import GalparamError, Remedy
+from galparam.evaluate.posterior import QUANTILE_NAMES
 from galparam.evaluate.stamp_fit import StampFit
+from galparam.evaluate.stamp_posterior import StampPosterior
 from galparam.jobs import resolve_jobs
 from galparam.measure.inputs import Cutout, read_catalog
 from galparam.measure.residuals import safe_name, write_residuals
@@ -39,17 +41,43 @@ from galparam.stamp import Stamp
 __all__ = ["Cutout", "measure", "read_catalog"]
 
 
+POSTERIOR_SUFFIXES = ("mean", "std", *QUANTILE_NAMES)
+"""The posterior columns of a parameter ``p``: ``p_post_mean``, ``p_post_std``, ``p_post_q025``, ...
+(:data:`~galparam.evaluate.posterior.QUANTILE_NAMES`)."""
+
+
+def _posterior_columns(post: StampPosterior) -> dict:
+    """A stamp's posterior summaries as row entries (the sampled parameters, in the model's units:
+    counts, arcsec, offsets in pixels from the stamp's centre)."""
+    out = {}
+    for k, name in enumerate(post.names_):
+        values = [post.mean_[0, k], post.std_[0, k], *post.quantiles_[0, :, k]]
+        out.update({f"{name}_post_{s}": float(v) for s, v in zip(POSTERIOR_SUFFIXES, values, strict=True)})
+    out.update(
+        post_method=str(post.method_[0]),
+        post_ess=round(float(post.ess_[0]), 1),
+        post_evaluations=int(post.evaluations_[0]),
+    )
+    return out
+
+
 def _fit_task(task):
-    """(index, stamp, fit_sky) → what the row needs (run in a worker process)."""
+    """(index, stamp, fit_sky, posterior seed or None) → what the row needs (run in a worker process)."""
     from threadpoolctl import threadpool_limits
 
-    index, stamp, fit_sky = task
+    index, stamp, fit_sky, posterior_seed = task
+    posterior = {}
     with threadpool_limits(limits=1, user_api="blas"):  # the same digits whatever the workers
-        fit = StampFit(fit_sky=fit_sky).fit([stamp])
+        if posterior_seed is None:
+            fit = StampFit(fit_sky=fit_sky).fit([stamp])
+        else:
+            sampler = StampPosterior(fit_sky=fit_sky, seed=posterior_seed).sample([stamp], indices=[index])
+            fit, posterior = sampler.fit_, _posterior_columns(sampler)
     r = fit.results_[0]
     return (
         index,
         {
+            "posterior": posterior,
             "theta": r.theta.tolist(),
             "covariance": r.covariance.tolist(),
             "chi2": r.chi2,
@@ -64,12 +92,13 @@ def _fit_task(task):
     )
 
 
-def _manifest(items, fit_sky: bool) -> str:
+def _manifest(items, fit_sky: bool, posterior_seed: int | None = None) -> str:
     """A fingerprint of what is measured: the inputs' descriptions and the fit's options."""
     described = [asdict(c) if isinstance(c, Cutout) else {"stamp": c.name} for c in items]
     for d in described:
         d.pop("relative_to", None)
-    text = json.dumps({"inputs": described, "fit_sky": fit_sky}, sort_keys=True, default=str)
+    options = {"fit_sky": fit_sky, **({"posterior_seed": posterior_seed} if posterior_seed is not None else {})}
+    text = json.dumps({"inputs": described, **options}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -104,6 +133,8 @@ def measure(
     residuals=None,
     fit_sky: bool = False,
     zeropoint: float | None = None,
+    posterior: bool = False,
+    seed: int = 0,
     jobs: int | None = 1,
     progress: bool = True,
     overwrite: bool = False,
@@ -122,6 +153,13 @@ def measure(
         Fit a constant sky level (default: held at 0).
     zeropoint : float, optional
         For magnitudes, where a cutout has none of its own.
+    posterior : bool
+        Also sample each galaxy's posterior under a flat prior (the fit's box;
+        :class:`~galparam.evaluate.stamp_posterior.StampPosterior`): columns ``p_post_mean``,
+        ``p_post_std``, ``p_post_q025`` ... ``p_post_q975`` of each parameter (the model's units),
+        ``post_method``, ``post_ess``, ``post_evaluations``.
+    seed : int
+        The posteriors' random seed (a galaxy's draws depend on it and on its position in the inputs).
     jobs : int, optional
         Worker processes (None: every core). The results do not depend on it.
     progress : bool
@@ -161,13 +199,13 @@ def measure(
             partial.unlink(missing_ok=True)
         elif output.exists():
             raise GalparamError(f"{output} exists", remedy=Remedy("overwrite", "replace it"))
-        manifest = _manifest(items, fit_sky)
+        manifest = _manifest(items, fit_sky, seed if posterior else None)
         done = _read_partial(partial, manifest)
         if not partial.exists():
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({"manifest": manifest}) + "\n")
     rows: dict[int, dict] = dict(done)
-    tasks = [(i, stamps[i], fit_sky) for i in range(len(stamps)) if i not in done]
+    tasks = [(i, stamps[i], fit_sky, seed if posterior else None) for i in range(len(stamps)) if i not in done]
     started = time.perf_counter()
     bar = tqdm(total=len(stamps), initial=len(done), unit="galaxy", desc="measure", disable=not progress)
     log = None if partial is None else open(partial, "a")
@@ -194,7 +232,13 @@ def measure(
                     zeropoint=info["zeropoint"] if info["zeropoint"] is not None else zeropoint,
                     header=info["header"],
                 )
-                row = {"name": row.pop("name"), "image": info["image"], "psf": info["psf"], **row}
+                row = {
+                    "name": row.pop("name"),
+                    "image": info["image"],
+                    "psf": info["psf"],
+                    **row,
+                    **fitted["posterior"],
+                }
                 if residuals is not None and model is not None:
                     write_residuals(residuals, stamps[index], model, row, info["header"])
                 rows[index] = row
@@ -213,6 +257,11 @@ def measure(
     meta = {
         "galparam": __version__,
         "fit_sky": fit_sky,
+        **(
+            {"posterior": "flat prior in the fit's box; importance sampling, emcee fallback", "seed": seed}
+            if posterior
+            else {}
+        ),
         "seconds": round(time.perf_counter() - started, 2),
     }
     table = results_table([rows[i] for i in range(len(stamps))], meta)

@@ -30,6 +30,9 @@ CONVENTIONS = {
     "position_angle": "major axis, degrees counter-clockwise from the image's +x axis, in (-90, 90]; GALFIT PA = this - 90",
     "x, y": "centre in the image's pixel coordinates, one-based (FITS)",
     "flags": "; ".join(f"{k}: {v}" for k, v in FLAGS.items()),
+    "*_post_*": "with --posterior: the posterior's mean, std and 2.5/16/50/84/97.5 % quantiles of the model's "
+    "parameters (flux counts, sersic_n, hlr arcsec circularized, g1, g2, dx and dy pixels from the stamp's "
+    "centre, sky) under a flat prior in the fit's box",
 }
 """What the columns mean, written into the table's metadata."""
 
