@@ -49,6 +49,10 @@ denoisers' own sets) are made when asked for."""
 TEST_SETS = {60: "test_snr60", 30: "test_snr30"}
 DEFAULT_OUTPUT = {"small": Path("runs/demo"), "full": Path("runs/full")}
 BASELINE_IMAGES = {"small": 60, "full": None}  # None: every image of the test set
+POSTERIOR_IMAGES = {"small": 24, "full": 1000}
+"""Images whose posteriors a study samples (the full setting: the Bayes risk from 1,000 posteriors)."""
+POSTERIOR_ESS = {"small": 200, "full": 500}
+"""Effective samples per posterior (the small setting: a demo's minutes)."""
 
 
 def dataset_table(paths) -> pd.DataFrame:
@@ -292,33 +296,50 @@ class Study:
         )
         return out
 
-    def posterior(self, snr: int, *, n_images: int | None = -1, prior: str = "v2") -> Path:
-        """Sample the posteriors of a test set's first images under a training set's prior (resumable).
+    def posterior(self, snr: int | str, *, n_images: int | None = -1, prior: str = "v2") -> Path:
+        """Sample the posteriors of the first images of a test set (under a training set's prior) or
+        of a dataset drawn from a prior (under its own); resumable.
 
         Parameters
         ----------
-        snr : {60, 30}
-            Which test set.
+        snr : {60, 30} or str
+            Which test set; or a dataset (``v2``), whose posteriors give the report's efficiency
+            maps the Bayes risk of each cell.
         n_images : int or None
-            How many images; default :data:`BASELINE_IMAGES` (60 small, all full); ``None``: all.
+            How many images; default :data:`POSTERIOR_IMAGES` (24 small, 1,000 full); ``None``: all.
         prior : str
-            The dataset (``v2``) whose prior the posteriors take: the networks' training prior.
+            For a test set: the dataset (``v2``) whose prior the posteriors take, the networks'
+            training prior.
 
         Returns
         -------
         Path
-            The posterior file, ``fits/posterior-snrS.csv``.
+            The posterior file, ``fits/posterior-snrS.csv`` (a dataset's: ``fits/posterior-v2.csv``).
         """
-        if snr not in TEST_SETS:
+        if isinstance(snr, str):
+            if snr not in DATASETS or snr in TEST_SETS.values():
+                accepted = ", ".join(b for b in DATASETS if b not in TEST_SETS.values())
+                raise GalparamError(f"dataset {snr!r}: accepted {accepted}, or a test set's SNR")
+            data, tag, prior_spec = self.dataset_path(snr), snr, None
+        elif snr in TEST_SETS:
+            data, tag = self.dataset_path(TEST_SETS[snr]), f"snr{snr}"
+            prior_spec = load_spec(self.project / "data" / f"{self.name(prior)}.yaml")
+        else:
             raise GalparamError(f"test set SNR {snr}: accepted {', '.join(map(str, TEST_SETS))}")
-        data = self.dataset_path(TEST_SETS[snr])
         self._needs(data)
-        n = BASELINE_IMAGES[self.setting] if n_images == -1 else n_images
-        out = self.fits_dir / f"posterior-snr{snr}.csv"
+        n = POSTERIOR_IMAGES[self.setting] if n_images == -1 else n_images
+        out = self.fits_dir / f"posterior-{tag}.csv"
         if self.progress:
-            _say(f"posteriors of {data.name} under {self.name(prior)}'s prior into {out}")
-        prior_spec = load_spec(self.project / "data" / f"{self.name(prior)}.yaml")
-        run_posterior(data, out, n_images=n, prior_spec=prior_spec, jobs=self.jobs, progress=self.progress)
+            _say(f"posteriors of {data.name} into {out}")
+        run_posterior(
+            data,
+            out,
+            n_images=n,
+            prior_spec=prior_spec,
+            target_ess=POSTERIOR_ESS[self.setting],
+            jobs=self.jobs,
+            progress=self.progress,
+        )
         return out
 
     def report(self, folder=None, *, experiments=(), fits=(), posteriors=(), searches=(), n_images: int | None = -1):

@@ -115,8 +115,9 @@ def test_demo_test_set_table_covers_both_sets_and_every_estimator(demo):
     for snr in (60, 30):
         fits = pd.read_csv(demo["out"] / "fits" / f"baseline-snr{snr}.csv")
         assert len(fits) == BASELINE_IMAGES["small"] and fits.converged.all()
-    for name in ("baseline", *(f"{e}-small" for e in DEMO_EXPERIMENTS)):
-        assert table[[f"{name} bias", f"{name} std"]].notna().all().all(), name
+    for name in ("baseline", "posterior mean", *(f"{e}-small" for e in DEMO_EXPERIMENTS)):
+        assert table[[f"{name} bias", f"{name} std", f"{name} rmse/√MMSE"]].notna().all().all(), name
+    assert (table["√MMSE"] > 0).all()
     assert (table["CRB"] > 0).all()
 
 
@@ -138,6 +139,11 @@ def test_demo_report_measures_uncertainty_shear_and_efficiency(demo):
     efficiency = _table(demo["reports"] / "efficiency.csv")
     assert {"sersic_n", "hlr", "flux", "snr"} <= set(efficiency["by"]) and (efficiency["rms err/crb"] > 0).all()
     assert set(efficiency.model) == {*(f"{e}-small" for e in DEMO_EXPERIMENTS), *fits}
+    # every estimator's cells against the Bayes risk as well as the bound (posteriors of v2-small)
+    ratio = efficiency["rms err/√MMSE"]
+    assert (
+        ratio[efficiency.model == fits[-1]].notna().all() and ratio.notna().mean() > 0.9 and (ratio.dropna() > 0).all()
+    )
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.metrics import estimator_metrics
 from galparam.posteriors import run_posterior
 from galparam.report import write_report
+from galparam.runs import RunFolder
 from galparam.simulate import simulate
 
 TEST_GALAXY = {
@@ -181,3 +182,27 @@ def test_report_puts_the_bayes_risk_beside_the_bound(setting, tmp_path):
     assert "posteriors post60.csv" in header and "prior of t60" in header
     with pytest.raises(GalparamError, match="not among the test sets given"):
         write_report(tmp_path / "s", test_sets=[setting["tests"][30]], posteriors=[posterior])
+
+
+def test_efficiency_cells_put_the_bayes_risk_beside_the_bound(setting, tmp_path):
+    data = RunFolder(setting["run"]).info()["dataset"]["path"]
+    posterior = tmp_path / "post.csv"
+    run_posterior(data, posterior, n_images=24, target_ess=100, jobs=1, progress=False)
+    report = write_report(tmp_path / "r", runs=[setting["run"]], posteriors=[posterior])
+    efficiency = report.efficiency_table
+    name = f"posterior mean on {load_dataset(data).spec.name}"
+    assert {"t", name} <= set(efficiency.model)
+    # every cell holding some of the posteriors' images gets the ratio (the network's cells are its
+    # validation split's quintiles: an end cell may hold none of 24 images)
+    assert efficiency[efficiency.model == name]["rms err/√MMSE"].notna().all()
+    assert efficiency[efficiency.model == "t"]["rms err/√MMSE"].notna().mean() >= 0.75
+    # a cell of the posterior mean's own map, by hand: its RMSE over the root of its mean posterior variance
+    post = pd.read_csv(posterior)
+    truth = load_dataset(data).label[post["index"].to_numpy()]
+    cells = efficiency[(efficiency.model == name) & (efficiency.by == "hlr") & (efficiency.parameter == "hlr")]
+    edges = np.unique(np.quantile(truth[:, 2], np.linspace(0, 1, 6)))
+    edges[-1] = np.nextafter(edges[-1], np.inf)
+    first = (truth[:, 2] >= edges[0]) & (truth[:, 2] < edges[1])
+    rmse = np.sqrt(np.mean((post["hlr_mean"][first] - truth[first, 2]) ** 2))
+    expected = rmse / np.sqrt(np.mean(post["hlr_std"][first] ** 2))
+    assert cells["rms err/√MMSE"].iloc[0] == pytest.approx(expected, rel=1e-9)

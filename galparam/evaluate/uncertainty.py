@@ -219,7 +219,9 @@ def shear_table(g_true, g_est, snr=None, edges=SNR_EDGES) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin", spread=None) -> pd.DataFrame:
+def efficiency_map(
+    truth, estimate, bound, values, edges, *, name: str = "bin", spread=None, bayes=None
+) -> pd.DataFrame:
     """Bias, spread and RMSE of an estimator in units of each image's own bound, by bins of ``values``.
 
     Parameters
@@ -236,6 +238,11 @@ def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin", 
         The estimator's own predicted standard deviations (an uncertainty head's, a fit's
         inverse-Fisher errors): adds ``claimed std/crb``, their median over the bound. Below one
         where ``mean err/crb`` is near zero, the estimator claims more than any unbiased one can.
+    bayes : pair of arrays ((M,), (M, 5)), optional
+        Posteriors of M images drawn from the prior: what they are binned by (as ``values``) and
+        their posterior variances. Adds ``rms err/√MMSE``: the estimator's RMSE in the bin over the
+        root of the mean posterior variance of the posteriors' images in the same bin (the Bayes
+        risk there: 1 is the best any estimator can do given the prior).
 
     Returns
     -------
@@ -254,6 +261,9 @@ def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin", 
     if claimed is not None and claimed.shape != b.shape:
         raise ValueError(f"spread {claimed.shape} must have the bound's shape {b.shape}")
     bins = pd.cut(np.asarray(values, dtype=np.float64), np.asarray(edges, dtype=np.float64), right=False)
+    if bayes is not None:
+        bayes_values, bayes_var = (np.asarray(a, dtype=np.float64) for a in bayes)
+        bayes_bins = pd.cut(bayes_values, np.asarray(edges, dtype=np.float64), right=False)
     rows = []
     for category in bins.categories:
         mask = np.asarray(bins == category)
@@ -273,4 +283,9 @@ def efficiency_map(truth, estimate, bound, values, edges, *, name: str = "bin", 
             )
             if claimed is not None:
                 rows[-1]["claimed std/crb"] = float(np.median(claimed[mask, k]))
+            if bayes is not None:
+                in_bin = np.asarray(bayes_bins == category)
+                mmse = bayes_var[in_bin, k].mean() if in_bin.any() else np.nan
+                rmse = np.sqrt(np.mean((e[mask, k] - t[mask, k]) ** 2))
+                rows[-1]["rms err/√MMSE"] = float(rmse / np.sqrt(mmse))
     return pd.DataFrame(rows)

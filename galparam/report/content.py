@@ -237,13 +237,16 @@ def quantile_edges(values, bins: int = 5) -> np.ndarray:
     return edges
 
 
-def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None, interval_scale=None) -> dict:
+def validation_checks(
+    name: str, ds, val, truth, predicted, predicted_cov=None, interval_scale=None, bayes=None
+) -> dict:
     """A network's validation split measured against each image's own bound.
 
     ``predicted`` are its estimates (N, 5), ``predicted_cov`` their calibrated covariances
     (N, 5, 5; None without an uncertainty head) and ``interval_scale`` the run's per-level
     interval calibration (:attr:`galparam.estimator.Estimator.interval_scale`), which the
-    coverage of the 68 % and 95 % intervals uses where it is given.
+    coverage of the 68 % and 95 % intervals uses where it is given. ``bayes`` (:class:`BayesCells`,
+    posteriors of images of the same prior) adds each efficiency cell's RMSE over the Bayes risk's root.
 
     Returns
     -------
@@ -266,10 +269,14 @@ def validation_checks(name: str, ds, val, truth, predicted, predicted_cov=None, 
     for by in EFFICIENCY_BY:
         edges = quantile_edges(columns[by])
         if len(edges) > 2:
+            cells = None if bayes is None else (bayes.columns[by], bayes.variance)
             maps.append(
-                efficiency_map(truth, predicted, bound, columns[by], edges, name="bin", spread=std).assign(by=by)
+                efficiency_map(truth, predicted, bound, columns[by], edges, name="bin", spread=std, bayes=cells).assign(
+                    by=by
+                )
             )
     efficiency_columns = ["model", "by", "bin", "parameter", "images", "mean err/crb", "std err/crb", "rms err/crb"]
+    efficiency_columns += ["rms err/√MMSE"] if bayes is not None else []
     out = {
         "efficiency": pd.concat(maps, ignore_index=True)
         .pipe(_first, "model", name)
@@ -293,6 +300,53 @@ def _validation_sample(run_dir, info: dict, report, what: str):
     return load_dataset(data_path, mmap=True), RunFolder(run_dir).validation_indices(info)[:PLOT_SAMPLE]
 
 
+@dataclass
+class BayesCells:
+    """Posteriors of images drawn from a prior: their dataset, what the efficiency maps bin them by
+    (:data:`EFFICIENCY_BY` → (M,) values) and their posterior variances (M, 5)."""
+
+    dataset: object
+    columns: dict
+    variance: np.ndarray
+
+
+def same_prior(a, b) -> bool:
+    """Whether two dataset specs draw from the same prior (all but name, size, seed and split)."""
+    drop = ("name", "size", "seed", "validation_fraction")
+    return {k: v for k, v in a.to_dict().items() if k not in drop} == {
+        k: v for k, v in b.to_dict().items() if k not in drop
+    }
+
+
+def _prior_posteriors(path: Path, table: pd.DataFrame, manifest: dict):
+    """Posteriors of a dataset drawn from a prior: the posterior mean as a prior fit's entry
+    (:func:`_prior_fits`'s tuple) and the :class:`BayesCells`."""
+    dataset = Path(manifest.get("dataset", ""))
+    if not dataset.is_file():
+        raise GalparamError(f"{path}: posteriors of {dataset}, which is neither among the test sets given nor on disk")
+    ds = load_dataset(dataset, mmap=True)
+    if manifest.get("dataset_spec_digest") not in (None, ds.spec.digest()):
+        raise GalparamError(
+            f"{path}: posteriors of another draw of {dataset} (its spec digest differs); run them again"
+        )
+    if len(ds) > 1 and not np.ptp(ds.label, axis=0).any():
+        raise GalparamError(
+            f"{path}: posteriors of {dataset}, a fixed-parameter set that is not among the test sets given"
+        )
+    indices = table["index"].to_numpy()
+    mean = table[[f"{n}_mean" for n in LABEL_NAMES]].to_numpy(np.float64)
+    variance = table[[f"{n}_std" for n in LABEL_NAMES]].to_numpy(np.float64) ** 2
+    cov = np.einsum("ni,ij->nij", variance, np.eye(len(LABEL_NAMES)))
+    truth = ds.label[indices]
+    columns = {
+        **{n: truth[:, k] for k, n in enumerate(LABEL_NAMES)},
+        "snr": ds.snr[indices],
+        "psf_fwhm": ds.psf_fwhm[indices],
+    }
+    entry = (f"posterior mean on {ds.spec.name}", ds, indices, mean, cov)
+    return entry, BayesCells(ds, columns, variance)
+
+
 def _prior_fits(path: Path, table: pd.DataFrame, manifest: dict):
     """Fits of a dataset drawn from a prior: (name, dataset, image indices, estimates, covariances
     from the inverse-Fisher errors). Fits of a fixed-parameter set that is not among the test sets
@@ -312,6 +366,11 @@ def _prior_fits(path: Path, table: pd.DataFrame, manifest: dict):
         cov = np.einsum("ni,ij->nij", err**2, np.eye(len(LABEL_NAMES)))
     name = f"{estimator_name(manifest)} on {ds.spec.name}"
     return name, ds, table["index"].to_numpy(), table[list(LABEL_NAMES)].to_numpy(np.float64), cov
+
+
+def _bayes_for(ds, bayes_cells) -> BayesCells | None:
+    """The posteriors of images of ``ds``'s prior, if any were given."""
+    return next((cells for cells in bayes_cells if same_prior(cells.dataset.spec, ds.spec)), None)
 
 
 def _first(table: pd.DataFrame, column: str, value) -> pd.DataFrame:
@@ -409,15 +468,16 @@ def compute_report(*, runs=(), test_sets=(), fits=(), posteriors=(), n_images: i
         name = estimator_name(manifest)
         estimates[ts.snr][name] = table[list(LABEL_NAMES)].to_numpy()
         header.append(f"fits {path.name} ({name}, SNR {ts.snr}): {len(table)} images, {unconverged} not converged")
-    bayes_risk = {}
+    bayes_risk, bayes_cells = {}, []
     for path in map(Path, posteriors):
         table, manifest = read_posteriors(path)
         ts = by_path.get(Path(manifest.get("dataset", "")).resolve())
         if ts is None:
-            raise GalparamError(
-                f"{path}: posteriors of {manifest.get('dataset')}, which is not among the test sets given "
-                "(the report takes posteriors of its fixed-parameter test sets)"
-            )
+            entry, cells = _prior_posteriors(path, table, manifest)
+            prior_fits.append(entry)
+            bayes_cells.append(cells)
+            header.append(f"posteriors {path.name} ({entry[0]}): {len(table)} images, the Bayes risk of its prior")
+            continue
         estimates[ts.snr]["posterior mean"] = table[[f"{n}_mean" for n in LABEL_NAMES]].to_numpy()
         variance = table[[f"{n}_std" for n in LABEL_NAMES]].to_numpy() ** 2
         bayes_risk[ts.snr] = np.sqrt(variance.mean(axis=0))
@@ -456,7 +516,8 @@ def compute_report(*, runs=(), test_sets=(), fits=(), posteriors=(), n_images: i
         images = ds.img if info.get("images", "noisy") == "noisy" else ds.img_nonoise
         predicted, predicted_cov = estimator.predict_distribution(images[val], psf)
         truth = ds.label[val]
-        checks = validation_checks(name, ds, val, truth, predicted, predicted_cov, estimator.interval_scale)
+        bayes = _bayes_for(ds, bayes_cells)
+        checks = validation_checks(name, ds, val, truth, predicted, predicted_cov, estimator.interval_scale, bayes)
         report.validated[name] = Validated(ds, val, truth, predicted, checks)
         efficiency.append(checks["efficiency"])
         shear.append(checks["shear"])
@@ -464,7 +525,9 @@ def compute_report(*, runs=(), test_sets=(), fits=(), posteriors=(), n_images: i
             coverage_rows.append(checks["coverage"])
             uncertain.append(name)
     for name, ds, indices, estimated, cov in prior_fits:
-        checks = validation_checks(name, ds, indices, ds.label[indices], estimated, cov)
+        checks = validation_checks(
+            name, ds, indices, ds.label[indices], estimated, cov, bayes=_bayes_for(ds, bayes_cells)
+        )
         report.validated[name] = Validated(ds, indices, ds.label[indices], estimated, checks)
         efficiency.append(checks["efficiency"])
         shear.append(checks["shear"])
