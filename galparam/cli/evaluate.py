@@ -246,6 +246,11 @@ def _posterior(args) -> int:
         f"{methods.get('mcmc', 0)} by MCMC), median ESS {table['ess'].median():.0f}, "
         f"median {table['seconds'].median():.2f} s per image"
     )
+    short = int((table["ess"] < args.target_ess).sum())
+    if short:
+        print(
+            f"{short} posteriors below {args.target_ess} effective samples (column ess): read their summaries with care"
+        )
     return 0
 
 

@@ -511,6 +511,8 @@ class Posterior:
             chains, steps = self._mcmc(log_target, [drawn[b] for b in short], rngs, short)
             for r, b in enumerate(short):
                 kept = chains[r]  # (steps, walkers, K)
+                if kept is None:  # no start inside the prior: the importance draws stand, their ESS says so
+                    continue
                 flat = kept.reshape(-1, K).copy()
                 flat[:, 1] = self.prior.snap(flat[:, 1])
                 self.samples_[b] = (flat, np.full(len(flat), 1.0 / len(flat)))
@@ -541,6 +543,8 @@ class Posterior:
             try:
                 rng = rngs[rows[r]]
                 start = _walker_start(drawn[r], rng, self.prior)
+                if start is None:  # too few draws inside the prior to start from: the draws stay
+                    return None, 0
                 sampler = emcee.EnsembleSampler(WALKERS, K, lambda x: rounds.ask(r, x), vectorize=True)
                 sampler.random_state = np.random.RandomState(rng.integers(2**31)).get_state()
                 state = start
@@ -586,11 +590,12 @@ def _moved_proposal(theta, weights, previous):
 
 def _walker_start(drawn, rng, prior):
     """emcee's walkers: distinct draws of an image's importance sample by weight (inside the
-    prior), or its best draws where too few carry weight."""
+    prior), or its best draws where too few carry weight; None where fewer than :data:`WALKERS`
+    draws are inside the prior."""
     theta, log_w = (np.concatenate(parts) for parts in zip(*drawn, strict=True))
     finite = np.flatnonzero(np.isfinite(log_w))
     if len(finite) < WALKERS:
-        raise GalparamError("the posterior's importance draws found fewer than 32 points inside the prior")
+        return None
     weights = _weights(log_w)
     if np.count_nonzero(weights > 1e-12) >= WALKERS:
         picks = rng.choice(len(theta), size=WALKERS, replace=False, p=weights)
