@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.galparam-installed
 
-.PHONY: demo test test-fast system-packages bench bench-denoise bench-peers bench-device lint format clean reproduce gpu-study
+.PHONY: demo test test-fast system-packages bench bench-denoise bench-peers bench-device bench-posterior lint format clean reproduce gpu-study
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ GPU_STUDY_PYTHON ?= $(BIN)/python
 # the device paths (fits, bounds, prediction, drawing on Keras's JAX backend) beside the numpy paths, one run
 bench-device: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python benchmarks/bench_device.py $(BENCH_DEVICE_FLAGS)
+
+# posteriors: calibration on 500 prior draws of v2 and v3, the Laplace check, the Bayes risk at the test
+# galaxies from 1,000 posteriors each, speed (about 1.5 hours on 2 cores; resumable): docs/posterior.md
+POSTERIOR_OUT ?= bench-posterior
+bench-posterior: $(STAMP)
+	$(BIN)/python benchmarks/bench_posterior.py --out $(POSTERIOR_OUT) $(BENCH_POSTERIOR_FLAGS)
 
 DENOISE_OUT ?= bench-denoise
 bench-denoise: $(STAMP)

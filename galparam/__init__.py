@@ -47,6 +47,11 @@ _EXPORTS = {
     "GalSimFit": "galparam.evaluate.galsim_fit",
     "FitBox": "galparam.evaluate.fitbox",
     "run_baseline": "galparam.baseline",
+    # posteriors under a stated prior, and the Bayes risk
+    "Posterior": "galparam.evaluate.posterior",
+    "PosteriorPrior": "galparam.evaluate.posterior",
+    "StampPosterior": "galparam.evaluate.stamp_posterior",
+    "run_posterior": "galparam.posteriors",
     # real images: any stamp, its PSF, noise and mask, and the galparam-measure workflow
     "Frame": "galparam.frame",
     "MoffatPSF": "galparam.psf",
