@@ -9,7 +9,6 @@ dataset are never mixed in.
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing
 import os
 import warnings
@@ -20,16 +19,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from galparam.data import load_dataset
-from galparam.errors import GalparamError, Remedy
+from galparam.errors import GalparamError
 from galparam.estimator import load_estimator
 from galparam.evaluate.fit import BatchedFit, ConvergenceWarning
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.galsim_fit import GalSimFit
 from galparam.evaluate.stamp_fit import StampFit
-from galparam.io import complete_lines, write_json_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
 from galparam.render import RENDERERS, GalSimRenderer, KSpaceRenderer, renderer_for
+from galparam.row_files import open_row_file
 from galparam.runs import RunFolder
 from galparam.stamp import Stamp
 from galparam.stamp_model import StampConfig, stamp_model_for
@@ -120,19 +119,6 @@ def _fit_stamps(images, psf_fwhm, sigma, poisson, init, config: StampConfig, psf
     return StampFit(fit_sky=fit_sky).fit(stamps, init)
 
 
-def _read_done(path: Path) -> int:
-    """Rows already in ``path`` (complete lines only; a torn last line is cut off)."""
-    if not path.exists():
-        return 0
-    lines = complete_lines(path)
-    if not lines or lines[0].split(",") != list(FIT_COLUMNS):
-        raise GalparamError(
-            f"{path}: not a galparam fits file (header {FIT_COLUMNS}); remove it",
-            remedy=Remedy("overwrite", "replace it"),
-        )
-    return len(lines) - 1
-
-
 def run_baseline(
     dataset_path,
     output,
@@ -204,27 +190,9 @@ def run_baseline(
         **({"model": "stamps: centre free, each image's PSF"} if ds.spec.stamp_model else {}),
         **(init_source or {}),
     }
-    sidecar = output.with_name(output.name + ".json")
-    if overwrite:
-        for p in (output, sidecar):
-            p.unlink(missing_ok=True)
-    if output.exists():
-        try:
-            old = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            old = None
-        if old != manifest:
-            raise GalparamError(
-                f"{output} holds fits of another dataset or setting; remove it",
-                remedy=Remedy("overwrite", "replace it"),
-            )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sidecar, manifest)
-    done = _read_done(output)
-    if done > total:
-        raise GalparamError(
-            f"{output} has {done} rows, more than the {total} asked for", remedy=Remedy("overwrite", "start again")
-        )
+    done = open_row_file(
+        output, manifest, FIT_COLUMNS, total, kind="fits", of="another dataset or setting", overwrite=overwrite
+    )
 
     spec = ds.spec
     geometry = spec.geometry

@@ -2,8 +2,8 @@
 
 ``posterior.csv`` gets one row per image (:data:`POSTERIOR_COLUMNS`), in dataset order, appended
 as each task of images finishes; a run that is interrupted continues after the last complete row
-when started again, or goes on to more images when asked for more. A JSON file beside it (``posterior.csv.json``) records the dataset, the prior
-and the settings the rows belong to. With ``samples``, each image's posterior is also stored as
+when started again, or goes on to more images when asked for more. A JSON file beside it
+(``posterior.csv.json``) records the dataset, the prior and the settings the rows belong to. With ``samples``, each image's posterior is also stored as
 equal-weight draws in an npz file (written when the run completes; the finished tasks' draws wait
 in a folder beside it until then).
 """
@@ -11,7 +11,6 @@ in a folder beside it until then).
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing
 import os
 import shutil
@@ -25,10 +24,11 @@ from tqdm.auto import tqdm
 from galparam.data import load_dataset
 from galparam.errors import GalparamError, Remedy
 from galparam.evaluate.posterior import QUANTILE_NAMES, Posterior, PosteriorPrior, equal_weight_samples
-from galparam.io import complete_lines, write_json_atomic, write_npz_atomic
+from galparam.io import write_npz_atomic
 from galparam.jobs import resolve_jobs
 from galparam.parameters import LABEL_NAMES
 from galparam.render import KSpaceRenderer, renderer_for
+from galparam.row_files import open_row_file
 
 POSTERIOR_COLUMNS = (
     "index",
@@ -158,35 +158,18 @@ def run_posterior(
         **options,
         "samples": str(Path(samples).resolve()) if samples else None,
     }
-    sidecar = output.with_name(output.name + ".json")
     parts = Path(str(samples) + ".parts") if samples else None
-    if overwrite:
-        for p in (output, sidecar):
-            p.unlink(missing_ok=True)
-        if parts is not None:
-            shutil.rmtree(parts, ignore_errors=True)
-    if output.exists():
-        try:
-            old = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            old = None
-        if old != manifest:
-            raise GalparamError(
-                f"{output} holds posteriors of another dataset, prior or setting; remove it",
-                remedy=Remedy("overwrite", "replace it"),
-            )
-    lines = complete_lines(output)
-    if lines and lines[0].split(",") != list(POSTERIOR_COLUMNS):
-        raise GalparamError(
-            f"{output}: not a galparam posterior file; remove it", remedy=Remedy("overwrite", "replace it")
-        )
-    done = max(len(lines) - 1, 0)
-    if done > total:
-        raise GalparamError(
-            f"{output} has {done} rows, more than the {total} asked for", remedy=Remedy("overwrite", "start again")
-        )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sidecar, manifest)
+    if overwrite and parts is not None:
+        shutil.rmtree(parts, ignore_errors=True)
+    done = open_row_file(
+        output,
+        manifest,
+        POSTERIOR_COLUMNS,
+        total,
+        kind="posteriors",
+        of="another dataset, prior or setting",
+        overwrite=overwrite,
+    )
     if parts is not None and done < total:
         parts.mkdir(parents=True, exist_ok=True)
 

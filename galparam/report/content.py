@@ -24,7 +24,6 @@ model); numbers are printed with fixed formats, so the same inputs give byte-ide
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from galparam.evaluate.uncertainty import coverage, coverage_table, efficiency_m
 from galparam.parameters import LABEL_NAMES
 from galparam.render import KSpaceRenderer, renderer_for
 from galparam.report.layout import Contents
+from galparam.row_files import read_row_file
 from galparam.runs import RunFolder
 from galparam.tables import provenance, sha256
 
@@ -113,38 +113,14 @@ def load_test_set(path) -> TestSet:
 
 def read_fits(path) -> tuple[pd.DataFrame, dict]:
     """A fits file (``galparam-evaluate baseline``'s) and the manifest beside it."""
-    path = Path(path)
-    sidecar = path.with_name(path.name + ".json")
-    try:
-        fits = pd.read_csv(path)
-        manifest = json.loads(sidecar.read_text())
-    except FileNotFoundError as exc:
-        raise GalparamError(f"{exc.filename}: no such file (fits come from galparam-evaluate baseline)") from None
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise GalparamError(f"{path}: not a galparam fits file ({exc})") from None
-    missing = [c for c in ("index", *LABEL_NAMES, "converged") if c not in fits.columns]
-    if missing:
-        raise GalparamError(f"{path}: not a galparam fits file (missing columns {', '.join(missing)})")
-    return fits, manifest
+    required = ("index", *LABEL_NAMES, "converged")
+    return read_row_file(path, required, kind="fits", source="galparam-evaluate baseline")
 
 
 def read_posteriors(path) -> tuple[pd.DataFrame, dict]:
     """A posterior file (``galparam-evaluate posterior``'s) and the manifest beside it."""
-    path = Path(path)
-    sidecar = path.with_name(path.name + ".json")
-    try:
-        table = pd.read_csv(path)
-        manifest = json.loads(sidecar.read_text())
-    except FileNotFoundError as exc:
-        raise GalparamError(
-            f"{exc.filename}: no such file (posteriors come from galparam-evaluate posterior)"
-        ) from None
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise GalparamError(f"{path}: not a galparam posterior file ({exc})") from None
-    missing = [c for c in ("index", *(f"{n}_{s}" for n in LABEL_NAMES for s in ("mean", "std"))) if c not in table]
-    if missing or "prior" not in manifest:
-        raise GalparamError(f"{path}: not a galparam posterior file (missing columns {', '.join(missing) or 'none'})")
-    return table, manifest
+    required = ("index", *(f"{n}_{s}" for n in LABEL_NAMES for s in ("mean", "std")))
+    return read_row_file(path, required, kind="posteriors", source="galparam-evaluate posterior")
 
 
 def estimator_name(manifest: dict) -> str:
