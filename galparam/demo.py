@@ -7,7 +7,7 @@
 5. train the small Xception with an uncertainty head (a spread per estimate, calibrated);
 6. fit the first 60 images of each test set by maximum likelihood (the baseline), and the first 60
    of v2, plainly and started from the small Xception (the fits' efficiency maps, shear and coverage);
-   and the posteriors of the first 24 of each test set under v2's prior and 48 of v2 (the Bayes risk
+   and the posteriors of the first 16 of each test set under v2's prior and 32 of v2 (the Bayes risk
    beside the bound, and in every cell of the efficiency maps);
 7. write the report — tables as CSV, Markdown and LaTeX, plots as PNG — and print the headline
    table: bias and spread of each network, of the baseline and of the posterior mean against the
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     )
     fits = [study.baseline(snr) for snr in TEST_SETS]
     fits += [study.baseline(DEMO_FIT_DATASET), study.baseline(DEMO_FIT_DATASET, init=DEMO_FIT_INIT)]
-    posteriors = [study.posterior(snr) for snr in TEST_SETS] + [study.posterior(DEMO_FIT_DATASET, n_images=48)]
+    posteriors = [study.posterior(snr) for snr in TEST_SETS] + [study.posterior(DEMO_FIT_DATASET, n_images=32)]
     step(steps - 1, f"writing the report into {args.reports}")
     report = study.report(
         args.reports, experiments=DEMO_EXPERIMENTS, fits=fits, posteriors=posteriors, searches=(DEMO_SEARCH,)

@@ -47,8 +47,9 @@ quantiles; the fit's maximum and inverse-Fisher error (the Laplace approximation
 sampled (``importance`` or ``mcmc``), the effective sample size, the largest normalized weight,
 split-R̂ (MCMC only) and the likelihood evaluations and seconds per image."""
 
-POSTERIOR_BATCH = 16
-"""Images a worker's task samples; its rows are written together when it ends."""
+POSTERIOR_BATCH = 8
+"""Images a worker's task samples; its rows are written together when it ends (fixed, so that the
+tasks, and so every digit, are the same whatever the number of workers)."""
 
 SAMPLES_KEPT = 1000
 """Equal-weight draws stored per image with ``samples``."""

@@ -49,7 +49,7 @@ denoisers' own sets) are made when asked for."""
 TEST_SETS = {60: "test_snr60", 30: "test_snr30"}
 DEFAULT_OUTPUT = {"small": Path("runs/demo"), "full": Path("runs/full")}
 BASELINE_IMAGES = {"small": 60, "full": None}  # None: every image of the test set
-POSTERIOR_IMAGES = {"small": 24, "full": 1000}
+POSTERIOR_IMAGES = {"small": 16, "full": 1000}
 """Images whose posteriors a study samples (the full setting: the Bayes risk from 1,000 posteriors)."""
 POSTERIOR_ESS = {"small": 200, "full": 500}
 """Effective samples per posterior (the small setting: a demo's minutes)."""
@@ -306,7 +306,7 @@ class Study:
             Which test set; or a dataset (``v2``), whose posteriors give the report's efficiency
             maps the Bayes risk of each cell.
         n_images : int or None
-            How many images; default :data:`POSTERIOR_IMAGES` (24 small, 1,000 full); ``None``: all.
+            How many images; default :data:`POSTERIOR_IMAGES` (16 small, 1,000 full); ``None``: all.
         prior : str
             For a test set: the dataset (``v2``) whose prior the posteriors take, the networks'
             training prior.

@@ -159,8 +159,8 @@ def test_galaxy_posterior_matches_a_long_emcee_chain(prior_draws):
     start = post.samples_[0][0][rng.choice(len(post.samples_[0][0]), 32, p=post.samples_[0][1])]
     chain = emcee.EnsembleSampler(32, 5, log_target, vectorize=True)
     chain.random_state = np.random.RandomState(1).get_state()
-    chain.run_mcmc(start, 1500, progress=False)
-    reference = chain.get_chain(discard=300, flat=True)
+    chain.run_mcmc(start, 900, progress=False)
+    reference = chain.get_chain(discard=200, flat=True)
     sd = reference.std(axis=0)
     np.testing.assert_array_less(np.abs(post.mean_[0] - reference.mean(axis=0)) / sd, 0.15)
     np.testing.assert_allclose(post.std_[0] / sd, 1, atol=0.12)

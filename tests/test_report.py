@@ -163,6 +163,7 @@ def test_fits_of_a_prior_drawn_dataset_join_the_efficiency_shear_and_coverage_ta
     assert (tmp_path / "r" / "plots" / f"efficiency_baseline-on-{ds.spec.name}.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_report_puts_the_bayes_risk_beside_the_bound(setting, tmp_path):
     posterior = tmp_path / "post60.csv"
     run_posterior(setting["tests"][60], posterior, target_ess=100, jobs=1, progress=False)
@@ -184,16 +185,17 @@ def test_report_puts_the_bayes_risk_beside_the_bound(setting, tmp_path):
         write_report(tmp_path / "s", test_sets=[setting["tests"][30]], posteriors=[posterior])
 
 
+@pytest.mark.slow  # make test-fast keeps its 5 minutes
 def test_efficiency_cells_put_the_bayes_risk_beside_the_bound(setting, tmp_path):
     data = RunFolder(setting["run"]).info()["dataset"]["path"]
     posterior = tmp_path / "post.csv"
-    run_posterior(data, posterior, n_images=24, target_ess=100, jobs=1, progress=False)
+    run_posterior(data, posterior, n_images=16, target_ess=100, jobs=1, progress=False)
     report = write_report(tmp_path / "r", runs=[setting["run"]], posteriors=[posterior])
     efficiency = report.efficiency_table
     name = f"posterior mean on {load_dataset(data).spec.name}"
     assert {"t", name} <= set(efficiency.model)
     # every cell holding some of the posteriors' images gets the ratio (the network's cells are its
-    # validation split's quintiles: an end cell may hold none of 24 images)
+    # validation split's quintiles: an end cell may hold none of 16 images)
     assert efficiency[efficiency.model == name]["rms err/√MMSE"].notna().all()
     assert efficiency[efficiency.model == "t"]["rms err/√MMSE"].notna().mean() >= 0.75
     # a cell of the posterior mean's own map, by hand: its RMSE over the root of its mean posterior variance
