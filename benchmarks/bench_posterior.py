@@ -59,7 +59,7 @@ def posteriors(path: Path, out: Path, jobs: int, prior=None, tag="") -> tuple[pd
 
 
 def calibration(name: str, path: Path, table: pd.DataFrame, draws: np.ndarray) -> list[dict]:
-    truth = load_dataset(path).label.astype(np.float64)
+    truth = load_dataset(path).label[table["index"].to_numpy()].astype(np.float64)
     rng = np.random.default_rng(0)
     rows = []
     for k, label in enumerate(LABEL_NAMES):
