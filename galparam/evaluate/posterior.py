@@ -608,9 +608,10 @@ def _mixed(chains, target_ess) -> bool:
     """Whether emcee's chains (steps, walkers, K), burn-in discarded, are long enough: ESS at
     least ``target_ess``, at least :data:`MIN_TAUS` autocorrelation times long (emcee's advice for
     a reliable τ), and split-R̂ below :data:`MAX_RHAT`."""
-    tau = np.max(emcee.autocorr.integrated_time(chains, tol=0))
-    ess = chains.shape[0] * chains.shape[1] / tau
-    return ess >= target_ess and chains.shape[0] >= MIN_TAUS * tau and np.max(_split_rhat(chains)) < MAX_RHAT
+    ess = _chain_ess(chains)
+    # ess = steps · walkers / τ, so steps ≥ MIN_TAUS · τ is ess ≥ MIN_TAUS · walkers
+    long_enough = ess >= MIN_TAUS * chains.shape[1]
+    return ess >= target_ess and long_enough and np.max(_split_rhat(chains)) < MAX_RHAT
 
 
 def _chain_ess(chains) -> float:
