@@ -9,6 +9,12 @@ Validation stays a fixed set: the spec's first samples at its own seed (the same
 first images of the spec's file), simulated once into the run folder.
 
 Chunks are drawn in a child process a few chunks ahead of the training, so drawing overlaps it.
+
+With ``replicas`` K (the loss ``bias_penalized_mse``), image ``j`` of an epoch is galaxy ``j // K``
+(the spec's sample ``j // K``) with its own noise from ``SeedSequence(epoch seed, spawn_key=(j,
+3))``: the K consecutive images of a galaxy differ only in their noise. The targets of galparam's
+label losses (:mod:`galparam.models.losses`) are drawn with the images: each image's Cramér–Rao
+bound at its true parameters (``label_bound``) and K (``label_replicas``).
 """
 
 from __future__ import annotations
@@ -21,14 +27,20 @@ from dataclasses import replace
 
 import numpy as np
 
+from galparam.evaluate.crb import BOUND_BATCH, batch_bounds
 from galparam.jobs import available_cores
 from galparam.render import KSpaceRenderer, renderer_for
 from galparam.schema import BATCH_KEYS, Draws
 from galparam.simulate import SNRScreen, Workers, simulate_chunk
+from galparam.simulate.workers import add_noise
 from galparam.specs import DatasetSpec
 
 FRESH_STREAM = 2
 """Second entry of the spawn key ``(epoch, 2)`` that seeds an epoch (a sample's streams use 0 and 1 there)."""
+
+REPLICA_NOISE_STREAM = 3
+"""Second entry of the spawn key ``(j, 3)`` of image ``j``'s noise where galaxies are drawn K times
+(the simulator's samples use 0 to 2)."""
 
 CHUNK_IMAGES = 1024
 """Images drawn per task of the child process (rounded to whole batches)."""
@@ -55,24 +67,28 @@ DRAWING_NICENESS = 5
 _SCREENS: dict = {}
 
 
-def draw(spec: DatasetSpec, start: int, stop: int, keys=BATCH_KEYS) -> dict:
-    """Samples ``start`` to ``stop - 1`` of ``spec`` in this process: the images and labels a batch needs.
+def draw(spec: DatasetSpec, start: int, stop: int, keys=BATCH_KEYS, replicas: int = 1) -> dict:
+    """Images ``start`` to ``stop - 1`` of ``spec`` in this process: the arrays a batch needs.
 
     Parameters
     ----------
     spec : DatasetSpec
         The prior, seed and renderer (an epoch's: :meth:`FreshImages.epoch_spec`).
     start, stop : int
-        The samples drawn.
+        The images drawn.
     keys : sequence of str
-        The arrays to return, among a dataset's batch arrays (:data:`galparam.schema.BATCH_KEYS`;
-        the others are not sent back from the drawing process).
+        The arrays to return, among a dataset's batch arrays (:data:`galparam.schema.BATCH_KEYS`)
+        and the loss targets ``label_bound`` and ``label_replicas`` (the others are not sent back
+        from the drawing process).
+    replicas : int
+        Noise realizations of each galaxy (see the module docstring); 1: image ``j`` is sample ``j``.
 
     Returns
     -------
     dict
         Of ``keys``: ``img``, ``img_nonoise`` (and ``psf_img`` where the PSF varies): float32
-        (m, S, S); ``label``: float32 (m, 5), columns :data:`~galparam.parameters.LABEL_NAMES`.
+        (m, S, S); ``label``: float32 (m, 5), columns :data:`~galparam.parameters.LABEL_NAMES`;
+        ``label_bound`` (m, 10): the labels then their bounds; ``label_replicas`` (m, 6): the labels then K.
     """
     screen = None
     if spec.renderer == KSpaceRenderer.NAME and SNRScreen.applies(spec):
@@ -80,10 +96,43 @@ def draw(spec: DatasetSpec, start: int, stop: int, keys=BATCH_KEYS) -> dict:
         if key not in _SCREENS:
             _SCREENS[key] = SNRScreen(spec, renderer_for(spec.renderer, spec.geometry))
         screen = _SCREENS[key]
+    first = start // replicas
     with Workers(1) as workers:
-        part = simulate_chunk(spec, start, stop, workers, screen=screen)
-    part["label"] = Draws(part["params"]).labels.astype(np.float32)
+        part = simulate_chunk(spec, first, -(-stop // replicas), workers, screen=screen)
+    if replicas > 1:
+        part = _noise_replicas(spec, part, np.arange(start, stop), replicas, first)
+    draws = Draws(part["params"])
+    part["label"] = draws.labels.astype(np.float32)
+    if "label_bound" in keys:
+        part["label_bound"] = np.hstack([draws.labels, _bounds(spec, draws)])
+    if "label_replicas" in keys:
+        part["label_replicas"] = np.hstack([draws.labels, np.full((len(draws), 1), float(replicas))])
     return {k: part[k] for k in keys if k in part}
+
+
+def _noise_replicas(spec: DatasetSpec, part: dict, images: np.ndarray, replicas: int, first: int) -> dict:
+    """The part's galaxies ``replicas`` times each, image ``j`` with noise of its own stream."""
+    rows = images // replicas - first
+    out = {key: value[rows] for key, value in part.items()}
+    draws = Draws(out["params"], out.get("stamp"))
+    sky, sigma = draws.stamp_column("sky"), draws.sigma
+    for i, j in enumerate(images):
+        rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(int(j), REPLICA_NOISE_STREAM)))
+        galaxy = out["img_nonoise"][i] - np.float32(sky[i])
+        out["img"][i] = add_noise(galaxy, sigma[i], rng, poisson=spec.poisson_noise) + np.float32(sky[i])
+    return out
+
+
+def _bounds(spec: DatasetSpec, draws: Draws) -> np.ndarray:
+    """(m, 5) each image's Cramér–Rao bound on its labels' standard deviations (inf where the image
+    does not constrain every label: such a label then weighs nothing in ``bound_scaled_mse``)."""
+    renderer = renderer_for(KSpaceRenderer.NAME, spec.geometry)
+    out = np.empty((len(draws), 5))
+    for a in range(0, len(draws), BOUND_BATCH):
+        block = draws[a : a + BOUND_BATCH]
+        cov = batch_bounds(block.labels, block.psf_fwhm, block.sigma, poisson=spec.poisson_noise, renderer=renderer)
+        out[a : a + len(block)] = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    return np.where(np.isfinite(out), out, np.inf)
 
 
 class FreshImages:
@@ -101,6 +150,9 @@ class FreshImages:
     prefetch : int
         Chunks drawn ahead of the one being trained on, beyond one per drawing process; 0 draws
         in this process, when asked.
+    replicas : int
+        Noise realizations of each galaxy, consecutive (see the module docstring; a multiple of
+        the batch size).
     processes : int, optional
         Drawing processes (default: every core but one, at least one: a GPU's training needs
         many cores drawing; on a 2-core machine one draws while the other trains). The images
@@ -116,6 +168,7 @@ class FreshImages:
         batch_size: int,
         *,
         prefetch: int = 2,
+        replicas: int = 1,
         processes: int | None = None,
     ):
         if images_per_epoch < 1 or batch_size < 1:
@@ -128,6 +181,9 @@ class FreshImages:
         self.batch_size = int(batch_size)
         self.chunk_images = max(1, CHUNK_IMAGES // self.batch_size) * self.batch_size
         self.prefetch = int(prefetch)
+        self.replicas = int(replicas)
+        if self.replicas < 1 or self.batch_size % self.replicas:
+            raise ValueError(f"replicas {replicas}: a divisor of the batch size {batch_size} is accepted")
         self._pool = None
 
     @property
@@ -151,7 +207,7 @@ class FreshImages:
         tasks = self.tasks(first_epoch)
         if self.prefetch == 0:
             for epoch, start, stop in tasks:
-                yield epoch, draw(self.epoch_spec(epoch), start, stop, keys)
+                yield epoch, draw(self.epoch_spec(epoch), start, stop, keys, self.replicas)
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
@@ -162,7 +218,7 @@ class FreshImages:
             while True:
                 while len(pending) < self.prefetch + self.processes:
                     epoch, start, stop = next(tasks)
-                    pending.append((epoch, self._pool.submit(draw, self.epoch_spec(epoch), start, stop, keys)))
+                    pending.append((epoch, self._pool.submit(draw, self.epoch_spec(epoch), start, stop, keys, self.replicas)))
                 epoch, future = pending.popleft()
                 yield epoch, future.result()
         finally:  # a pipeline that is dropped (the end of a stage) leaves no work behind it

@@ -36,6 +36,7 @@ import yaml
 from galparam import __version__
 from galparam.data import load_dataset, split_indices, spread_sample, with_channel
 from galparam.errors import GalparamError, Remedy, TrainingError
+from galparam.evaluate.crb import dataset_bounds
 from galparam.fresh import FreshImages, validation_spec
 from galparam.io import write_json_atomic
 from galparam.models import FAMILIES
@@ -331,6 +332,8 @@ class ExperimentData:
         self.fresh = None
         self.dataset = None
         self.denoised = None
+        self._label_bound = None
+        self.show_progress = True  # the bounds of label_bound
         if spec.on_the_fly and getattr(spec, "denoiser", None) is not None:
             raise GalparamError(
                 f"{spec.source}: denoiser: needs a dataset file (its images are restored once, before training); "
@@ -364,9 +367,15 @@ class ExperimentData:
             self.dataset_spec = load_spec(spec.dataset)
         except GalparamError as exc:
             raise GalparamError(f"{spec.source}: dataset: {exc}") from None
+        if spec.loss == "bound_scaled_mse" and self.dataset_spec.stamp_model:
+            raise GalparamError(
+                f"{spec.source}: loss: bound_scaled_mse on fresh images needs a spec without PSF images, centre "
+                f"or sky priors ({spec.dataset.name} has them); train on its dataset file instead"
+            )
         self._split(self.dataset_spec.size)
         self._resolve_psf_input(self.dataset_spec.psf_varies)
-        self.fresh = FreshImages(self.dataset_spec, len(self.train), spec.batch_size)
+        replicas = spec.noise_replicas if spec.loss == "bias_penalized_mse" else 1
+        self.fresh = FreshImages(self.dataset_spec, len(self.train), spec.batch_size, replicas=replicas)
         self.train, self.val = np.arange(0), np.arange(len(self.val))
         self.fit_rows = self.val
 
@@ -430,9 +439,25 @@ class ExperimentData:
         return self.dataset_spec.digest()
 
     def column(self, key: str) -> np.ndarray:
-        """The dataset's array ``key``: ``img``, ``img_nonoise``, ``psf_img`` or ``label``, or
-        ``denoised`` (:attr:`denoised`)."""
-        return self.denoised if key == "denoised" else getattr(self.dataset, key)
+        """The dataset's array ``key``: ``img``, ``img_nonoise``, ``psf_img`` or ``label``,
+        ``denoised`` (:attr:`denoised`), or a label loss's target (:mod:`galparam.models.losses`):
+        ``label_bound`` (the labels, then each image's bound, computed once for the first :attr:`n`
+        images) or ``label_replicas`` (the labels, then 1: a file's images are one realization each)."""
+        if key == "denoised":
+            return self.denoised
+        if key == "label_bound":
+            if self._label_bound is None:
+                self._label_bound = self._compute_label_bound()
+            return self._label_bound
+        if key == "label_replicas":
+            label = self.dataset.label
+            return np.hstack([label, np.ones((len(label), 1), label.dtype)])
+        return getattr(self.dataset, key)
+
+    def _compute_label_bound(self) -> np.ndarray:
+        rows = np.arange(self.n if self.fresh is None else len(self.dataset))
+        bounds = dataset_bounds(self.dataset, rows, progress=self.show_progress).to_numpy()
+        return np.hstack([self.dataset.label[rows], np.where(np.isfinite(bounds), bounds, np.inf)])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

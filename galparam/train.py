@@ -37,6 +37,7 @@ from galparam.evaluate.uncertainty import coverage, fit_calibration
 from galparam.io import atomic_path, write_json_atomic, write_text_atomic
 from galparam.models import FAMILIES, resolve_hyperparameters
 from galparam.models.compile import register_losses
+from galparam.models.losses import TARGET_KEYS, target_transform
 from galparam.models.family import Family, Stage
 from galparam.models.hypermodel import hypermodel
 from galparam.parameters import LABEL_NAMES
@@ -263,6 +264,14 @@ class Scalers:
         return scalers
 
 
+def label_target(loss: str, scalers: Scalers) -> tuple:
+    """The data key and transform of the ``labels`` target: the scaled labels, or for galparam's
+    label losses the labels with what the loss reads besides (:mod:`galparam.models.losses`)."""
+    if loss in TARGET_KEYS:
+        return TARGET_KEYS[loss], target_transform(loss, scalers.label)
+    return "label", scalers.label.transform if scalers.label is not None else None
+
+
 def stage_columns(stage: Stage, data: ExperimentData, scalers: Scalers):
     """A stage's pipeline columns (model input or output name → the data's key and a transform),
     and its inputs and targets (a name, or a tuple of names where there are several).
@@ -289,7 +298,7 @@ def stage_columns(stage: Stage, data: ExperimentData, scalers: Scalers):
         "images_in_image_units": (data.image_key, unclipped),
         "clean_in_image_units": ("img_nonoise", unclipped),
         "clean_scaled": ("img_nonoise", scale_image),
-        "labels": ("label", scalers.label.transform if scalers.label is not None else None),
+        "labels": label_target(data.spec.loss, scalers),
         "psf": ("psf_img", with_channel),
     }
     inputs = dict(stage.inputs)

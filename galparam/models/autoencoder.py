@@ -14,6 +14,7 @@ from galparam.errors import GalparamError
 from galparam.interval import Interval
 from galparam.models.family import WHOLE_POSITIVE, Family, Hyperparameter, Stage
 from galparam.models.heads import head_units
+from galparam.models.losses import refused_by
 
 
 def _stages(image_size: int) -> int:
@@ -191,6 +192,7 @@ FAMILY = Family(
     ),
     search_stage="joint",
     default_loss="binary_crossentropy",
+    refused_losses=refused_by("autoencoder"),
     keys=("uncertainty", "stages", "loss_weights", "lr_factor", "lr_patience"),
     label_range=(0.0, 1.0),
     scales_images=True,

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 
 from galparam import backend
 from galparam.models.heads import gaussian_nll_diagonal, gaussian_nll_full
+from galparam.models.losses import LOSS_FUNCTIONS
 
 DEFAULT_LEARNING_RATE = 1e-3
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 """The optimizers an experiment may name → their ``keras.optimizers`` class."""
 
-LOSSES = ("binary_crossentropy", "mse", "mae", "huber")
-"""The losses an experiment may name (Keras's names)."""
+LOSSES = ("binary_crossentropy", "mse", "mae", "huber", *LOSS_FUNCTIONS)
+"""The losses an experiment may name: Keras's names, then galparam's label losses
+(:mod:`galparam.models.losses`)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,10 @@ def pixel_binary_crossentropy(y_true, y_pred):
 
 def backend_loss(name: str):
     """The loss ``compile`` is given for a spec's loss ``name``: the name itself, except
-    ``binary_crossentropy`` off TensorFlow (:func:`pixel_binary_crossentropy`)."""
+    ``binary_crossentropy`` off TensorFlow (:func:`pixel_binary_crossentropy`) and galparam's own
+    label losses (their functions)."""
+    if name in LOSS_FUNCTIONS:
+        return LOSS_FUNCTIONS[name]
     if name == "binary_crossentropy" and not backend.is_tensorflow():
         return pixel_binary_crossentropy
     return name
@@ -79,5 +84,5 @@ def register_losses() -> None:
     under its registered name and loads back only once it is registered."""
     import keras
 
-    for loss in (pixel_binary_crossentropy, gaussian_nll_diagonal, gaussian_nll_full):
+    for loss in (pixel_binary_crossentropy, gaussian_nll_diagonal, gaussian_nll_full, *LOSS_FUNCTIONS.values()):
         keras.saving.register_keras_serializable(package="galparam")(loss)

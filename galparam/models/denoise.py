@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from galparam.errors import GalparamError
 from galparam.models.family import Family, Rule, Stage
+from galparam.models.losses import refused_by
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "denoised"
@@ -62,7 +63,8 @@ def denoiser_family(name: str, summary: str, hyperparameters: tuple, builder) ->
         search_stage=DENOISER_STAGE.name,
         default_loss="mae",
         refused_losses={
-            "binary_crossentropy": "a denoiser restores images with mae, mse or huber, not binary_crossentropy"
+            "binary_crossentropy": "a denoiser restores images with mae, mse or huber, not binary_crossentropy",
+            **refused_by(name),
         },
         rules=(Rule("images", "images: a denoiser learns noisy → noiseless; leave images at noisy"),),
         scales_images=True,

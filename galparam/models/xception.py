@@ -187,7 +187,7 @@ FAMILY = Family(
     refused_losses={
         "binary_crossentropy": "binary_crossentropy needs [0, 1] targets; the Xception's labels are in [-1, 1]"
     },
-    keys=("denoiser", "joint", "uncertainty", "loss_weights"),
+    keys=("denoiser", "joint", "uncertainty", "loss_weights", "noise_replicas"),
     rules=(
         Rule(
             "loss_weights",
@@ -198,6 +198,11 @@ FAMILY = Family(
             "loss",
             "loss: an uncertainty head trains with the Gaussian negative log-likelihood; leave loss out",
             unless=("uncertainty", "none"),
+        ),
+        Rule(
+            "noise_replicas",
+            "noise_replicas: applies to loss: bias_penalized_mse",
+            unless=("loss", "bias_penalized_mse"),
         ),
         Rule("joint", "joint: true needs denoiser: RUN_DIR (the denoiser it starts from)", unless=("denoiser", GIVEN)),
         Rule("images", "denoiser: restores noisy images; leave images at noisy", unless=("denoiser", None)),

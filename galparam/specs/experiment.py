@@ -20,6 +20,7 @@ from galparam.errors import SpecError
 from galparam.interval import Interval
 from galparam.models import FAMILIES
 from galparam.models.compile import LOSSES, OPTIMIZERS
+from galparam.models.losses import LOSS_FUNCTIONS
 from galparam.models.heads import UNCERTAINTY_KINDS
 from galparam.settings import Setting, read_settings
 from galparam.specs.files import read_spec_file
@@ -98,6 +99,13 @@ EXPERIMENT_SETTINGS = {
         "loss (default: the family's: " + ", ".join(f"{f.default_loss} for {f.name}" for f in FAMILIES.values()) + ")",
         choices=LOSSES,
     ),
+    "noise_replicas": Setting(
+        int,
+        8,
+        "loss bias_penalized_mse: noise realizations of each fresh galaxy, consecutive in a batch "
+        "(batch_size a multiple of it)",
+        range=Interval.closed(2, 1024),
+    ),
     "loss_weights": Setting(
         list,
         [5.0, 1.0],
@@ -150,6 +158,7 @@ class ExperimentSpec:
     uncertainty: str = "none"
     on_the_fly: bool = False
     draw_on: str = "host"
+    noise_replicas: int = 8
     source: str = field(default="<experiment>", compare=False)
 
     def to_dict(self) -> dict:
@@ -160,6 +169,8 @@ class ExperimentSpec:
             out["dataset"]["draw_on"] = self.draw_on
         out["stages"] = list(self.stages)
         out["loss_weights"] = list(self.loss_weights)
+        if self.loss != "bias_penalized_mse":  # runs made before it resume: their experiment.yaml lacks it
+            out.pop("noise_replicas")
         if self.uncertainty == "none":  # runs made before the heads resume: their experiment.yaml lacks it
             out.pop("uncertainty")
         if self.denoiser is None:  # runs made before denoisers resume: their experiment.yaml lacks both keys
@@ -208,6 +219,7 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
     if values["denoiser"] is not None:
         values["denoiser"] = (base_dir / values["denoiser"]).resolve()
     values["dataset"], values["on_the_fly"], values["draw_on"] = _read_dataset(source, values["dataset"], base_dir)
+    _check_label_loss(source, values)
     values["hyperparameters"] = _read_hyperparameters(source, values["hyperparameters"], base_dir)
     family.check_arguments(values["hyperparameters"], source=source)
     stages = values["stages"]
@@ -222,6 +234,28 @@ def experiment_from_dict(raw, source: str = "<experiment>", base_dir=".") -> Exp
         raise SpecError(f"{source}: loss_weights: {weights!r} is not [labels, image] with two numbers >= 0")
     values["loss_weights"] = tuple(float(w) for w in weights)
     return ExperimentSpec(source=source, **values)
+
+
+def _check_label_loss(source: str, values: dict) -> None:
+    """What galparam's label losses need of the data (:mod:`galparam.models.losses`): targets the
+    host draws (each image's bound, or several noise realizations of each galaxy)."""
+    loss = values["loss"]
+    if loss not in LOSS_FUNCTIONS:
+        return
+    if values["draw_on"] != "host":
+        raise SpecError(f"{source}: loss: {loss} reads targets the host draws; use dataset: draw_on: host")
+    if loss != "bias_penalized_mse":
+        return
+    if not values["on_the_fly"]:
+        raise SpecError(
+            f"{source}: loss: bias_penalized_mse needs several noise realizations of each galaxy, which fresh "
+            "images give: dataset: {spec: DATA.yaml, on_the_fly: true}"
+        )
+    if values["batch_size"] % values["noise_replicas"]:
+        raise SpecError(
+            f"{source}: batch_size {values['batch_size']} is not a multiple of noise_replicas "
+            f"{values['noise_replicas']} (a galaxy's realizations share a batch)"
+        )
 
 
 DATASET_SOURCE_KEYS = ("spec", "on_the_fly", "draw_on")
