@@ -218,7 +218,9 @@ class FreshImages:
             while True:
                 while len(pending) < self.prefetch + self.processes:
                     epoch, start, stop = next(tasks)
-                    pending.append((epoch, self._pool.submit(draw, self.epoch_spec(epoch), start, stop, keys, self.replicas)))
+                    pending.append(
+                        (epoch, self._pool.submit(draw, self.epoch_spec(epoch), start, stop, keys, self.replicas))
+                    )
                 epoch, future = pending.popleft()
                 yield epoch, future.result()
         finally:  # a pipeline that is dropped (the end of a stage) leaves no work behind it
