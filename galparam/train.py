@@ -37,9 +37,9 @@ from galparam.evaluate.uncertainty import coverage, fit_calibration
 from galparam.io import atomic_path, write_json_atomic, write_text_atomic
 from galparam.models import FAMILIES, resolve_hyperparameters
 from galparam.models.compile import register_losses
-from galparam.models.losses import TARGET_KEYS, target_transform
 from galparam.models.family import Family, Stage
 from galparam.models.hypermodel import hypermodel
+from galparam.models.losses import TARGET_KEYS, target_transform
 from galparam.parameters import LABEL_NAMES
 from galparam.pipelines import batches, column_names, generator_batches
 from galparam.runs import ExperimentData, RunFolder

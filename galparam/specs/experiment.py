@@ -20,8 +20,8 @@ from galparam.errors import SpecError
 from galparam.interval import Interval
 from galparam.models import FAMILIES
 from galparam.models.compile import LOSSES, OPTIMIZERS
-from galparam.models.losses import LOSS_FUNCTIONS
 from galparam.models.heads import UNCERTAINTY_KINDS
+from galparam.models.losses import LOSS_FUNCTIONS
 from galparam.settings import Setting, read_settings
 from galparam.specs.files import read_spec_file
 
