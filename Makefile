@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.galparam-installed
 
-.PHONY: demo test test-fast system-packages bench bench-denoise bench-peers bench-device bench-posterior lint format clean reproduce gpu-study
+.PHONY: demo test test-fast system-packages bench bench-denoise bench-peers bench-device bench-posterior bench-losses lint format clean reproduce gpu-study
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ bench-device: $(STAMP)
 POSTERIOR_OUT ?= bench-posterior
 bench-posterior: $(STAMP)
 	$(BIN)/python benchmarks/bench_posterior.py --out $(POSTERIOR_OUT) $(BENCH_POSTERIOR_FLAGS)
+
+# training toward the floor: needs bench-posterior's posteriors (v2 draws and the test galaxies)
+LOSSES_OUT ?= bench-losses
+bench-losses: $(STAMP)
+	$(BIN)/python benchmarks/bench_losses.py --out $(LOSSES_OUT) --posteriors $(POSTERIOR_OUT)/v2-500.posterior.csv \
+		--test-sets $(POSTERIOR_OUT)/test_snr60-1000.npz $(POSTERIOR_OUT)/test_snr30-1000.npz \
+		--test-posteriors $(POSTERIOR_OUT)/test_snr60-1000-v2prior.posterior.csv \
+		$(POSTERIOR_OUT)/test_snr30-1000-v2prior.posterior.csv $(BENCH_LOSSES_FLAGS)
 
 DENOISE_OUT ?= bench-denoise
 bench-denoise: $(STAMP)
