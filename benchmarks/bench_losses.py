@@ -25,6 +25,7 @@ Writes ``losses.md`` and one CSV per table into ``--out``; training is resumable
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--test-posteriors", type=Path, nargs="*", default=[], help="their posteriors under v2's prior")
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     p.add_argument("--images-per-epoch", type=int, default=20_000)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--validation", type=int, default=2_000, help="images of the fixed validation set")
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args(argv)
@@ -105,6 +106,13 @@ def train(loss: str, args) -> tuple[Path, float]:
         (folder / "seconds").write_text(f"{time.perf_counter() - started:.1f}\n")
     seconds = float((folder / "seconds").read_text()) if (folder / "seconds").exists() else float("nan")
     return run, seconds
+
+
+def read_posteriors(path: Path) -> pd.DataFrame:
+    """A posterior file's complete rows (one still being written is read up to its last full line,
+    and left as it is)."""
+    data = Path(path).read_bytes()
+    return pd.read_csv(io.BytesIO(data[: data.rfind(b"\n") + 1]))
 
 
 def rms(x, axis=0):
@@ -158,13 +166,14 @@ def test_table(loss: str, estimator, args) -> pd.DataFrame:
         bound = dataset_bounds(ds, [0], progress=False).to_numpy()[0]
         root_mmse = None
         if args.test_posteriors:
-            post = pd.read_csv(args.test_posteriors[k])
+            post = read_posteriors(args.test_posteriors[k])
             root_mmse = np.sqrt(np.mean(post[[f"{n}_std" for n in LABEL_NAMES]].to_numpy() ** 2, axis=0))
         error = predicted - truth
         for j, name in enumerate(LABEL_NAMES):
             row = {
                 "loss": loss,
                 "test set": ds.spec.name,
+                "posteriors": 0 if root_mmse is None else len(post),
                 "parameter": name,
                 "bias/crb": error[:, j].mean() / bound[j],
                 "std/crb": error[:, j].std(ddof=1) / bound[j],
@@ -190,7 +199,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(Path(f"{args.posteriors}.json").read_text())
     ds = load_dataset(manifest["dataset"])
-    posteriors = pd.read_csv(args.posteriors)
+    posteriors = read_posteriors(args.posteriors)
     cells, tests, runs = [], [], []
     for loss in args.losses:
         run, seconds = train(loss, args)
