@@ -206,6 +206,7 @@ def _run_stage(
             callbacks=[keras.callbacks.TerminateOnNaN(), checkpoint.callback, *getattr(train_ds, "callbacks", [])],
             verbose=verbose,
         )
+        backend.restore_allocator()
         if checkpoint.diverged:
             raise TrainingError(
                 f"stage {stage} diverged (NaN or infinite loss) in epoch {state['epochs_done'] + 1}; "

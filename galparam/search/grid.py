@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.model_selection import ParameterGrid
 from tqdm.auto import tqdm
 
+from galparam import backend
 from galparam.errors import GalparamError
 from galparam.io import write_json_atomic
 from galparam.models import resolve_hyperparameters
@@ -71,6 +72,7 @@ def run_trial(spec: SearchSpec, data, point: dict) -> dict:
     pipelines = search_pipelines(experiment, data)
     t = time.perf_counter()
     history = model.fit(**fit_arguments(experiment, pipelines, restore_best=True), verbose=0)
+    backend.restore_allocator()
     seconds = time.perf_counter() - t
     val_loss = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]
     return {

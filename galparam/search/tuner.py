@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from galparam import backend
 from galparam.io import write_json_atomic
 from galparam.models import resolve_hyperparameters
 from galparam.models.hypermodel import hypermodel
@@ -91,6 +92,7 @@ def run_tuner(spec: SearchSpec, output, *, overwrite: bool = False, verbose=0) -
         **budget,
     )
     tuner.search(**fit_arguments(experiment, pipelines), verbose=verbose)
+    backend.restore_allocator()
     if not is_chief():
         return {}
     best_trial = tuner.oracle.get_best_trials(1)[0]
