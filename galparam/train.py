@@ -567,6 +567,7 @@ def train(
     history = _read_history(run, {s.name: _read_state(run.stage_dir(s.name)) for s in stages})
     extra = {}
     with data:
+        data.show_progress = verbose != 0
         data.materialize(run.path, progress=verbose != 0)
         if denoiser is not None:
             restore_dataset(run, data, denoiser, progress=verbose != 0)
