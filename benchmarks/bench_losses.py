@@ -112,7 +112,10 @@ def read_posteriors(path: Path) -> pd.DataFrame:
     """A posterior file's complete rows (one still being written is read up to its last full line,
     and left as it is)."""
     data = Path(path).read_bytes()
-    return pd.read_csv(io.BytesIO(data[: data.rfind(b"\n") + 1]))
+    table = pd.read_csv(io.BytesIO(data[: data.rfind(b"\n") + 1]))
+    # a file resumed from its header alone, before galparam wrote the header only once, has it twice
+    table = table[table["index"].astype(str) != "index"]
+    return table.apply(lambda column: column if column.name == "method" else pd.to_numeric(column))
 
 
 def rms(x, axis=0):

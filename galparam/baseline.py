@@ -220,12 +220,8 @@ def run_baseline(
         )
         for a in range(done, total, per_task)
     )
-    new_file = done == 0
     with open(output, "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        if new_file:
-            writer.writerow(FIT_COLUMNS)
-            f.flush()
         bar = tqdm(total=total, initial=done, unit="fit", desc="baseline", disable=not progress)
         if jobs > 1:
             ctx = multiprocessing.get_context("spawn")

@@ -191,9 +191,6 @@ def run_posterior(
     tasks = (batch(a) for a in range(done, total, POSTERIOR_BATCH))
     with open(output, "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        if done == 0:
-            writer.writerow(POSTERIOR_COLUMNS)
-            f.flush()
         bar = tqdm(total=total, initial=done, unit="image", desc="posterior", disable=not progress)
 
         def keep(result):

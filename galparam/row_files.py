@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from galparam.errors import GalparamError, Remedy
-from galparam.io import complete_lines, write_json_atomic
+from galparam.io import complete_lines, write_json_atomic, write_text_atomic
 
 
 def open_row_file(output, manifest: dict, columns, total: int, *, kind: str, of: str, overwrite: bool) -> int:
-    """Check a row file against its manifest before rows are added; return the rows it holds.
+    """Check a row file against its manifest before rows are added (writing its header where it
+    has none yet); return the rows it holds.
 
     With ``overwrite`` the file and its manifest are removed first. Otherwise a file whose
     manifest differs, whose header is not ``columns`` (a torn last line is cut off) or that holds
@@ -65,6 +66,8 @@ def open_row_file(output, manifest: dict, columns, total: int, *, kind: str, of:
         )
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(sidecar, manifest)
+    if not lines:  # the header once, whatever stopped a run before its first row
+        write_text_atomic(output, ",".join(columns) + "\n")
     return done
 
 

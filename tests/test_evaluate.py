@@ -243,6 +243,12 @@ def test_resumed_baseline_equals_uninterrupted(snr60, tmp_path):
     run_baseline(snr60, part, n_images=5, progress=False)
     a, b = pd.read_csv(whole), pd.read_csv(part)
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    header_only = tmp_path / "header.csv"  # killed before its first row: one header, not two
+    header_only.write_text(lines[0])
+    (tmp_path / "header.csv.json").write_text((tmp_path / "whole.csv.json").read_text())
+    run_baseline(snr60, header_only, n_images=5, progress=False)
+    assert header_only.read_text().count(lines[0]) == 1
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), pd.read_csv(header_only).drop(columns="seconds"))
 
 
 @pytest.mark.slow  # make test-fast keeps its 5 minutes
