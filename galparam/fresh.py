@@ -124,15 +124,15 @@ def _noise_replicas(spec: DatasetSpec, part: dict, images: np.ndarray, replicas:
 
 
 def _bounds(spec: DatasetSpec, draws: Draws) -> np.ndarray:
-    """(m, 5) each image's Cramér–Rao bound on its labels' standard deviations (inf where the image
-    does not constrain every label: such a label then weighs nothing in ``bound_scaled_mse``)."""
+    """(m, 5) each image's Cramér–Rao bound on its labels' standard deviations (NaN where the image
+    does not constrain every label)."""
     renderer = renderer_for(KSpaceRenderer.NAME, spec.geometry)
     out = np.empty((len(draws), 5))
     for a in range(0, len(draws), BOUND_BATCH):
         block = draws[a : a + BOUND_BATCH]
         cov = batch_bounds(block.labels, block.psf_fwhm, block.sigma, poisson=spec.poisson_noise, renderer=renderer)
         out[a : a + len(block)] = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-    return np.where(np.isfinite(out), out, np.inf)
+    return out
 
 
 class FreshImages:

@@ -457,7 +457,7 @@ class ExperimentData:
     def _compute_label_bound(self) -> np.ndarray:
         rows = np.arange(self.n if self.fresh is None else len(self.dataset))
         bounds = dataset_bounds(self.dataset, rows, progress=self.show_progress).to_numpy()
-        return np.hstack([self.dataset.label[rows], np.where(np.isfinite(bounds), bounds, np.inf)])
+        return np.hstack([self.dataset.label[rows], bounds])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -31,7 +31,8 @@ BIAS_WEIGHT = 4.0
 
 TARGET_KEYS = {"bound_scaled_mse": "label_bound", "bias_penalized_mse": "label_replicas"}
 """Each of these losses → the data column its target is made of: ``label_bound`` (N, 10), the
-labels then each image's bound on their standard deviation (physical units); ``label_replicas``
+labels then each image's bound on their standard deviation (physical units, NaN where there is
+none); ``label_replicas``
 (N, 6), the labels then the number of noise realizations the image's galaxy has in its batch."""
 
 
@@ -71,8 +72,8 @@ def target_transform(loss: str, label_scaler):
         block = np.asarray(block, dtype=np.float64)
         labels = label_scaler.transform(block[:, :N_LABELS])
         extra = block[:, N_LABELS:]
-        if loss == "bound_scaled_mse":
-            extra = extra * label_scaler.affine()[0]
+        if loss == "bound_scaled_mse":  # a bound that does not exist (NaN) weighs nothing
+            extra = np.where(np.isfinite(extra), extra, np.inf) * label_scaler.affine()[0]
         return np.hstack([labels, extra]).astype(np.float32)
 
     return transform
