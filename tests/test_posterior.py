@@ -16,7 +16,14 @@ from galparam.cli.common import run
 from galparam.cli.evaluate import main as evaluate_main
 from galparam.data import load_dataset
 from galparam.evaluate.likelihood import nll_and_weights
-from galparam.evaluate.posterior import Posterior, PosteriorPrior, equal_weight_samples, pit_values
+from galparam.evaluate.posterior import (
+    MCMC_CHUNK,
+    Posterior,
+    PosteriorPrior,
+    equal_weight_samples,
+    lockstep_chains,
+    pit_values,
+)
 from galparam.parameters import sersic_grid
 from galparam.posteriors import POSTERIOR_COLUMNS, run_posterior
 from galparam.simulate import simulate
@@ -82,6 +89,37 @@ def test_mcmc_fallback_recovers_the_closed_form_posterior(linear):
     assert np.nanmax(post.rhat_) < 1.1
     np.testing.assert_array_less(np.abs(post.mean_ - mean) / sd, 0.25)
     np.testing.assert_allclose(post.std_ / sd, 1, atol=0.15)
+
+
+def test_lockstep_chains_are_emcees_own():
+    """Three targets run together give, each, the chain emcee's EnsembleSampler gives alone with
+    the same random state, to the last bit; one that is mixed early stops there, and the others'
+    chains do not change."""
+    centres = np.array([[0.0, 1.0], [5.0, -2.0], [1.0, 1.0]])
+    widths = np.array([1.0, 0.1, 3.0])
+
+    def log_prob(theta, owners):
+        return -0.5 * np.sum(((theta - centres[owners]) / widths[owners, None]) ** 2, axis=1)
+
+    def emcee_chain(k, steps):
+        sampler = emcee.EnsembleSampler(8, 2, lambda x: log_prob(x, np.full(len(x), k)), vectorize=True)
+        sampler.random_state = np.random.RandomState(10 + k).get_state()
+        sampler.run_mcmc(starts[k], steps, progress=False)
+        return sampler.get_chain(discard=steps // 3)
+
+    def run(mixed):
+        randoms = {k: np.random.RandomState(10 + k) for k in range(3)}
+        return lockstep_chains(log_prob, starts, randoms, mixed, chunk=MCMC_CHUNK, most=3 * MCMC_CHUNK)
+
+    starts = {k: np.random.default_rng(k).normal(centres[k], widths[k], (8, 2)) for k in range(3)}
+    chains, steps = run(mixed=lambda chain: False)
+    assert steps == dict.fromkeys(range(3), 3 * MCMC_CHUNK)
+    for k in range(3):
+        assert chains[k].tobytes() == emcee_chain(k, 3 * MCMC_CHUNK).tobytes()
+    early, early_steps = run(mixed=lambda chain: chain[..., 0].mean() > 3)  # target 1 only
+    assert early_steps == {0: 3 * MCMC_CHUNK, 1: MCMC_CHUNK, 2: 3 * MCMC_CHUNK}
+    assert early[1].tobytes() == emcee_chain(1, MCMC_CHUNK).tobytes()
+    assert early[0].tobytes() == chains[0].tobytes() and early[2].tobytes() == chains[2].tobytes()
 
 
 def test_spec_prior_is_the_simulators():

@@ -12,8 +12,9 @@ where that is not good enough:
 3. Where the effective sample size (ESS, (Σw)²/Σw²) is below the target, the proposal moves to the
    weighted mean and covariance of the draws so far and draws again (population Monte Carlo),
    up to :data:`ROUNDS` times; every round's draws keep their own weights.
-4. Where it still is, emcee's affine-invariant ensemble sampler (vectorized over its walkers, all
-   such images' walkers rendered together) runs from the weighted draws until its ESS (the walkers'
+4. Where it still is, emcee's affine-invariant ensemble sampler runs for all such images in
+   lockstep (:func:`lockstep_chains`: each image's chain is emcee's own, every step of all of
+   them rendered together) from the weighted draws until its ESS (the walkers'
    draws over the integrated autocorrelation time) reaches the target, or :data:`MCMC_STEPS` steps.
 
 Why this choice: at the SNRs galparam's data have, the posterior of a 64² galaxy is close to its
@@ -32,15 +33,15 @@ continuous index, uniform over the grid's cells, is drawn on the grid value at i
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import emcee
 import numpy as np
+from emcee.ensemble import walkers_independent
 from scipy.special import gammaln
 
 from galparam.errors import GalparamError
-from galparam.evaluate.fit import BatchedFit, ConvergenceWarning, Rounds, check_images
+from galparam.evaluate.fit import BatchedFit, ConvergenceWarning, check_images
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import nll_and_weights
 from galparam.parameters import LABEL_NAMES, sersic_grid
@@ -54,6 +55,7 @@ __all__ = [
     "SHEAR_PRIORS",
     "equal_weight_samples",
     "pit_values",
+    "lockstep_chains",
 ]
 
 NU = 5.0
@@ -530,37 +532,99 @@ class Posterior:
         self.max_weight_ = np.array([w.max() for _, w in self.samples_])
 
     def _mcmc(self, log_target, drawn, rngs, rows):
-        """emcee's ensemble sampler for each of the images ``rows``, all their walkers rendered together."""
-        B, K = len(rows), len(self.prior.names)
+        """emcee's ensemble sampler for each of the images ``rows`` (their indices in the batch),
+        all of them in lockstep (:func:`lockstep_chains`), from their weighted draws."""
+        starts, randoms = {}, {}
+        for r, row in enumerate(rows):
+            rng = rngs[row]
+            start = _walker_start(drawn[r], rng, self.prior)
+            if start is None or not walkers_independent(start):  # the draws stay
+                continue
+            starts[r] = start
+            randoms[r] = np.random.RandomState(rng.integers(2**31))
 
-        def evaluate(keys, theta):  # theta (R, walkers asked, K): emcee asks half its ensemble at a time
-            images = np.repeat(np.asarray(rows)[keys], theta.shape[1])
-            return np.split(log_target(theta.reshape(-1, K), images), len(keys))
+        def log_prob(theta, owners):
+            return log_target(theta, np.asarray(rows)[owners])
 
-        rounds = Rounds(evaluate, B, 0)
+        chains, steps = lockstep_chains(log_prob, starts, randoms, lambda chain: _mixed(chain, self.target_ess))
+        return [chains.get(r) for r in range(len(rows))], [steps.get(r, 0) for r in range(len(rows))]
 
-        def chain(r):
-            try:
-                rng = rngs[rows[r]]
-                start = _walker_start(drawn[r], rng, self.prior)
-                if start is None:  # too few draws inside the prior to start from: the draws stay
-                    return None, 0
-                sampler = emcee.EnsembleSampler(WALKERS, K, lambda x: rounds.ask(r, x), vectorize=True)
-                sampler.random_state = np.random.RandomState(rng.integers(2**31)).get_state()
-                state = start
-                steps = 0
-                while steps < MCMC_STEPS:
-                    state = sampler.run_mcmc(state, MCMC_CHUNK, progress=False)
-                    steps += MCMC_CHUNK
-                    if _mixed(sampler.get_chain(discard=steps // 3), self.target_ess):
-                        break
-                return sampler.get_chain(discard=steps // 3), steps
-            finally:
-                rounds.finished()
 
-        with ThreadPoolExecutor(max_workers=max(B, 1)) as pool:
-            out = list(pool.map(chain, range(B)))
-        return [c for c, _ in out], [s for _, s in out]
+def lockstep_chains(log_prob, starts: dict, randoms: dict, mixed, chunk: int = MCMC_CHUNK, most: int = MCMC_STEPS):
+    """emcee's ensemble sampler run for many targets at once, each step of all of them evaluated
+    in one call.
+
+    Each target's walkers move exactly as ``emcee.EnsembleSampler`` with its default
+    ``StretchMove`` would move them, from the target's own random stream (the same draws in the
+    same order, so each chain is the one emcee gives with that random state), but without a
+    thread per chain waiting for the others.
+
+    Parameters
+    ----------
+    log_prob : callable
+        ``log_prob(theta, owners)``: the log posterior of parameter sets ``theta`` (N, K), the
+        ``owners`` (N,) the key of the target each is for. NaN counts as −∞ (the proposal is refused).
+    starts : dict
+        Each target's starting walkers (walkers, K), by key.
+    randoms : dict
+        Each target's ``numpy.random.RandomState``, by key (advanced in place).
+    mixed : callable
+        ``mixed(chain)``: whether a chain (steps, walkers, K), its first third discarded, is long
+        enough; checked every ``chunk`` steps.
+    chunk, most : int
+        Steps between checks, and steps at most.
+
+    Returns
+    -------
+    chains, steps : dict, dict
+        By key: the chain after burn-in (its first third discarded), and the steps run.
+    """
+    move = emcee.moves.StretchMove()
+    coords = {key: np.array(start, dtype=np.float64) for key, start in starts.items()}
+    history = {key: [] for key in coords}
+    chains, steps = {}, {}
+
+    def evaluate(active, theta):
+        sizes = [len(theta[key]) for key in active]
+        values = log_prob(np.concatenate([theta[key] for key in active]), np.repeat(np.asarray(active), sizes))
+        values = np.where(np.isnan(values), -np.inf, values)
+        return dict(zip(active, np.split(values, np.cumsum(sizes)[:-1]), strict=True))
+
+    active = sorted(coords)
+    log_probs = evaluate(active, coords) if active else {}
+    done = 0
+    while active:
+        for _ in range(chunk):
+            halves = {}
+            for key in active:
+                walkers = len(coords[key])
+                randoms[key].random_sample()  # emcee's choice among its moves: one, but a draw all the same
+                halves[key] = np.arange(walkers) % 2
+                randoms[key].shuffle(halves[key])
+            for half in (0, 1):
+                proposed, factors = {}, {}
+                for key in active:
+                    moving = halves[key] == half
+                    proposed[key], factors[key] = move.get_proposal(
+                        coords[key][moving], [coords[key][~moving]], randoms[key]
+                    )
+                new_log_probs = evaluate(active, proposed)
+                for key in active:
+                    moving = np.flatnonzero(halves[key] == half)
+                    gain = factors[key] + new_log_probs[key] - log_probs[key][moving]
+                    accepted = gain > np.log(randoms[key].rand(len(moving)))
+                    coords[key][moving[accepted]] = proposed[key][accepted]
+                    log_probs[key][moving[accepted]] = new_log_probs[key][accepted]
+            for key in active:
+                history[key].append(coords[key].copy())
+        done += chunk
+        for key in list(active):
+            chain = np.array(history[key][done // 3 :])
+            if done >= most or mixed(chain):
+                chains[key], steps[key] = chain, done
+                active.remove(key)
+                del history[key]
+    return chains, steps
 
 
 def _next_round(ess, spent, target, most):
