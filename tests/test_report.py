@@ -208,3 +208,31 @@ def test_efficiency_cells_put_the_bayes_risk_beside_the_bound(setting, tmp_path)
     rmse = np.sqrt(np.mean((post["hlr_mean"][first] - truth[first, 2]) ** 2))
     expected = rmse / np.sqrt(np.mean(post["hlr_std"][first] ** 2))
     assert cells["rms err/√MMSE"].iloc[0] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("ratios", [(0.6, 0.9), (0.8, 2.5)], ids=["below-the-bound-everywhere", "both-sides"])
+def test_efficiency_heat_maps_share_one_scale_that_reaches_below_the_bound(ratios, tmp_path, monkeypatch):
+    """An estimator that beats the bound in every cell (a biased one can) is drawn, not refused by
+    matplotlib; every panel uses the colour bar's scale, from min(1, smallest) to the largest."""
+    import matplotlib.pyplot as plt
+
+    from galparam.parameters import LABEL_NAMES
+    from galparam.report.figures import plot_efficiency
+
+    rows = [
+        {"by": by, "bin": f"[{b}, {b + 1})", "parameter": p, "rms err/crb": ratios[k]}
+        for k, by in enumerate(("snr", "hlr"))
+        for b in range(3)
+        for p in LABEL_NAMES
+    ]
+    shown = []
+    original = plt.Figure.savefig
+
+    def keep_scales(fig, *args, **kwargs):
+        shown.extend(ax.images[0].get_clim() for ax in fig.axes if ax.images)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep_scales)
+    path = plot_efficiency(pd.DataFrame(rows), "t", tmp_path / "e.png")
+    assert path.stat().st_size > 0
+    assert shown == [(min(1.0, ratios[0]), ratios[1])] * 2
