@@ -19,7 +19,14 @@ and shear, ≤ 1.5 for the index, in every cell above SNR 20); and at the fixed 
 (``--test-sets`` with their ``--test-posteriors``) its bias and spread over the bound and RMSE over
 √MMSE.
 
-Writes ``losses.md`` and one CSV per table into ``--out``; training is resumable (run it again).
+Then every estimator side by side (``--out``/report, ``galparam-evaluate report``): the networks on
+their validation images, the likelihood fit and the fit started from the MSE network on the
+posteriors' images and the test sets, and the posterior mean itself, each with its efficiency maps'
+RMSE over the pointwise bound and over √MMSE in every cell (the cells' Bayes risk from the
+posteriors in the same cell).
+
+Writes ``losses.md`` and one CSV per table into ``--out``; training and fits are resumable (run it
+again).
 """
 
 from __future__ import annotations
@@ -188,6 +195,35 @@ def test_table(loss: str, estimator, args) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def every_estimator(runs: dict, posteriors: pd.DataFrame, args) -> pd.DataFrame:
+    """The report of every estimator (the loss runs, the fit and the MSE-started fit, the posterior
+    mean) in ``--out``/report; per estimator and parameter, its efficiency cells' median and worst
+    RMSE over the bound and over √MMSE."""
+    tools = Path(sys.executable).parent
+    data = Path(json.loads(Path(f"{args.posteriors}.json").read_text())["dataset"])
+    n_images = str(int(posteriors["index"].max()) + 1)
+    fits = []
+    for path, limit in [(data, n_images)] + [(t, None) for t in args.test_sets]:
+        for init in (None, "mse"):
+            if init and init not in runs:
+                continue
+            out = args.out / "fits" / f"{'baseline' if init is None else 'refined-' + init}-{path.stem}.csv"
+            command = [str(tools / "galparam-evaluate"), "baseline", str(path), "-o", str(out)]
+            command += ["--n-images", limit] if limit else []
+            command += ["--init", str(runs[init])] if init else []
+            subprocess.run(command, check=True)
+            fits.append(out)
+    command = [str(tools / "galparam-evaluate"), "report", "-o", str(args.out / "report"),
+               "--runs", *map(str, runs.values()), "--test-sets", *map(str, args.test_sets),
+               "--fits", *map(str, fits), "--posteriors", str(args.posteriors), *map(str, args.test_posteriors)]  # fmt: skip
+    subprocess.run(command, check=True)
+    efficiency = pd.read_csv(args.out / "report" / "efficiency.csv", comment="#")
+    ratios = ["rms err/crb", "rms err/√MMSE"]
+    out = efficiency.groupby(["model", "parameter"], sort=False)[ratios].agg(["median", "max"])
+    out.columns = [f"{ratio} {stat}" for ratio, stat in out.columns]
+    return out.reset_index()
+
+
 def worst_above_20(cells: pd.DataFrame) -> pd.DataFrame:
     """Per loss and parameter: the largest RMSE over √MMSE among the cells above SNR 20, and the goal."""
     above = cells[cells["above SNR 20"]]
@@ -203,9 +239,10 @@ def main(argv=None) -> int:
     manifest = json.loads(Path(f"{args.posteriors}.json").read_text())
     ds = load_dataset(manifest["dataset"])
     posteriors = read_posteriors(args.posteriors)
-    cells, tests, runs = [], [], []
+    cells, tests, runs, run_dirs = [], [], [], {}
     for loss in args.losses:
         run, seconds = train(loss, args)
+        run_dirs[loss] = run
         estimator = load_estimator(run)
         history = pd.read_csv(run / "history.csv")
         runs.append({"loss": loss, "training s": seconds, "epochs": len(history),
@@ -214,7 +251,9 @@ def main(argv=None) -> int:
         tests.append(test_table(loss, estimator, args))
     cells, tests, runs = pd.concat(cells), pd.concat(tests), pd.DataFrame(runs)
     worst = worst_above_20(cells)
-    for name, table in (("cells", cells), ("test_sets", tests), ("runs", runs), ("goal", worst)):
+    estimators = every_estimator(run_dirs, posteriors, args)
+    tables = (("cells", cells), ("test_sets", tests), ("runs", runs), ("goal", worst), ("estimators", estimators))
+    for name, table in tables:
         table.to_csv(args.out / f"{name}.csv", index=False)
     snr_cells = cells[cells["by"] == "snr"].pivot_table(
         index=["parameter", "cell"], columns="loss", values="rms err/√MMSE", sort=False
@@ -228,6 +267,8 @@ def main(argv=None) -> int:
             "## RMSE / √MMSE by SNR\n\n" + markdown_table(snr_cells.reset_index()),
             "## Every cell\n\n" + markdown_table(cells),
             "## The test galaxies\n\n" + markdown_table(tests),
+            "## Every estimator's efficiency cells (the report's bins: index, radius, flux, SNR; "
+            f"{args.out / 'report'}): median and worst over its cells\n\n" + markdown_table(estimators),
         ]
     )
     write_text_atomic(args.out / "losses.md", text + "\n")
