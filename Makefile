@@ -58,9 +58,12 @@ bench-posterior: $(STAMP)
 	$(BIN)/python benchmarks/bench_posterior.py --out $(POSTERIOR_OUT) $(BENCH_POSTERIOR_FLAGS)
 
 # training toward the floor: needs bench-posterior's posteriors (v2 draws and the test galaxies)
+# LOSSES_POSTERIORS: the prior draws' posteriors the cells' Bayes risk comes from (more images: smaller
+# cells' errors; e.g. galparam-evaluate posterior of a 3,000-image v2 draw)
 LOSSES_OUT ?= bench-losses
+LOSSES_POSTERIORS ?= $(POSTERIOR_OUT)/v2-500.posterior.csv
 bench-losses: $(STAMP)
-	$(BIN)/python benchmarks/bench_losses.py --out $(LOSSES_OUT) --posteriors $(POSTERIOR_OUT)/v2-500.posterior.csv \
+	$(BIN)/python benchmarks/bench_losses.py --out $(LOSSES_OUT) --posteriors $(LOSSES_POSTERIORS) \
 		--test-sets $(POSTERIOR_OUT)/test_snr60-1000.npz $(POSTERIOR_OUT)/test_snr30-1000.npz \
 		--test-posteriors $(POSTERIOR_OUT)/test_snr60-1000-v2prior.posterior.csv \
 		$(POSTERIOR_OUT)/test_snr30-1000-v2prior.posterior.csv $(BENCH_LOSSES_FLAGS)
