@@ -195,12 +195,11 @@ def test_table(loss: str, estimator, args) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def every_estimator(runs: dict, posteriors: pd.DataFrame, args) -> pd.DataFrame:
-    """The report of every estimator (the loss runs, the fit and the MSE-started fit, the posterior
-    mean) in ``--out``/report; per estimator and parameter, its efficiency cells' median and worst
-    RMSE over the bound and over √MMSE."""
+def every_estimator(runs: dict, data: Path, posteriors: pd.DataFrame, args) -> pd.DataFrame:
+    """The report of every estimator (the loss runs, the fit and the MSE-started fit on ``data``,
+    the posteriors' dataset, and the posterior mean) in ``--out``/report; per estimator and
+    parameter, its efficiency cells' median and worst RMSE over the bound and over √MMSE."""
     tools = Path(sys.executable).parent
-    data = Path(json.loads(Path(f"{args.posteriors}.json").read_text())["dataset"])
     n_images = str(int(posteriors["index"].max()) + 1)
     fits = []
     for path, limit in [(data, n_images)] + [(t, None) for t in args.test_sets]:
@@ -251,7 +250,7 @@ def main(argv=None) -> int:
         tests.append(test_table(loss, estimator, args))
     cells, tests, runs = pd.concat(cells), pd.concat(tests), pd.DataFrame(runs)
     worst = worst_above_20(cells)
-    estimators = every_estimator(run_dirs, posteriors, args)
+    estimators = every_estimator(run_dirs, Path(manifest["dataset"]), posteriors, args)
     tables = (("cells", cells), ("test_sets", tests), ("runs", runs), ("goal", worst), ("estimators", estimators))
     for name, table in tables:
         table.to_csv(args.out / f"{name}.csv", index=False)

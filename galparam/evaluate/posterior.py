@@ -602,19 +602,18 @@ def lockstep_chains(log_prob, starts: dict, randoms: dict, mixed, chunk: int = M
                 halves[key] = np.arange(walkers) % 2
                 randoms[key].shuffle(halves[key])
             for half in (0, 1):
-                proposed, factors = {}, {}
+                moving, proposed, factors = {}, {}, {}
                 for key in active:
-                    moving = halves[key] == half
+                    moving[key] = np.flatnonzero(halves[key] == half)
                     proposed[key], factors[key] = move.get_proposal(
-                        coords[key][moving], [coords[key][~moving]], randoms[key]
+                        coords[key][moving[key]], [coords[key][halves[key] != half]], randoms[key]
                     )
                 new_log_probs = evaluate(active, proposed)
                 for key in active:
-                    moving = np.flatnonzero(halves[key] == half)
-                    gain = factors[key] + new_log_probs[key] - log_probs[key][moving]
-                    accepted = gain > np.log(randoms[key].rand(len(moving)))
-                    coords[key][moving[accepted]] = proposed[key][accepted]
-                    log_probs[key][moving[accepted]] = new_log_probs[key][accepted]
+                    gain = factors[key] + new_log_probs[key] - log_probs[key][moving[key]]
+                    accepted = gain > np.log(randoms[key].rand(len(moving[key])))
+                    coords[key][moving[key][accepted]] = proposed[key][accepted]
+                    log_probs[key][moving[key][accepted]] = new_log_probs[key][accepted]
             for key in active:
                 history[key].append(coords[key].copy())
         done += chunk
