@@ -4,9 +4,10 @@ The model is :mod:`galparam.kspace.stamps` (GalSim's drawing, with exact derivat
 parameters), the likelihood :mod:`galparam.evaluate.likelihood`'s with the stamp's σ map, mask
 and gain (:class:`galparam.stamp.Stamp`). Each stamp is fitted as the datasets' images are
 (:class:`galparam.evaluate.fit.BatchedFit`): a start from the image's adaptive moments (its
-centroid, size and shape, the PSF's size taken out), a few Fisher-scoring steps, then bounded
-L-BFGS-B with each variable in units of its bound and the k-space grid held, started again on a
-larger grid when the estimate needs one. At the estimate the inverse Fisher matrix gives the
+centroid, size and shape, the PSF's size taken out), Fisher-scoring (Gauss–Newton) steps until
+they converge, then bounded L-BFGS-B with each variable in units of its bound and the k-space grid
+held (which stops at once where the scoring converged), started again on a larger grid when the
+estimate needs one. At the estimate the inverse Fisher matrix gives the
 errors and correlations, and the residuals the χ².
 """
 
@@ -22,7 +23,7 @@ from scipy.optimize import minimize
 
 from galparam.errors import GalparamError
 from galparam.evaluate.crb import covariances, fisher_matrices
-from galparam.evaluate.fit import FTOL, GTOL, REGRIDS, SCORING_STEPS, Fit, FitResult
+from galparam.evaluate.fit import FTOL, GTOL, REGRIDS, Fit, FitResult
 from galparam.evaluate.fitbox import FitBox
 from galparam.evaluate.likelihood import nll_and_weights
 from galparam.interval import Interval
@@ -40,6 +41,14 @@ from galparam.psf import ImagePSF
 from galparam.stamp import SKY_RANGE_SIGMAS, Stamp, offset_limit
 
 __all__ = ["FLAGS", "StampBox", "StampFit", "moments_start"]
+
+STAMP_SCORING_STEPS = 12
+"""Fisher-scoring steps a stamp's fit takes at most before L-BFGS-B (the scoring usually gets there
+in 3–6, quadratically near the maximum; L-BFGS-B then only confirms it)."""
+
+SCORING_DECREMENT = 1e-6
+"""The scoring stops when a step would lower the NLL by less than this (½ gᵀF⁻¹g): every component
+of the gradient in bound units is then well below L-BFGS-B's ``gtol``."""
 
 SHEAR_MAX = 0.9
 """The largest |g| a stamp's fit considers (axis ratio 0.053)."""
@@ -174,6 +183,19 @@ def beyond_tables(tables, frame, grid, theta) -> bool:
     return bool(reach > tables.s_max**2)
 
 
+@dataclass(frozen=True)
+class _Assessment:
+    """A stamp's model at a point of its fit: the NLL, its gradient by the fit variables, the
+    inverse Fisher matrix (8×8, in the variables; NaN for a held sky), the model and its
+    derivatives by the parameters."""
+
+    nll: float
+    gradient: np.ndarray
+    covariance: np.ndarray
+    model: np.ndarray
+    jacobian: np.ndarray
+
+
 @dataclass
 class StampResult(FitResult):
     """A stamp's fit: :class:`~galparam.evaluate.fit.FitResult`, with the χ² of the residuals over
@@ -197,7 +219,8 @@ class StampFit(Fit):
     max_iter : int
         L-BFGS-B iterations at most, per stamp.
     scoring_steps : int
-        Fisher-scoring steps tried from the start, each kept where it lowers the NLL.
+        Fisher-scoring steps at most, each kept where it lowers the NLL; they stop earlier where
+        a step would lower it by less than :data:`SCORING_DECREMENT`.
     ftol, gtol : float
         L-BFGS-B's stopping rule, as :class:`~galparam.evaluate.fit.BatchedFit`'s.
 
@@ -219,7 +242,7 @@ class StampFit(Fit):
         *,
         fit_sky: bool = False,
         max_iter: int = 200,
-        scoring_steps: int = SCORING_STEPS,
+        scoring_steps: int = STAMP_SCORING_STEPS,
         ftol: float = FTOL,
         gtol: float = GTOL,
     ):
@@ -304,13 +327,16 @@ class StampFit(Fit):
             given_grid = stamp_grid(tables, frame, box.to_theta(given)[None], max_size=largest)
             if nll_at(given, given_grid) <= nll_at(x0, grid):
                 x0, grid, from_init = given, given_grid, True
-        x0, cov = self._scoring(tables, stamp, box, x0, grid)
-        unit = np.sqrt(np.clip(np.diagonal(cov), 0, None))
+        x0, grid, at_x0 = self._scoring(tables, stamp, box, x0, grid)
+        unit = np.sqrt(np.clip(np.diagonal(at_x0.covariance), 0, None))
         unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, np.maximum(hi - lo, 1e-300)), hi - lo)
         unit = np.where(free, unit, 1.0)
-        offset = nll_at(x0, grid)
+        offset = at_x0.nll
+        scoring_grid = grid
 
         def value_and_gradient(z):
+            if grid is scoring_grid and not z.any():  # where the scoring ended: known already
+                return 0.0, at_x0.gradient * unit * free
             x = x0 + z * unit
             theta = box.to_theta(x)
             model, vjp = draw_stamps(tables, frame, theta[None], grid=grid, derivatives="vjp")
@@ -337,7 +363,10 @@ class StampFit(Fit):
             grid = enclosing
         x = np.clip(x0 + z * unit, lo, hi)
         theta = box.to_theta(x)
-        model, jacobian = draw_stamps(tables, frame, theta[None], grid=grid, derivatives="jacobian")
+        if grid is scoring_grid and np.array_equal(x, x0):
+            model, jacobian = at_x0.model, at_x0.jacobian
+        else:
+            model, jacobian = draw_stamps(tables, frame, theta[None], grid=grid, derivatives="jacobian")
         covariance = np.full((8, 8), np.nan)
         fisher = fisher_matrices(model, jacobian[:, free], sigma, poisson=gain is not None, gain=gain, mask=mask)
         covariance[np.ix_(free, free)] = covariances(fisher)[0]
@@ -363,37 +392,53 @@ class StampFit(Fit):
             model=model[0],
         )
 
-    def _scoring(self, tables, stamp: Stamp, box: StampBox, x0, grid):
-        """The start moved by Fisher-scoring steps while they lower the NLL, and the inverse
-        Fisher matrix (8×8, in the variables) where it ends."""
+    def _scoring(self, tables, stamp: Stamp, box: StampBox, x0, grid) -> tuple[np.ndarray, tuple, _Assessment]:
+        """The start moved by Fisher-scoring (Gauss–Newton) steps while they lower the NLL, until the
+        step's predicted decrease is below :data:`SCORING_DECREMENT`, on the grid the estimate
+        needs (enlarged and the scoring resumed there when it needs more); that grid and the
+        model there.
+
+        Each trial point is drawn with its derivatives at once: a kept step (the usual case) is then
+        assessed already, and where the scoring converges L-BFGS-B only confirms it.
+        """
         frame, free = stamp.frame, box.free
         image, sigma, mask, gain = stamp.image[None], stamp.sigma[None], stamp.mask[None], stamp.gain
         lo, hi = box.low, box.high
         poisson = gain is not None
+        largest = fit_fft_size(frame)
 
-        def evaluate(x):
+        def assess(x, grid) -> _Assessment:
             model, jac = draw_stamps(tables, frame, box.to_theta(x)[None], grid=grid, derivatives="jacobian")
             jac_x = np.einsum("bkij,kl->blij", jac, box.variables_jacobian(x))
             cov = np.full((8, 8), np.nan)
             fisher = fisher_matrices(model, jac_x[:, free], sigma, poisson=poisson, gain=gain, mask=mask)
             cov[np.ix_(free, free)] = covariances(fisher)[0]
             nll, weights = nll_and_weights(image, model, sigma, poisson=poisson, gain=gain, mask=mask)
-            return nll[0], np.einsum("kij,ij->k", jac_x[0], weights[0]), cov
+            return _Assessment(float(nll[0]), np.einsum("kij,ij->k", jac_x[0], weights[0]), cov, model, jac)
 
-        nll, gradient, cov = evaluate(x0)
-        for _ in range(self.scoring_steps):
-            step = np.where(free, -np.nan_to_num(cov) @ np.where(free, gradient, 0.0), 0.0)
-            for fraction in (1.0, 0.5):
-                x1 = np.clip(x0 + fraction * step, lo, hi)
-                trial = draw_stamps(tables, frame, box.to_theta(x1)[None], grid=grid)
-                nll1 = nll_and_weights(image, trial, sigma, poisson=poisson, gain=gain, mask=mask)[0][0]
-                if np.isfinite(nll1) and nll1 < nll:
+        current = assess(x0, grid)
+        steps = 0
+        for _ in range(REGRIDS + 1):
+            while steps < self.scoring_steps:
+                gradient = np.where(free, current.gradient, 0.0)
+                step = np.where(free, -np.nan_to_num(current.covariance) @ gradient, 0.0)
+                if not -0.5 * float(gradient @ step) > SCORING_DECREMENT:
                     break
-            else:
+                steps += 1
+                for fraction in (1.0, 0.5):
+                    x1 = np.clip(x0 + fraction * step, lo, hi)
+                    trial = assess(x1, grid)
+                    if np.isfinite(trial.nll) and trial.nll < current.nll:
+                        break
+                else:
+                    break
+                x0, current = x1, trial
+            enclosing = enclosing_stamp_grid(tables, frame, grid, box.to_theta(x0)[None], max_size=largest)
+            if (enclosing[0][0], enclosing[1][0]) == (grid[0][0], grid[1][0]) or steps >= self.scoring_steps:
                 break
-            x0 = x1
-            nll, gradient, cov = evaluate(x0)
-        return x0, cov
+            grid = enclosing
+            current = assess(x0, grid)
+        return x0, grid, current
 
     def _flags(self, stamp: Stamp, box: StampBox, x, theta, converged: bool) -> tuple:
         flags = []

@@ -17,6 +17,7 @@ the table is written atomically at the end.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -61,13 +62,19 @@ def _posterior_columns(post: StampPosterior) -> dict:
     return out
 
 
+@functools.cache
+def _threadpools():
+    """The process's thread pools (found once: finding them costs ~3 ms, a fast fit's fifth)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def _fit_task(task):
     """(index, stamp, fit_sky, posterior seed or None) → what the row needs (run in a worker process)."""
-    from threadpoolctl import threadpool_limits
-
     index, stamp, fit_sky, posterior_seed = task
     posterior = {}
-    with threadpool_limits(limits=1, user_api="blas"):  # the same digits whatever the workers
+    with _threadpools().limit(limits=1, user_api="blas"):  # the same digits whatever the workers
         if posterior_seed is None:
             fit = StampFit(fit_sky=fit_sky).fit([stamp])
         else:
