@@ -175,9 +175,12 @@ def main(argv=None) -> int:
         noiseless = Stamp.from_arrays(clean, frame, noise_sigma=sigma, name=f"noiseless{g}")
         check_stack = write_stack(args.out / f"geometry{g}-noiseless.npz", [noiseless])
         stack = write_stack(args.out / f"geometry{g}.npz", stamps)
-        found = {"galparam": galparam_fit(stamps)}
+        # galparam's first fit of a geometry (the noiseless stamp) loads its tables and the PSF's
+        # transforms: its start-up, reported apart as the peers' imports and compilations are
+        t0 = time.perf_counter()
         noiseless_values = {"galparam": galparam_fit([noiseless])[0]}
-        startups = {"galparam": 0.0}
+        startups = {"galparam": time.perf_counter() - t0}
+        found = {"galparam": galparam_fit(stamps)}
         for tool in PEERS:
             check, result = run_peers(python, tool, [check_stack, stack], args.threads)
             noiseless_values[tool] = peer_values(check)[0]
@@ -230,13 +233,13 @@ def report(args, speed, accuracy, conversion, real_rows) -> None:
     """Print the tables (Markdown)."""
     print(f"\n## Speed: one thread each, {args.images} stamps a geometry at SNR {SNR:g}")
     print(
-        "| geometry | tool | s / stamp | galparam faster by | start-up s (imports, JIT; galparam: in s / stamp) | failed |"
+        "| geometry | tool | s / stamp | galparam faster by | start-up s (imports, JIT; galparam: its first fit, tables loaded) | failed |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     base = {name: seconds for name, tool, seconds, *_ in speed if tool == "galparam"}
     for name, tool, seconds, startup, failed, total in speed:
         ratio = "—" if tool == "galparam" else f"{seconds / base[name]:.1f}×"
-        print(f"| {name} | {tool} | {seconds:.3f} | {ratio} | {startup:.1f} | {failed}/{total} |")
+        print(f"| {name} | {tool} | {seconds:.3f} | {ratio} | {startup:.2f} | {failed}/{total} |")
     print("\n## Accuracy: bias / CRB and std / CRB (converged fits)")
     print("| geometry | tool | fits | " + " | ".join(f"{c} bias, std" for c in LABELS) + " |")
     print("| --- | --- | --- |" + " --- |" * len(LABELS))
