@@ -158,7 +158,16 @@ def main(argv=None) -> int:
     p.add_argument("--venv", type=Path, default=ROOT / "bench-peers" / ".venv", help="where to create it")
     p.add_argument("--threads", type=int, default=1, help="threads for every tool (default: %(default)s)")
     p.add_argument("--seed", type=int, default=26)
+    p.add_argument(
+        "--posteriors",
+        type=int,
+        default=8,
+        help="also sample this many 64² stamps' posteriors, galparam's beside pysersic's NUTS "
+        "(~1 minute a stamp for pysersic; 0: skip; default: %(default)s)",
+    )
     args = p.parse_args(argv)
+    if args.posteriors < 0:
+        p.error(f"--posteriors {args.posteriors}: give 0 or more")
     if args.images < 2:
         p.error(f"--images {args.images}: give at least 2")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -203,9 +212,87 @@ def main(argv=None) -> int:
             good = ok & np.isfinite(pulls).all(axis=1)
             accuracy.append((name, tool, pulls[good].mean(axis=0), pulls[good].std(axis=0), int(good.sum())))
 
+        if g == 0 and args.posteriors:
+            sampled = posteriors_side_by_side(python, args, stamps[: args.posteriors])
+
     real_rows = real_cutouts(python, args.out, args.threads)
     report(args, speed, accuracy, conversion, real_rows)
+    if args.posteriors:
+        report_posteriors(args, *sampled)
     return 0
+
+
+POSTERIOR_COLUMNS = ("flux", "sersic_n", "hlr")
+"""The parameters whose posteriors are compared (galparam's names; the peer's converted)."""
+
+
+def posteriors_side_by_side(python: Path, args, stamps) -> tuple:
+    """galparam's posteriors (``measure(posterior=True)``: importance sampling from the fit's
+    Laplace approximation, emcee where it falls short) and pysersic's NUTS on the same stamps, one
+    thread each: per tool the seconds a stamp, the smallest ESS over the parameters, the
+    posterior means and standard deviations (flux, index, radius in arcsec)."""
+    with threadpool_limits(limits=1):
+        t0 = time.perf_counter()
+        measure(list(stamps[:1]), posterior=True, jobs=1, progress=False)  # start-up, apart
+        startup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        table = measure(list(stamps), posterior=True, jobs=1, progress=False)
+        seconds = (time.perf_counter() - t0) / len(stamps)
+    ours = {
+        "seconds": seconds,
+        "startup": startup,
+        "ess": np.asarray(table["post_ess"], dtype=float),
+        "mean": np.column_stack([np.asarray(table[f"{c}_post_mean"], dtype=float) for c in POSTERIOR_COLUMNS]),
+        "std": np.column_stack([np.asarray(table[f"{c}_post_std"], dtype=float) for c in POSTERIOR_COLUMNS]),
+    }
+    stack = write_stack(args.out / "geometry0-posteriors.npz", stamps)
+    (result,) = run_peers(python, "pysersic-nuts", [stack], args.threads)
+    rows = result["stamps"]
+    theirs = {
+        "seconds": float(np.mean([r["seconds"] for r in rows])),
+        "startup": result["startup_seconds"],
+        "ess": np.array([r["info"].get("ess_bulk_min", np.nan) for r in rows], dtype=float),
+        "mean": np.array([[r["galparam"][k] for k in ("flux", "sersic_n", "hlr_arcsec")] for r in rows], dtype=float),
+        # pysersic's r_eff is the semi-major axis in pixels: its relative spread, applied to the
+        # circularized radius in arcsec (the axis ratio's own spread left out)
+        "std": np.array(
+            [
+                [
+                    r["info"]["std"]["flux"],
+                    r["info"]["std"]["n"],
+                    r["info"]["std"]["r_eff"] / r["params"]["r_eff"] * r["galparam"]["hlr_arcsec"],
+                ]
+                for r in rows
+            ],
+            dtype=float,
+        ),
+        "failed": int(sum(not r["converged"] for r in rows)),
+    }
+    return ours, theirs, len(stamps)
+
+
+def report_posteriors(args, ours: dict, theirs: dict, count: int) -> None:
+    """Print the posterior comparison (Markdown)."""
+    print(f"\n## Posteriors: {count} stamps of 64² at SNR {SNR:g}, one thread each")
+    print(
+        "| tool | s / galaxy | start-up s | median smallest ESS | ESS / s | "
+        + " | ".join(f"{c} std" for c in POSTERIOR_COLUMNS)
+        + " |"
+    )
+    print("| --- | --- | --- | --- | --- |" + " --- |" * len(POSTERIOR_COLUMNS))
+    for tool, found in (("galparam", ours), ("pysersic NUTS", theirs)):
+        ess = float(np.median(found["ess"]))
+        spreads = " | ".join(f"{v:.4g}" for v in np.median(found["std"], axis=0))
+        print(
+            f"| {tool} | {found['seconds']:.2f} | {found['startup']:.1f} | {ess:.0f} | {ess / found['seconds']:.0f} | {spreads} |"
+        )
+    difference = np.median(np.abs(theirs["mean"] - ours["mean"]) / ours["std"], axis=0)
+    print(
+        "\nMedian |pysersic's posterior mean − galparam's| in galparam's posterior σ: "
+        + ", ".join(f"{c} {d:.2f}" for c, d in zip(POSTERIOR_COLUMNS, difference, strict=True))
+        + f"; pysersic runs whose R-hat exceeded 1.05: {theirs['failed']}/{count}. Priors differ (galparam: flat in "
+        "the fit's box; pysersic: its autoprior)."
+    )
 
 
 def simulate_bound(frame: Frame, truth, sigma: float):

@@ -9,7 +9,7 @@ tool's parameters to galparam's conventions and writes one JSON file.
 
 Usage::
 
-    python peer_worker.py --tool {pysersic,astrophot} --stamps A.npz [B.npz ...] \\
+    python peer_worker.py --tool {pysersic,astrophot,pysersic-nuts} --stamps A.npz [B.npz ...] \\
         --out A.json [B.json ...] [--threads 1]
 
 ``benchmarks/bench_peers.py`` runs it; each stack gets its own results file.
@@ -41,6 +41,11 @@ Fitting choices (the conversions are checked on noiseless stamps by bench_peers.
   ``FitSingle(...).find_MAP()``, sky fixed at 0 (``sky_type="none"``).
   pysersic 0.1.5 only renders square images, so non-square stamps are padded
   at their high-index ends with masked pixels (pixel indices unchanged).
+* pysersic-nuts: the same model and prior sampled by ``FitSingle(...).sample()``,
+  pysersic's headline posterior (numpyro NUTS, its defaults: 2 chains of 1,000
+  warm-up and 1,000 draws, one after the other on one CPU); the values are the
+  posterior means, ``info`` holds each parameter's posterior standard deviation,
+  the smallest bulk ESS and the largest R-hat (ArviZ's summary).
 * AstroPhot: a ``"sersic galaxy model"`` started from adaptive moments of the
   masked image (centre, axis ratio, angle) and a curve of growth (flux,
   half-light radius), n = 2, fitted with ``astrophot.fit.LM``; no sky model.
@@ -64,7 +69,7 @@ import os
 import sys
 import time
 
-TOOLS = ("pysersic", "astrophot")
+TOOLS = ("pysersic", "astrophot", "pysersic-nuts")
 
 
 def parse_args(argv=None):
@@ -587,6 +592,32 @@ class PysersicFitter:
         )
 
 
+class PysersicNutsFitter(PysersicFitter):
+    """pysersic 0.1.5's posterior: autoprior + ``FitSingle.sample`` (numpyro NUTS, its defaults)."""
+
+    tool = "pysersic-nuts"
+
+    def fit(self, image, sigma, good, psf):
+        """Sample one stamp's posterior; returns as :meth:`PysersicFitter.fit`, the values the
+        posterior means, ``info`` the posterior standard deviations (``std``), the smallest bulk
+        effective sample size (``ess_bulk_min``) and the largest R-hat (``r_hat_max``)."""
+        image, sigma, good = clean_stamp(image, sigma, good)
+        masked = ~good
+        prior = self._autoprior(image, "sersic", mask=masked, sky_type="none")
+        fitter = self._pysersic.FitSingle(data=image, rms=sigma, psf=psf, prior=prior, mask=masked)
+        result = fitter.sample(rkey=self._jax.random.PRNGKey(self.seed), return_model=False)
+        summary = result.summary()
+        keys = ("flux", "xc", "yc", "r_eff", "ellip", "theta", "n")
+        params = {k: float(summary.loc[k, "mean"]) for k in keys}
+        info = {
+            "std": {k: float(summary.loc[k, "sd"]) for k in keys},
+            "ess_bulk_min": float(summary.loc[list(keys), "ess_bulk"].min()),
+            "r_hat_max": float(summary.loc[list(keys), "r_hat"].max()),
+        }
+        converged = bool(np.all(np.isfinite(list(params.values())))) and info["r_hat_max"] < 1.05
+        return params, self.to_galparam(params, self.pixel_scale), converged, info
+
+
 class AstrophotFitter:
     """AstroPhot 0.18: ``"sersic galaxy model"`` fitted with ``fit.LM``.
 
@@ -824,6 +855,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     if args.tool == "pysersic":
         fitter = PysersicFitter(1.0, seed=args.seed)
+    elif args.tool == "pysersic-nuts":
+        fitter = PysersicNutsFitter(1.0, seed=args.seed)
     else:
         fitter = AstrophotFitter(1.0, sampling=args.astrophot_sampling, threads=args.threads)
     import_seconds = time.perf_counter() - t0
