@@ -97,6 +97,23 @@ def test_the_sky_is_fitted_when_asked(tables):
     assert 0 < sky_error < 1 and abs(fit.theta_[0, 7] - 4.0) < 4 * sky_error
 
 
+def test_the_scoring_reaches_the_maximum_l_bfgs_b_reaches_alone(tables):
+    """Fisher scoring run to convergence (the default) and L-BFGS-B alone from the moments
+    (no scoring) are two optimizers: they find the same maximum of a noisy stamp, with and
+    without a gain; with the scoring L-BFGS-B has nothing left to do."""
+    rng = np.random.default_rng(7)
+    clean = draw_stamps(tables, FRAME, TRUTH[None])[0]
+    std = bound(tables, FRAME, TRUTH, 30.0)
+    for gain in (None, 0.5):
+        image = clean + rng.normal(0, 30.0, FRAME.shape)
+        stamp = Stamp.from_arrays(image, FRAME, noise_sigma=30.0, gain=gain)
+        scored, alone = StampFit().fit([stamp]), StampFit(scoring_steps=0).fit([stamp])
+        assert scored.converged_[0] and alone.converged_[0]
+        assert scored.results_[0].iterations == 0 < alone.results_[0].iterations
+        assert scored.nll_[0] <= alone.nll_[0] + 1e-4
+        assert np.all(np.abs(scored.theta_[0, :7] - alone.theta_[0, :7]) < 0.05 * std)
+
+
 def test_a_gain_puts_the_galaxys_own_noise_in_the_variance(tables):
     """With a gain the likelihood is the simulation's own (σ² + μ/gain): a bright galaxy's
     errors grow by the Poisson term, as the bound with it says."""

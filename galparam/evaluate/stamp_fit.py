@@ -47,8 +47,9 @@ STAMP_SCORING_STEPS = 12
 in 3–6, quadratically near the maximum; L-BFGS-B then only confirms it)."""
 
 SCORING_DECREMENT = 1e-6
-"""The scoring stops when a step would lower the NLL by less than this (½ gᵀF⁻¹g): every component
-of the gradient in bound units is then well below L-BFGS-B's ``gtol``."""
+"""The scoring stops when a step would lower the NLL by less than this (½ gᵀF⁻¹g, ~0.001 bound of
+distance): the gradient in bound units is then about L-BFGS-B's ``gtol`` or below, so L-BFGS-B
+usually stops at once, and otherwise finishes the few last digits."""
 
 SHEAR_MAX = 0.9
 """The largest |g| a stamp's fit considers (axis ratio 0.053)."""
