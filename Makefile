@@ -73,7 +73,8 @@ bench-denoise: $(STAMP)
 	$(BIN)/python benchmarks/bench_denoise.py $(DENOISE_OUT) $(BENCH_DENOISE_FLAGS)
 
 # galparam beside pysersic and AstroPhot (their own environment, bench-peers/.venv, installed from PyPI on
-# first use; about an hour on 2 cores at 200 stamps a geometry): docs/measure.md
+# first use; about an hour on 2 cores at 200 stamps a geometry, ~10 minutes more for 8 posteriors beside
+# pysersic's NUTS): docs/measure.md, docs/posterior.md
 bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/bench_peers.py $(BENCH_PEERS_FLAGS)
 
