@@ -112,11 +112,17 @@ def run_peers(python: Path, tool: str, stacks: list[Path], threads: int) -> list
     ]
     if todo:
         command = [str(python), str(WORKER), "--tool", tool, "--threads", str(threads)]
-        command += ["--stamps", *[str(stacks[i]) for i in todo], "--out", *[str(outs[i]) for i in todo]]
+        command += [
+            "--stamps",
+            *[str(stacks[i].resolve()) for i in todo],
+            "--out",
+            *[str(outs[i].resolve()) for i in todo],
+        ]
         print(f"{tool}: fitting {', '.join(stacks[i].name for i in todo)}", flush=True)
         log = outs[todo[0]].with_suffix(".log")
         with open(log, "w") as fh:
-            done = subprocess.run(command, stderr=fh, stdout=fh)
+            # in the working folder: a stray log a peer writes on import stays there
+            done = subprocess.run(command, stderr=fh, stdout=fh, cwd=log.parent)
         if done.returncode != 0:
             raise SystemExit(f"{tool} failed (exit {done.returncode}); see {log}")
     return [json.loads(out.read_text()) for out in outs]
