@@ -258,23 +258,27 @@ def posteriors_side_by_side(python: Path, args, stamps) -> tuple:
         "seconds": float(np.mean([r["seconds"] for r in rows])),
         "startup": result["startup_seconds"],
         "ess": np.array([r["info"].get("ess_bulk_min", np.nan) for r in rows], dtype=float),
-        "mean": np.array([[r["galparam"][k] for k in ("flux", "sersic_n", "hlr_arcsec")] for r in rows], dtype=float),
-        # pysersic's r_eff is the semi-major axis in pixels: its relative spread, applied to the
-        # circularized radius in arcsec (the axis ratio's own spread left out)
-        "std": np.array(
+        "mean": np.array(
             [
-                [
-                    r["info"]["std"]["flux"],
-                    r["info"]["std"]["n"],
-                    r["info"]["std"]["r_eff"] / r["params"]["r_eff"] * r["galparam"]["hlr_arcsec"],
-                ]
+                [np.nan if r["galparam"][k] is None else r["galparam"][k] for k in ("flux", "sersic_n", "hlr_arcsec")]
                 for r in rows
             ],
             dtype=float,
         ),
+        "std": np.array([_nuts_spread(r) for r in rows], dtype=float),
         "failed": int(sum(not r["converged"] for r in rows)),
     }
     return ours, theirs, len(stamps)
+
+
+def _nuts_spread(row: dict) -> list:
+    """A pysersic-nuts row's posterior σ of flux, index and circularized radius in arcsec (NaN for a
+    failed run). Its r_eff is the semi-major axis in pixels: its relative spread is applied to the
+    radius (the axis ratio's own spread left out)."""
+    std = row["info"].get("std")
+    if not std or not row["params"]:
+        return [np.nan] * 3
+    return [std["flux"], std["n"], std["r_eff"] / row["params"]["r_eff"] * row["galparam"]["hlr_arcsec"]]
 
 
 def report_posteriors(args, ours: dict, theirs: dict, count: int) -> None:
@@ -287,12 +291,12 @@ def report_posteriors(args, ours: dict, theirs: dict, count: int) -> None:
     )
     print("| --- | --- | --- | --- | --- |" + " --- |" * len(POSTERIOR_COLUMNS))
     for tool, found in (("galparam", ours), ("pysersic NUTS", theirs)):
-        ess = float(np.median(found["ess"]))
-        spreads = " | ".join(f"{v:.4g}" for v in np.median(found["std"], axis=0))
+        ess = float(np.nanmedian(found["ess"]))
+        spreads = " | ".join(f"{v:.4g}" for v in np.nanmedian(found["std"], axis=0))
         print(
             f"| {tool} | {found['seconds']:.2f} | {found['startup']:.1f} | {ess:.0f} | {ess / found['seconds']:.0f} | {spreads} |"
         )
-    difference = np.median(np.abs(theirs["mean"] - ours["mean"]) / ours["std"], axis=0)
+    difference = np.nanmedian(np.abs(theirs["mean"] - ours["mean"]) / ours["std"], axis=0)
     print(
         "\nMedian |pysersic's posterior mean − galparam's| in galparam's posterior σ: "
         + ", ".join(f"{c} {d:.2f}" for c, d in zip(POSTERIOR_COLUMNS, difference, strict=True))
