@@ -536,11 +536,23 @@ class PysersicFitter:
         info : dict
             Padding applied and parameters found at a prior bound.
         """
+        fitter, info = self._single(image, sigma, good, psf)
+        res = fitter.find_MAP(rkey=self._jax.random.PRNGKey(self.seed), return_model=False)
+        params = {k: float(res[k]) for k in ("flux", "xc", "yc", "r_eff", "ellip", "theta", "n")}
+        info["at_bound"] = [
+            k for k, (lo, hi) in self.bounds.items() if min(abs(params[k] - lo), abs(params[k] - hi)) < 1e-3
+        ]
+        converged = bool(np.all(np.isfinite(list(params.values()))))
+        return params, self.to_galparam(params, self.pixel_scale), converged, info
+
+    def _single(self, image, sigma, good, psf):
+        """pysersic's ``FitSingle`` of a stamp with its ``autoprior`` (sky fixed at 0), and ``info``
+        with the padding applied (pysersic 0.1.5 renders square images only)."""
         image, sigma, good = clean_stamp(image, sigma, good)
         ny, nx = image.shape
         size = max(ny, nx)
         info = {}
-        if ny != nx:  # pysersic 0.1.5 renders square images only
+        if ny != nx:
             img = np.zeros((size, size))
             sig = np.full((size, size), float(np.median(sigma[good])))
             ok = np.zeros((size, size), bool)
@@ -549,14 +561,7 @@ class PysersicFitter:
             info["padded_to"] = [size, size]
         masked = ~good  # pysersic: True / 1 = masked
         prior = self._autoprior(image, "sersic", mask=masked, sky_type="none")
-        fitter = self._pysersic.FitSingle(data=image, rms=sigma, psf=psf, prior=prior, mask=masked)
-        res = fitter.find_MAP(rkey=self._jax.random.PRNGKey(self.seed), return_model=False)
-        params = {k: float(res[k]) for k in ("flux", "xc", "yc", "r_eff", "ellip", "theta", "n")}
-        info["at_bound"] = [
-            k for k, (lo, hi) in self.bounds.items() if min(abs(params[k] - lo), abs(params[k] - hi)) < 1e-3
-        ]
-        converged = bool(np.all(np.isfinite(list(params.values()))))
-        return params, self.to_galparam(params, self.pixel_scale), converged, info
+        return self._pysersic.FitSingle(data=image, rms=sigma, psf=psf, prior=prior, mask=masked), info
 
     @staticmethod
     def to_galparam(params, pixel_scale):
@@ -601,19 +606,16 @@ class PysersicNutsFitter(PysersicFitter):
         """Sample one stamp's posterior; returns as :meth:`PysersicFitter.fit`, the values the
         posterior means, ``info`` the posterior standard deviations (``std``), the smallest bulk
         effective sample size (``ess_bulk_min``) and the largest R-hat (``r_hat_max``)."""
-        image, sigma, good = clean_stamp(image, sigma, good)
-        masked = ~good
-        prior = self._autoprior(image, "sersic", mask=masked, sky_type="none")
-        fitter = self._pysersic.FitSingle(data=image, rms=sigma, psf=psf, prior=prior, mask=masked)
+        fitter, info = self._single(image, sigma, good, psf)
         result = fitter.sample(rkey=self._jax.random.PRNGKey(self.seed), return_model=False)
         summary = result.summary()
         keys = ("flux", "xc", "yc", "r_eff", "ellip", "theta", "n")
         params = {k: float(summary.loc[k, "mean"]) for k in keys}
-        info = {
-            "std": {k: float(summary.loc[k, "sd"]) for k in keys},
-            "ess_bulk_min": float(summary.loc[list(keys), "ess_bulk"].min()),
-            "r_hat_max": float(summary.loc[list(keys), "r_hat"].max()),
-        }
+        info.update(
+            std={k: float(summary.loc[k, "sd"]) for k in keys},
+            ess_bulk_min=float(summary.loc[list(keys), "ess_bulk"].min()),
+            r_hat_max=float(summary.loc[list(keys), "r_hat"].max()),
+        )
         converged = bool(np.all(np.isfinite(list(params.values())))) and info["r_hat_max"] < 1.05
         return params, self.to_galparam(params, self.pixel_scale), converged, info
 

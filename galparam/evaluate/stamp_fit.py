@@ -328,7 +328,7 @@ class StampFit(Fit):
             given_grid = stamp_grid(tables, frame, box.to_theta(given)[None], max_size=largest)
             if nll_at(given, given_grid) <= nll_at(x0, grid):
                 x0, grid, from_init = given, given_grid, True
-        x0, grid, at_x0 = self._scoring(tables, stamp, box, x0, grid)
+        x0, grid, at_x0 = self._scoring(tables, stamp, box, x0, grid, largest)
         unit = np.sqrt(np.clip(np.diagonal(at_x0.covariance), 0, None))
         unit = np.where(np.isfinite(unit) & (unit > 0), np.minimum(unit, np.maximum(hi - lo, 1e-300)), hi - lo)
         unit = np.where(free, unit, 1.0)
@@ -393,11 +393,13 @@ class StampFit(Fit):
             model=model[0],
         )
 
-    def _scoring(self, tables, stamp: Stamp, box: StampBox, x0, grid) -> tuple[np.ndarray, tuple, _Assessment]:
+    def _scoring(
+        self, tables, stamp: Stamp, box: StampBox, x0, grid, largest: int
+    ) -> tuple[np.ndarray, tuple, _Assessment]:
         """The start moved by Fisher-scoring (Gauss–Newton) steps while they lower the NLL, until the
         step's predicted decrease is below :data:`SCORING_DECREMENT`, on the grid the estimate
-        needs (enlarged and the scoring resumed there when it needs more); that grid and the
-        model there.
+        needs (enlarged, at most to ``largest``, and the scoring resumed there when it needs more);
+        that grid and the model there.
 
         Each trial point is drawn with its derivatives at once: a kept step (the usual case) is then
         assessed already, and where the scoring converges L-BFGS-B only confirms it.
@@ -406,7 +408,6 @@ class StampFit(Fit):
         image, sigma, mask, gain = stamp.image[None], stamp.sigma[None], stamp.mask[None], stamp.gain
         lo, hi = box.low, box.high
         poisson = gain is not None
-        largest = fit_fft_size(frame)
 
         def assess(x, grid) -> _Assessment:
             model, jac = draw_stamps(tables, frame, box.to_theta(x)[None], grid=grid, derivatives="jacobian")
