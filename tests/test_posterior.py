@@ -39,10 +39,10 @@ class LinearGaussian(Posterior):
     least-squares solution. Its Laplace approximation is given off on purpose (a standard
     deviation off, 1.5 times as wide), so the importance weights have something to correct."""
 
-    def __init__(self, design, **options):
+    def __init__(self, design, off=1.0, wide=1.5, **options):
         prior = PosteriorPrior((3e4, 4e5), (0.5, 6.0), (0.1, 0.6), "disc", (0.0, 0.67))
         super().__init__(prior, poisson=False, **options)
-        self.design = design
+        self.design, self.off, self.wide = design, off, wide
 
     def exact(self, images):
         ata = self.design.T @ self.design
@@ -52,7 +52,7 @@ class LinearGaussian(Posterior):
     def laplace(self, images, psf_fwhm, sigma, init=None):
         mean, cov = self.exact(images)
         sd = np.sqrt(np.diag(cov))
-        return mean + sd, np.broadcast_to(cov * 1.5**2, (len(images), 5, 5)).copy()
+        return mean + self.off * sd, np.broadcast_to(cov * self.wide**2, (len(images), 5, 5)).copy()
 
     def log_likelihood(self, images, psf_fwhm, sigma, theta):
         model = (theta @ self.design.T).reshape(images.shape)
@@ -77,6 +77,20 @@ def test_importance_sampling_recovers_the_closed_form_posterior(linear):
     np.testing.assert_allclose(post.std_ / sd, 1, atol=0.1)
     for q, z in ((1, -1.0), (3, 1.0)):  # the 16 and 84 % quantiles
         np.testing.assert_array_less(np.abs(post.quantiles_[:, q] - (mean + z * sd)) / sd, 0.2)
+
+
+def test_importance_sampling_recovers_from_a_laplace_approximation_far_too_wide(linear):
+    # as at a faint galaxy whose fit ends on the box's edge: 30 times too wide, 5 σ off. Almost
+    # no first-round draw lands in the posterior; the proposal must narrow onto the best draws
+    # (clipped weights) and the rounds' draws count together (mixture weights), within the rounds
+    # and without MCMC (the old rule, doubling the scale, never got there)
+    design, images = linear
+    post = LinearGaussian(design, off=5.0, wide=30.0, mcmc=False).sample(images, 0.5, SIGMA)
+    mean, cov = post.exact(images)
+    sd = np.sqrt(np.diag(cov))
+    assert (post.ess_ >= 500).all()
+    np.testing.assert_array_less(np.abs(post.mean_ - mean) / sd, 0.15)
+    np.testing.assert_allclose(post.std_ / sd, 1, atol=0.1)
 
 
 @pytest.mark.slow  # make test-fast keeps its 5 minutes
