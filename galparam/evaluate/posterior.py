@@ -483,7 +483,8 @@ class Posterior:
         for image ``rows[m]``."""
         B = len(indices)
         rngs = [np.random.default_rng([self.seed, int(i)]) for i in indices]
-        drawn = [[] for _ in range(B)]  # per image: [theta (M, K), log target (M,)] of its draws
+        thetas = [np.empty((0, len(self.prior.names))) for _ in range(B)]  # per image: all its draws
+        log_targets = [np.empty(0) for _ in range(B)]  # and their log prior × likelihood
         used = [[] for _ in range(B)]  # per image: (proposal, draws) of each round
         evaluations = np.zeros(B, dtype=np.int64)
         proposals = [self._first_proposal(b) for b in range(B)]
@@ -499,16 +500,15 @@ class Posterior:
             evaluations[active] += wanted[active]
             for t, lp, b in zip(theta, log_p, active, strict=True):
                 used[b].append((proposals[b], len(t)))
-                drawn[b] = (
-                    [t, lp] if not drawn[b] else [np.concatenate([drawn[b][0], t]), np.concatenate([drawn[b][1], lp])]
-                )
-                t_all = drawn[b][0]
-                weights = _weights(drawn[b][1] - _mixture_logpdf(t_all, used[b]))
+                thetas[b], log_targets[b] = np.concatenate([thetas[b], t]), np.concatenate([log_targets[b], lp])
+                weights = _weights(log_targets[b] - _mixture_logpdf(thetas[b], used[b]))
                 ess[b] = _ess(weights)
                 if ess[b] < self.target_ess:
-                    proposals[b] = _moved_proposal(t_all, weights, proposals[b])
+                    proposals[b] = _moved_proposal(thetas[b], weights, proposals[b])
                     wanted[b] = _next_round(ess[b], evaluations[b], self.target_ess, self.draws)
-        drawn = [[(t, lp - _mixture_logpdf(t, u))] for (t, lp), u in zip(drawn, used, strict=True)]
+        drawn = [
+            [(t, lp - _mixture_logpdf(t, u))] for t, lp, u in zip(thetas, log_targets, used, strict=True)
+        ]  # per image: its draws and their log weights
         self._finish(log_target, drawn, ess, evaluations, rngs)
 
     def _first_proposal(self, b):
