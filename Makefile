@@ -51,8 +51,9 @@ GPU_STUDY_PYTHON ?= $(BIN)/python
 bench-device: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python benchmarks/bench_device.py $(BENCH_DEVICE_FLAGS)
 
-# posteriors: calibration on 500 prior draws of v2 and v3, the Laplace check, the Bayes risk at the test
-# galaxies from 1,000 posteriors each, speed (about 1.5 hours on 2 cores; resumable): docs/posterior.md
+# posteriors: calibration on 2,000 prior draws of v2 and v3 (and each block of 500), the Laplace check, the
+# Bayes risk at the test galaxies from 1,000 posteriors each, speed (about 45 minutes on 2 cores;
+# resumable): docs/posterior.md
 POSTERIOR_OUT ?= bench-posterior
 bench-posterior: $(STAMP)
 	$(BIN)/python benchmarks/bench_posterior.py --out $(POSTERIOR_OUT) $(BENCH_POSTERIOR_FLAGS)
@@ -61,7 +62,7 @@ bench-posterior: $(STAMP)
 # LOSSES_POSTERIORS: the prior draws' posteriors the cells' Bayes risk comes from (more images: smaller
 # cells' errors; e.g. galparam-evaluate posterior of a 3,000-image v2 draw)
 LOSSES_OUT ?= bench-losses
-LOSSES_POSTERIORS ?= $(POSTERIOR_OUT)/v2-500.posterior.csv
+LOSSES_POSTERIORS ?= $(POSTERIOR_OUT)/v2-2000.posterior.csv
 bench-losses: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py --out $(LOSSES_OUT) --posteriors $(LOSSES_POSTERIORS) \
 		--test-sets $(POSTERIOR_OUT)/test_snr60-1000.npz $(POSTERIOR_OUT)/test_snr30-1000.npz \

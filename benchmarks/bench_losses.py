@@ -12,7 +12,7 @@ with each label loss an experiment can choose, the same images for each (``--epo
 
 Each network is then measured on images with posteriors under v2's prior (``--posteriors``:
 ``galparam-evaluate posterior`` of a dataset drawn from v2, e.g. ``make bench-posterior``'s
-``v2-500``): per cell of SNR, and of index, radius and flux among the images above SNR 20, its RMSE
+``v2-2000``): per cell of SNR, and of index, radius and flux among the images above SNR 20, its RMSE
 over the root of the mean posterior variance (√MMSE, the Bayes risk: 1 is the best any estimator can
 do given the prior) and over the pointwise bound, against the issue's goal (≤ 1.25 for flux, radius
 and shear, ≤ 1.5 for the index, in every cell above SNR 20); and at the fixed test galaxies

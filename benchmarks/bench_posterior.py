@@ -1,7 +1,7 @@
 """Posteriors: simulation-based calibration, the Laplace check, speed, and the Bayes risk at the
-test galaxies (issue 26). Not in CI: ``make bench-posterior`` (about an hour on 2 cores).
+test galaxies (issue 26). Not in CI: ``make bench-posterior`` (about 45 minutes on 2 cores).
 
-1. **Calibration** (v2 and v3, ``--sbc`` galaxies each, drawn from the prior by the simulator):
+1. **Calibration** (v2 and v3, ``--sbc`` galaxies each, 2,000 by default, drawn from the prior by the simulator):
    the rank of each true parameter among its posterior's 1,000 equal-weight draws (ties of the
    discretized index split at random) should be uniform: Kolmogorov–Smirnov and 20-bin χ² p-values;
    the 68 and 95 % central intervals should cover 68 ± 3 and 95 ± 2 %.
@@ -141,7 +141,7 @@ def laplace_check(table: pd.DataFrame) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench-posterior", help="working folder (resumable)")
-    p.add_argument("--sbc", type=int, default=500, help="prior draws of v2 and of v3")
+    p.add_argument("--sbc", type=int, default=2000, help="prior draws of v2 and of v3 (default: %(default)s)")
     p.add_argument("--test", type=int, default=1000, help="images of each test set")
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args()
