@@ -52,7 +52,7 @@ bench-device: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python benchmarks/bench_device.py $(BENCH_DEVICE_FLAGS)
 
 # posteriors: calibration on 2,000 prior draws of v2 and v3 (and each block of 500), the Laplace check, the
-# Bayes risk at the test galaxies from 1,000 posteriors each, speed (about 45 minutes on 2 cores;
+# Bayes risk at the test galaxies from 1,000 posteriors each, speed, the intervals' tails (about 50 minutes on 2 cores;
 # resumable): docs/posterior.md
 POSTERIOR_OUT ?= bench-posterior
 bench-posterior: $(STAMP)
