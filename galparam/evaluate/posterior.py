@@ -21,8 +21,9 @@ where that is not good enough:
    draws over the integrated autocorrelation time) reaches the target, or :data:`MCMC_STEPS` steps.
 
 Why this choice: at the SNRs galparam's data have, the posterior of a 64² galaxy is close to its
-Laplace approximation, so importance sampling needs ~1,000 renders an image for 500 effective
-samples, where an ensemble sampler needs ~50,000 (τ ≈ 50–100 steps of 32 walkers); NUTS over the
+Laplace approximation, so importance sampling needs ~1,000–2,000 renders an image for 500 effective
+samples, where an ensemble sampler needed 80,000–130,000 (32 walkers, 20 autocorrelation times and
+the ESS; measured on v2's and v3's faint prior draws); NUTS over the
 ``keras.ops`` renderer would need the JAX backend and compiles per grid. The importance weights are
 exact (no approximation survives in the result). Where the Laplace approximation is poor (faint
 galaxies whose fit ends on the box's edge), the rounds find the posterior from it in 2,000–6,000
