@@ -33,6 +33,7 @@ from scipy import stats
 from galparam.data import load_dataset
 from galparam.evaluate.crb import cramer_rao
 from galparam.evaluate.posterior import QUANTILE_NAMES, Posterior, PosteriorPrior
+from galparam.io import write_text_atomic
 from galparam.parameters import LABEL_NAMES
 from galparam.posteriors import run_posterior
 from galparam.simulate import simulate
@@ -177,8 +178,8 @@ def tails(path: Path, count: int, jobs: int) -> list[dict]:
     parts = np.array_split(np.arange(count), jobs)
     with ProcessPoolExecutor(jobs) as pool:
         masses = np.concatenate(list(pool.map(_tail_masses, [path] * jobs, parts)))
-    names = [f"mass below {QUANTILE_NAMES[0]}", f"below {QUANTILE_NAMES[1]}", f"above {QUANTILE_NAMES[3]}"]
-    names.append(f"above {QUANTILE_NAMES[4]}")
+    names = [f"mass below {QUANTILE_NAMES[0]}", f"below {QUANTILE_NAMES[1]}"]
+    names += [f"above {QUANTILE_NAMES[3]}", f"above {QUANTILE_NAMES[4]}"]
     rows = []
     for k, label in enumerate(LABEL_NAMES):
         row = {"parameter": label}
@@ -204,6 +205,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     v2 = load_spec(ROOT / "data" / "v2.yaml")
     speed, calib, risk = [], [], []
+    paths = {}
     laplace = None
     # cheapest first: every part is resumable, and a part left unfinished leaves its rows out
     for name in ("v2", "test_snr60", "laplace", "v3", "test_snr30"):
@@ -213,7 +215,7 @@ def main() -> None:
             laplace = laplace_check(table)
             speed.append(_speed("test galaxy at SNR ≈ 1,200 (flat prior)", table, args))
             continue
-        path = dataset(out, name, args.sbc if name in ("v2", "v3") else args.test, 2026, args.jobs)
+        path = paths[name] = dataset(out, name, args.sbc if name in ("v2", "v3") else args.test, 2026, args.jobs)
         if name in ("v2", "v3"):
             table, draws = posteriors(path, out, args.jobs)
             calib += calibration(name, path, table, draws)
@@ -223,10 +225,12 @@ def main() -> None:
         speed.append(_speed(name, table, args))
     tail_rows = []
     if args.tails:
-        cached = out / f"tails-{args.tails}.json"  # the part is minutes long: kept, as the posteriors are
+        # the part is minutes long: kept, as the posteriors are
+        cached = out / f"{paths['v2'].stem}-tails-{args.tails}.json"
         if not cached.exists():
-            rows = tails(dataset(out, "v2", args.sbc, 2026, args.jobs), args.tails, args.jobs)
-            cached.write_text(json.dumps(rows, indent=1))
+            write_text_atomic(
+                cached, json.dumps(tails(paths["v2"], args.tails, args.jobs), indent=1)
+            )  # columns in order
         tail_rows = json.loads(cached.read_text())
     report = [
         "## Calibration (simulation-based; ranks among 1,000 draws)",

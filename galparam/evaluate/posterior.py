@@ -486,6 +486,7 @@ class Posterior:
         rngs = [np.random.default_rng([self.seed, int(i)]) for i in indices]
         thetas = [np.empty((0, len(self.prior.names))) for _ in range(B)]  # per image: all its draws
         log_targets = [np.empty(0) for _ in range(B)]  # and their log prior × likelihood
+        log_weights = [np.empty(0) for _ in range(B)]  # and their log weights against all rounds' proposals
         used = [[] for _ in range(B)]  # per image: (proposal, draws) of each round
         evaluations = np.zeros(B, dtype=np.int64)
         proposals = [self._first_proposal(b) for b in range(B)]
@@ -502,15 +503,13 @@ class Posterior:
             for t, lp, b in zip(theta, log_p, active, strict=True):
                 used[b].append((proposals[b], len(t)))
                 thetas[b], log_targets[b] = np.concatenate([thetas[b], t]), np.concatenate([log_targets[b], lp])
-                weights = _weights(log_targets[b] - _mixture_logpdf(thetas[b], used[b]))
+                log_weights[b] = log_targets[b] - _mixture_logpdf(thetas[b], used[b])
+                weights = _weights(log_weights[b])
                 ess[b] = _ess(weights)
                 if ess[b] < self.target_ess:
                     proposals[b] = _moved_proposal(thetas[b], weights, proposals[b])
                     wanted[b] = _next_round(ess[b], evaluations[b], self.target_ess, self.draws)
-        drawn = [
-            [(t, lp - _mixture_logpdf(t, u))] for t, lp, u in zip(thetas, log_targets, used, strict=True)
-        ]  # per image: its draws and their log weights
-        self._finish(log_target, drawn, ess, evaluations, rngs)
+        self._finish(log_target, list(zip(thetas, log_weights, strict=True)), ess, evaluations, rngs)
 
     def _first_proposal(self, b):
         """The Laplace approximation as a t's (mean, scale's Cholesky factor); where the image does
@@ -526,13 +525,14 @@ class Posterior:
         return mean, chol
 
     def _finish(self, log_target, drawn, ess, evaluations, rngs) -> None:
-        """Summaries of the weighted draws; the MCMC fallback where they fall short."""
+        """Summaries of the weighted draws (``drawn``: per image its draws (M, K) and their log
+        weights (M,)); the MCMC fallback where they fall short."""
         B, K = len(drawn), len(self.prior.names)
         self.samples_ = []
         self.method_ = np.full(B, "importance", dtype=object)
         self.rhat_ = np.full((B, K), np.nan)
         for b in range(B):
-            t_all, log_w = (np.concatenate(parts) for parts in zip(*drawn[b], strict=True))
+            t_all, log_w = drawn[b]
             weights = _weights(log_w)
             keep = weights > 0
             t = t_all[keep].copy()
@@ -690,10 +690,11 @@ def _moved_proposal(theta, weights, previous):
 
 
 def _walker_start(drawn, rng, prior):
-    """emcee's walkers: distinct draws of an image's importance sample by weight (inside the
+    """emcee's walkers: distinct draws of an image's importance sample ``drawn`` (its draws and
+    their log weights) by weight (inside the
     prior), or its best draws where too few carry weight; None where fewer than :data:`WALKERS`
     draws are inside the prior."""
-    theta, log_w = (np.concatenate(parts) for parts in zip(*drawn, strict=True))
+    theta, log_w = drawn
     finite = np.flatnonzero(np.isfinite(log_w))
     if len(finite) < WALKERS:
         return None
