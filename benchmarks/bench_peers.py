@@ -36,6 +36,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import galsim
@@ -43,9 +44,11 @@ import numpy as np
 from bench_measure import SNR, galsim_stamp, geometries, simulate
 from threadpoolctl import threadpool_limits
 
+from galparam.evaluate import stamp_fit
 from galparam.evaluate.crb import covariances, fisher_matrices
 from galparam.frame import Frame
-from galparam.kspace.stamps import draw_stamps, wide_tables
+from galparam.kspace.grid import good_fft_size
+from galparam.kspace.stamps import MINIMUM_FFT_SIZE, draw_stamps, wide_tables
 from galparam.measure import measure, read_catalog
 from galparam.psf import ImagePSF, MoffatPSF
 from galparam.stamp import Stamp
@@ -139,6 +142,55 @@ def galparam_fit(stamps) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     return values, errors, np.asarray(table["converged"], dtype=bool), seconds
 
 
+def galparam_time(stamps, frame: Frame) -> dict:
+    """Where galparam's fits of ``stamps`` spend their time, one thread, in this process: the stamp
+    model's draws a stamp and ms each by FFT size (a gradient's adjoint counted with its draw), the
+    seconds a stamp, and a what-if: the same fits with every draw on the smallest FFT GalSim would
+    use for the stamp (its ``minimum_fft_size`` or the stamp's good size), their seconds a stamp.
+    That model is not GalSim's drawing, whose own FFT size (99.5 % of the flux, at most
+    ``FIT_FFT_SIDES`` times the stamp) the exactness contract keeps: the what-if is a floor."""
+    calls, spent = Counter(), Counter()
+    drawing = stamp_fit.draw_stamps
+
+    def counted(tables, frame, theta, *, grid=None, derivatives=None, **kwargs):
+        size = int(np.max(grid[0])) if grid is not None else -1
+        t0 = time.perf_counter()
+        drawn = drawing(tables, frame, theta, grid=grid, derivatives=derivatives, **kwargs)
+        spent[size] += time.perf_counter() - t0
+        calls[size] += 1
+        if derivatives != "vjp":
+            return drawn
+        image, vjp = drawn
+
+        def timed_vjp(weights):
+            t1 = time.perf_counter()
+            out = vjp(weights)
+            spent[size] += time.perf_counter() - t1
+            return out
+
+        return image, timed_vjp
+
+    smallest = max(MINIMUM_FFT_SIZE, int(good_fft_size(max(frame.shape))))
+    sizes = stamp_fit.fit_fft_size
+    try:
+        stamp_fit.draw_stamps = counted
+        seconds = galparam_fit(stamps)[3]
+        stamp_fit.draw_stamps = drawing
+        stamp_fit.fit_fft_size = lambda _frame: smallest
+        floor = galparam_fit(stamps)[3]
+    finally:
+        stamp_fit.draw_stamps, stamp_fit.fit_fft_size = drawing, sizes
+    count = len(stamps)
+    draws = {size: (calls[size] / count, 1e3 * spent[size] / calls[size]) for size in sorted(calls)}
+    return {
+        "seconds": seconds,
+        "model_share": sum(spent.values()) / (seconds * count),
+        "draws": draws,
+        "smallest": smallest,
+        "floor": floor,
+    }
+
+
 def peer_values(result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A worker result's converted values (COLUMNS; NaN where it failed), ok flags, seconds."""
     rows = result["stamps"]
@@ -180,7 +232,7 @@ def main(argv=None) -> int:
     python = peers_python(args.peers_python, args.venv)
     rng = np.random.default_rng(args.seed)
 
-    speed, accuracy, conversion = [], [], []
+    speed, accuracy, conversion, time_split = [], [], [], []
     for g, (name, (frame, galaxy)) in enumerate(frames().items()):
         # conversion check: one noiseless stamp, σ from the SNR so the bound gives the scale
         truth = np.r_[galaxy, 1.3, -0.7, 0.0]
@@ -196,6 +248,7 @@ def main(argv=None) -> int:
         noiseless_values = {"galparam": galparam_fit([noiseless])[0]}
         startups = {"galparam": time.perf_counter() - t0}
         found = {"galparam": galparam_fit(stamps)}
+        time_split.append((name, galparam_time(stamps, frame)))
         for tool in PEERS:
             check, result = run_peers(python, tool, [check_stack, stack], args.threads)
             noiseless_values[tool] = peer_values(check)[0]
@@ -223,6 +276,7 @@ def main(argv=None) -> int:
 
     real_rows = real_cutouts(python, args.out, args.threads)
     report(args, speed, accuracy, conversion, real_rows)
+    report_time_split(speed, time_split)
     if args.posteriors:
         report_posteriors(args, *sampled)
     return 0
@@ -303,6 +357,24 @@ def report_posteriors(args, ours: dict, theirs: dict, count: int) -> None:
         + f"; pysersic runs whose R-hat exceeded 1.05: {theirs['failed']}/{count}. Priors differ (galparam: flat in "
         "the fit's box; pysersic: its autoprior)."
     )
+
+
+def report_time_split(speed, time_split) -> None:
+    """Print where galparam's time goes and its floor beside the slower peer (Markdown)."""
+    print("\n## Where galparam's time goes (one thread; the stamp model's draws by FFT size)")
+    print(
+        "| geometry | s / stamp | model's share | draws a stamp (ms each) by FFT size | every draw on the smallest FFT: s / stamp "
+        "| fastest peer s / stamp | galparam faster by: now, on the smallest FFT |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, split in time_split:
+        peer = min(seconds for geometry, tool, seconds, *_ in speed if geometry == name and tool != "galparam")
+        draws = ", ".join(f"{size}²: {per_stamp:.1f} ({ms:.1f})" for size, (per_stamp, ms) in split["draws"].items())
+        print(
+            f"| {name} | {split['seconds']:.3f} | {split['model_share']:.0%} | {draws} | "
+            f"{split['floor']:.3f} ({split['smallest']}²) | {peer:.3f} | "
+            f"{peer / split['seconds']:.1f}×, {peer / split['floor']:.1f}× |"
+        )
 
 
 def simulate_bound(frame: Frame, truth, sigma: float):
