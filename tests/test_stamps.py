@@ -58,6 +58,10 @@ def test_stamps_equal_galsim_for_any_shape_scale_offset_and_psf(tables, scale):
                 drawn = draw_stamps(tables, frame, theta[None])[0]
                 error = np.abs(drawn - reference).max() / (reference - 3.0).max()
                 worst = max(worst, error)
+                # the posterior's float32 arithmetic: the float64 drawing within float32 rounding
+                single = draw_stamps(tables, frame, theta[None], compute_dtype=np.float32)[0]
+                assert np.abs(single - drawn).max() < 1e-6 * (reference - 3.0).max(), (name, shape, n)
+                assert not np.array_equal(single, drawn)  # float32 arithmetic indeed
                 assert error < 1e-4, (name, shape, n, error)
     assert worst < 1e-6  # in fact ~1e-9: GalSim's own N, k-box and PSF transform
 

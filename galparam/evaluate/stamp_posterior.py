@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from galparam.evaluate.likelihood import nll_and_weights
-from galparam.evaluate.posterior import DRAWS, ROUNDS, TARGET_ESS, Posterior, PosteriorPrior
+from galparam.evaluate.posterior import DRAWS, RENDER_DTYPE, ROUNDS, TARGET_ESS, Posterior, PosteriorPrior
 from galparam.evaluate.stamp_fit import StampBox, StampFit, moments_start
 from galparam.kspace.stamps import STAMP_PARAMETERS, draw_stamps, fit_fft_size, stamp_grid, wide_tables
 from galparam.parameters import ParameterError
@@ -138,7 +138,9 @@ class StampPosterior(Posterior):
 
 class _StampTarget:
     """The log posterior density of one stamp's parameter sets: the flat prior and the stamp
-    model's likelihood with the cutout's σ map, mask and gain."""
+    model's likelihood with the cutout's σ map, mask and gain, its models drawn in
+    :data:`~galparam.evaluate.posterior.RENDER_DTYPE` as the datasets' posteriors draw theirs (the
+    fit that places the proposal stays float64)."""
 
     def __init__(self, prior: PosteriorPrior, stamp: Stamp, free):
         self.prior, self.stamp, self.free = prior, stamp, free
@@ -170,7 +172,7 @@ class _StampTarget:
     def _draw_and_compare(self, full) -> np.ndarray:
         stamp = self.stamp
         grid = stamp_grid(self.tables, stamp.frame, full, max_size=self.largest)
-        model = draw_stamps(self.tables, stamp.frame, full, grid=grid)
+        model = draw_stamps(self.tables, stamp.frame, full, grid=grid, compute_dtype=RENDER_DTYPE)
         gain = stamp.gain
         nll = nll_and_weights(
             stamp.image[None], model, stamp.sigma[None], poisson=gain is not None, gain=gain, mask=stamp.mask[None]
