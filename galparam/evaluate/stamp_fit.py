@@ -17,6 +17,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import minimize
@@ -143,12 +144,17 @@ def _moments(image, mask=None):
 
 def _psf_sigma_pixels(stamp: Stamp) -> float | None:
     """The PSF's adaptive-moments size in the stamp's pixels."""
-    psf = stamp.frame.psf
+    return _psf_sigma(stamp.frame.psf, stamp.frame.pixel_scale)
+
+
+@lru_cache(maxsize=32)
+def _psf_sigma(psf, pixel_scale: float) -> float | None:
+    """:func:`_psf_sigma_pixels` of a PSF at a pixel scale, once for the stamps that share it."""
     if isinstance(psf, ImagePSF):
         m = _moments(psf.array)
         return None if m is None else m[0] / psf.oversampling
-    side = int(max(32, 8 * psf.fwhm / stamp.frame.pixel_scale))
-    m = _moments(psf.to_galsim().drawImage(nx=side, ny=side, scale=stamp.frame.pixel_scale).array)
+    side = int(max(32, 8 * psf.fwhm / pixel_scale))
+    m = _moments(psf.to_galsim().drawImage(nx=side, ny=side, scale=pixel_scale).array)
     return None if m is None else m[0]
 
 
@@ -175,6 +181,14 @@ def moments_start(stamp: Stamp) -> np.ndarray:
             if np.hypot(*g) < SHEAR_MAX:
                 theta[3:5] = g
     return theta
+
+
+def _by_variables(jacobian, variables_jacobian) -> np.ndarray:
+    """Derivatives by the parameters (B, 8, ny, nx) → by the fit variables: only the shear's two
+    planes mix (:meth:`StampBox.variables_jacobian` is the identity elsewhere)."""
+    out = jacobian.copy()
+    out[:, 3:5] = np.einsum("bkij,kl->blij", jacobian[:, 3:5], variables_jacobian[3:5, 3:5])
+    return out
 
 
 def beyond_tables(tables, frame, grid, theta) -> bool:
@@ -411,7 +425,7 @@ class StampFit(Fit):
 
         def assess(x, grid) -> _Assessment:
             model, jac = draw_stamps(tables, frame, box.to_theta(x)[None], grid=grid, derivatives="jacobian")
-            jac_x = np.einsum("bkij,kl->blij", jac, box.variables_jacobian(x))
+            jac_x = _by_variables(jac, box.variables_jacobian(x))
             cov = np.full((8, 8), np.nan)
             fisher = fisher_matrices(model, jac_x[:, free], sigma, poisson=poisson, gain=gain, mask=mask)
             cov[np.ix_(free, free)] = covariances(fisher)[0]
