@@ -360,7 +360,7 @@ def report_posteriors(args, ours: dict, theirs: dict, count: int) -> None:
 
 
 def report_time_split(speed, time_split) -> None:
-    """Print where galparam's time goes and its floor beside the slower peer (Markdown)."""
+    """Print where galparam's time goes and its floor beside the fastest peer (Markdown)."""
     print("\n## Where galparam's time goes (one thread; the stamp model's draws by FFT size)")
     print(
         "| geometry | s / stamp | model's share | draws a stamp (ms each) by FFT size | every draw on the smallest FFT: s / stamp "

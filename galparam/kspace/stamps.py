@@ -316,6 +316,8 @@ def _draw_group(tables, frame, N, h, flux, n, hlr, g1, g2, dx, dy, derivatives, 
     derive = derivatives is not None
     B = len(flux)
     real = np.dtype(compute_dtype).type
+    if real not in (np.float64, np.float32):
+        raise ValueError(f"compute_dtype {np.dtype(compute_dtype)}: float64 or float32")
     complex_ = np.complex128 if real == np.float64 else np.complex64
     g = box_grid(N, h, frame.pixel_scale, real)
     galaxy = sersic_setup(tables, g, flux, n, hlr, g1, g2, real, derive)
