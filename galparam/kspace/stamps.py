@@ -248,6 +248,8 @@ def draw_stamps(
     ParameterError
         A galaxy whose k-box reaches beyond the tables.
     """
+    if np.dtype(compute_dtype) not in (np.float64, np.float32):
+        raise ValueError(f"compute_dtype {np.dtype(compute_dtype)}: float64 or float32")
     flux, n, hlr, g1, g2, dx, dy, sky = _columns(theta)
     B = len(flux)
     Ns, hs = stamp_grid(tables, frame, theta) if grid is None else (np.broadcast_to(a, (B,)) for a in grid)
@@ -316,8 +318,6 @@ def _draw_group(tables, frame, N, h, flux, n, hlr, g1, g2, dx, dy, derivatives, 
     derive = derivatives is not None
     B = len(flux)
     real = np.dtype(compute_dtype).type
-    if real not in (np.float64, np.float32):
-        raise ValueError(f"compute_dtype {np.dtype(compute_dtype)}: float64 or float32")
     complex_ = np.complex128 if real == np.float64 else np.complex64
     g = box_grid(N, h, frame.pixel_scale, real)
     galaxy = sersic_setup(tables, g, flux, n, hlr, g1, g2, real, derive)
